@@ -1,0 +1,287 @@
+//! `poectl`: the command-line client. CLI only; the protocol is spoken by `poed::client`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use poed::client::{Client, ClientError};
+use poed::protocol::{ChatMessage, CompleteRequest, Event, EventLine};
+
+/// Exit codes (stable; documented in README).
+mod exit {
+    pub const OK: u8 = 0;
+    /// The daemon answered the request with an error (its kind is on stderr).
+    pub const REQUEST_FAILED: u8 = 1;
+    // 2 is clap's usage error.
+    /// No daemon answers on the socket.
+    pub const NOT_RUNNING: u8 = 3;
+    /// The connection failed or the daemon answered something unexpected.
+    pub const CONNECTION: u8 = 4;
+    /// Interrupted by Ctrl-C (the request was cancelled).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Ask Poe through the poed daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// poed's socket.
+    #[arg(long, env = "POED_SOCKET", value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask a question; the answer streams to stdout.
+    Ask {
+        /// Model name (see `poectl models`); the daemon's default when absent.
+        #[arg(short, long)]
+        model: Option<String>,
+        /// A system message sent before the prompt.
+        #[arg(long, value_name = "TEXT")]
+        system: Option<String>,
+        /// Print the answer only when it is complete.
+        #[arg(long)]
+        no_stream: bool,
+        /// Print the raw protocol events (one JSON object per line).
+        #[arg(long)]
+        json: bool,
+        /// The prompt; read from stdin when absent or `-`.
+        prompt: Vec<String>,
+    },
+    /// List the models the daemon knows.
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's state: browser, tabs, queue, account.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    match e {
+        ClientError::NotRunning { .. } => {
+            eprintln!("poectl: {e}");
+            ExitCode::from(exit::NOT_RUNNING)
+        }
+        ClientError::Request(err) => {
+            eprintln!("poectl: {}: {}", err.kind, err.message);
+            ExitCode::from(exit::REQUEST_FAILED)
+        }
+        other => {
+            eprintln!("poectl: {other}");
+            ExitCode::from(exit::CONNECTION)
+        }
+    }
+}
+
+fn print_json(id: &poed::protocol::RequestId, event: &Event) {
+    print!(
+        "{}",
+        EventLine {
+            id: Some(id.clone()),
+            event: event.clone(),
+        }
+        .to_line()
+    );
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(poed::config::default_socket_path);
+    let client = match Client::connect(&socket).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match args.command {
+        Command::Ask {
+            model,
+            system,
+            no_stream,
+            json,
+            prompt,
+        } => ask(&client, model, system, no_stream, json, prompt).await,
+        Command::Models { json } => match client.models().await {
+            Ok(Event::Models { default, models }) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"default": default, "models": models})
+                    );
+                } else {
+                    for m in models {
+                        let mark = if m.name == default { " (default)" } else { "" };
+                        println!("{:<40} {}{}", m.name, m.bot, mark);
+                    }
+                }
+                ExitCode::from(exit::OK)
+            }
+            Ok(other) => fail(&ClientError::Protocol(format!("{other:?}"))),
+            Err(e) => fail(&e),
+        },
+        Command::Status { json } => match client.status().await {
+            Ok(s) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                } else {
+                    println!(
+                        "poed {} (pid {}), up {}s, socket {}",
+                        s.version,
+                        s.pid,
+                        s.uptime_ms / 1000,
+                        s.socket
+                    );
+                    println!("site     {}", s.base_url);
+                    println!(
+                        "browser  {} ({}{}), restarts {}{}",
+                        s.browser.state,
+                        s.browser.mode,
+                        s.browser
+                            .version
+                            .as_deref()
+                            .map(|v| format!(", {v}"))
+                            .unwrap_or_default(),
+                        s.browser.restarts,
+                        s.browser
+                            .last_error
+                            .as_deref()
+                            .map(|e| format!(", last error: {e}"))
+                            .unwrap_or_default()
+                    );
+                    println!(
+                        "tabs     {} total, {} idle ({} warm), {} busy; queue {}/{}",
+                        s.pool.tabs,
+                        s.pool.idle,
+                        s.pool.warm,
+                        s.pool.busy,
+                        s.pool.queued,
+                        s.pool.queue_capacity
+                    );
+                    println!(
+                        "account  {}{}",
+                        s.account.state,
+                        s.account
+                            .last_site_error
+                            .as_deref()
+                            .map(|e| format!(", last site error: {e}"))
+                            .unwrap_or_default()
+                    );
+                    let counts: Vec<String> =
+                        s.requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    println!(
+                        "requests {}",
+                        if counts.is_empty() {
+                            "none yet".into()
+                        } else {
+                            counts.join(", ")
+                        }
+                    );
+                }
+                ExitCode::from(exit::OK)
+            }
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+async fn ask(
+    client: &Client,
+    model: Option<String>,
+    system: Option<String>,
+    no_stream: bool,
+    json: bool,
+    prompt: Vec<String>,
+) -> ExitCode {
+    let prompt = if prompt.is_empty() || prompt == ["-"] {
+        let mut s = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            eprintln!("poectl: cannot read the prompt from stdin: {e}");
+            return ExitCode::from(exit::CONNECTION);
+        }
+        s
+    } else {
+        prompt.join(" ")
+    };
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(ChatMessage::new("system", system));
+    }
+    messages.push(ChatMessage::new("user", prompt));
+    let mut reply = match client
+        .complete(CompleteRequest {
+            model,
+            messages,
+            stream: !no_stream,
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let tty = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout().lock();
+    let mut interrupted = false;
+    loop {
+        let event = tokio::select! {
+            e = reply.next() => e,
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                eprintln!("\npoectl: cancelling…");
+                let _ = tokio::time::timeout(Duration::from_secs(5), client.cancel(&reply.id)).await;
+                continue;
+            }
+        };
+        let Some(event) = event else {
+            return fail(&ClientError::Closed);
+        };
+        if json {
+            print_json(&reply.id, &event);
+            let _ = out.flush();
+        }
+        match event {
+            Event::Delta { text } if !json => {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            Event::Replace { text } if !json => {
+                eprintln!("\npoectl: the site rewrote its reply; the full text follows");
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            Event::Done { text, .. } => {
+                if no_stream && !json {
+                    let _ = out.write_all(text.as_bytes());
+                }
+                if tty && !json && !text.ends_with('\n') {
+                    let _ = out.write_all(b"\n");
+                }
+                let _ = out.flush();
+                return ExitCode::from(exit::OK);
+            }
+            Event::Error { kind, message, .. } => {
+                if interrupted && kind == poed::ErrorKind::Cancelled {
+                    return ExitCode::from(exit::INTERRUPTED);
+                }
+                if !json {
+                    if tty {
+                        let _ = out.write_all(b"\n");
+                    }
+                    eprintln!("poectl: {kind}: {message}");
+                }
+                return ExitCode::from(exit::REQUEST_FAILED);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `poed`: flags -> config -> socket -> `daemon::run`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use poed::config::{default_config_path, Config};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Serves completions from a logged-in Poe web session over a local socket.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML). Default: $XDG_CONFIG_HOME/poed/config.toml, if it exists.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// IPC socket path.
+    #[arg(long, env = "POED_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Browser profile directory (holds the signed-in session).
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
+    /// Chromium executable.
+    #[arg(long, value_name = "PATH")]
+    chromium: Option<PathBuf>,
+    /// Show the browser window instead of running headless.
+    #[arg(long)]
+    headful: bool,
+    /// Site root the Poe adapter drives (default https://poe.com).
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    /// Proxy for Chromium (its --proxy-server value).
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
+    /// Attach to a running Chromium (http://127.0.0.1:9222) instead of launching one.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// Tabs in the pool (replies in flight at once).
+    #[arg(long, value_name = "N")]
+    tabs: Option<usize>,
+    /// Requests that may wait for a tab before `busy`.
+    #[arg(long, value_name = "N")]
+    queue: Option<usize>,
+    /// Seconds without an update from the site before a reply is `stalled`.
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<f64>,
+    /// Seconds a whole reply may take.
+    #[arg(long, value_name = "SECS")]
+    reply_timeout: Option<f64>,
+    /// Seconds to wait for the prompt box before the profile counts as signed out.
+    #[arg(long, value_name = "SECS")]
+    prompt_timeout: Option<f64>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(anyhow::Error::msg)?,
+        None => {
+            let path = default_config_path();
+            if path.exists() {
+                Config::from_file(&path).map_err(anyhow::Error::msg)?
+            } else {
+                Config::default()
+            }
+        }
+    };
+    if let Some(v) = &args.socket {
+        config.socket = v.clone();
+    }
+    if let Some(v) = &args.profile {
+        config.browser.profile = v.clone();
+    }
+    if let Some(v) = &args.chromium {
+        config.browser.chromium = v.clone();
+    }
+    if args.headful {
+        config.browser.headless = false;
+    }
+    if let Some(v) = &args.base_url {
+        config.site.base_url = v.clone();
+    }
+    if let Some(v) = &args.proxy {
+        config.browser.proxy = Some(v.clone());
+    }
+    if let Some(v) = &args.connect {
+        config.browser.connect = Some(v.clone());
+    }
+    if let Some(v) = args.tabs {
+        config.pool.tabs = v;
+    }
+    if let Some(v) = args.queue {
+        config.pool.queue = v;
+    }
+    if let Some(v) = args.idle_timeout {
+        config.timeouts.idle_secs = v;
+    }
+    if let Some(v) = args.reply_timeout {
+        config.timeouts.reply_secs = v;
+    }
+    if let Some(v) = args.prompt_timeout {
+        config.timeouts.prompt_box_secs = v;
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "poed=info,warn",
+        1 => "poed=debug,info",
+        _ => "poed=trace,debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // SAFETY: isatty has no preconditions.
+    let tty = unsafe { libc::isatty(libc::STDERR_FILENO) } == 1;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(tty)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = load_config(&args).context("invalid configuration")?;
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    init_logging(args.verbose);
+    let listener = poed::daemon::socket::bind(&config.socket)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        signals.cancel();
+    });
+    let result = poed::daemon::run(config, listener, shutdown, || {}).await;
+    if let Err(e) = result {
+        bail!("{e}");
+    }
+    Ok(())
+}

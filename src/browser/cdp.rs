@@ -1,0 +1,142 @@
+//! DevTools helpers the site driver is built from.
+//!
+//! chromiumoxide has no wait-for-selector, and `Element::type_str` cannot type newlines or
+//! non-ASCII text. Waiting is one `Runtime.evaluate` of a MutationObserver promise (one round
+//! trip, no polling); text goes in with `Input.insertText`; clicks are real mouse events at
+//! the element's centre. Everything is bounded by our own timeouts.
+
+use std::time::Duration;
+
+use chromiumoxide::cdp::browser_protocol::input::InsertTextParams;
+use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::layout::Point;
+use chromiumoxide::Page;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Something that went wrong talking to the page.
+#[derive(Debug, thiserror::Error)]
+pub enum CdpFailure {
+    #[error("the browser did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("DevTools command failed: {0}")]
+    Command(String),
+    #[error("script error in the page: {0}")]
+    Script(String),
+}
+
+/// One condition to wait for: an element matching `selector`, and if `enabled`, one that is
+/// not disabled.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub selector: &'a str,
+    pub enabled: bool,
+}
+
+/// What [`wait_for_first`] found.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Found {
+    /// Index into the list of conditions; `None` when the timeout passed.
+    pub index: Option<usize>,
+    /// Centre of the element in CSS pixels (after scrolling it into view).
+    pub x: f64,
+    pub y: f64,
+}
+
+const WAIT_JS: &str = r#"(async (wanted, ms) => {
+  const probe = () => {
+    for (let i = 0; i < wanted.length; i++) {
+      const el = document.querySelector(wanted[i].selector);
+      if (el && !(wanted[i].enabled && (el.disabled || el.getAttribute('aria-disabled') === 'true'))) {
+        el.scrollIntoView({block: 'center', inline: 'center'});
+        const r = el.getBoundingClientRect();
+        return {index: i, x: r.left + r.width / 2, y: r.top + r.height / 2};
+      }
+    }
+    return null;
+  };
+  return await new Promise((resolve) => {
+    const first = probe();
+    if (first) return resolve(first);
+    let timer = null;
+    const obs = new MutationObserver(() => {
+      const hit = probe();
+      if (hit) { obs.disconnect(); clearTimeout(timer); resolve(hit); }
+    });
+    obs.observe(document.documentElement || document,
+      {childList: true, subtree: true, attributes: true, characterData: true});
+    timer = setTimeout(() => { obs.disconnect(); resolve({index: null, x: 0, y: 0}); }, ms);
+  });
+})"#;
+
+/// Evaluates `expression` in the page, awaiting a returned promise, and returns its JSON value.
+pub async fn eval(page: &Page, expression: String, limit: Duration) -> Result<Value, CdpFailure> {
+    let params = EvaluateParams::builder()
+        .expression(expression)
+        .await_promise(true)
+        .return_by_value(true)
+        .build()
+        .map_err(CdpFailure::Command)?;
+    let reply = tokio::time::timeout(limit, page.execute(params))
+        .await
+        .map_err(|_| CdpFailure::Timeout(limit))?
+        .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    if let Some(ex) = &reply.result.exception_details {
+        return Err(CdpFailure::Script(ex.text.clone()));
+    }
+    Ok(reply.result.result.value.clone().unwrap_or(Value::Null))
+}
+
+/// Waits until the first of `wanted` is present (and enabled where asked), watching the DOM
+/// with a MutationObserver. Returns which one, or `index: None` after `timeout`.
+pub async fn wait_for_first(
+    page: &Page,
+    wanted: &[Wanted<'_>],
+    timeout: Duration,
+) -> Result<Found, CdpFailure> {
+    let list: Vec<Value> = wanted
+        .iter()
+        .map(|w| json!({"selector": w.selector, "enabled": w.enabled}))
+        .collect();
+    let expr = format!("{WAIT_JS}({}, {})", Value::Array(list), timeout.as_millis());
+    // The page answers by itself at `timeout`; allow for a slow round trip on top.
+    let value = eval(page, expr, timeout + Duration::from_secs(5)).await?;
+    serde_json::from_value(value).map_err(|e| CdpFailure::Script(e.to_string()))
+}
+
+/// Focuses the element matching `selector`; false when there is none.
+pub async fn focus(page: &Page, selector: &str, limit: Duration) -> Result<bool, CdpFailure> {
+    let expr = format!(
+        "(() => {{ const el = document.querySelector({}); if (!el) return false; el.focus(); return true; }})()",
+        Value::String(selector.to_owned())
+    );
+    Ok(eval(page, expr, limit).await? == Value::Bool(true))
+}
+
+/// Inserts `text` at the focused element as the user's input (fires trusted input events;
+/// any Unicode, newlines included).
+pub async fn insert_text(page: &Page, text: &str, limit: Duration) -> Result<(), CdpFailure> {
+    tokio::time::timeout(limit, page.execute(InsertTextParams::new(text)))
+        .await
+        .map_err(|_| CdpFailure::Timeout(limit))?
+        .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    Ok(())
+}
+
+/// A real left click (mouse move, press, release) at `(x, y)`.
+pub async fn click_at(page: &Page, x: f64, y: f64, limit: Duration) -> Result<(), CdpFailure> {
+    tokio::time::timeout(limit, page.click(Point { x, y }))
+        .await
+        .map_err(|_| CdpFailure::Timeout(limit))?
+        .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    Ok(())
+}
+
+/// Navigates and waits for the `load` event.
+pub async fn goto(page: &Page, url: &str, limit: Duration) -> Result<(), CdpFailure> {
+    tokio::time::timeout(limit, page.goto(url))
+        .await
+        .map_err(|_| CdpFailure::Timeout(limit))?
+        .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    Ok(())
+}

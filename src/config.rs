@@ -1,0 +1,329 @@
+//! The daemon's configuration: built-in defaults, then the TOML file, then command-line flags.
+//!
+//! Every field has a default, so an empty or missing file is valid. Unknown keys are errors
+//! (a typo must not be silently ignored). README's "Configuration reference" lists each key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::site::poe::models::DEFAULT_MODEL;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the IPC socket is bound.
+    pub socket: PathBuf,
+    /// Cap on one request line in bytes (newline included).
+    pub max_line_bytes: usize,
+    pub browser: BrowserConfig,
+    pub pool: PoolConfig,
+    pub timeouts: Timeouts,
+    pub site: SiteConfig,
+}
+
+/// How Chromium is started or reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrowserConfig {
+    /// The Chromium executable.
+    pub chromium: PathBuf,
+    /// The persistent profile (cookies of the signed-in session live here).
+    pub profile: PathBuf,
+    /// Run without a window (default); `false` shows it.
+    pub headless: bool,
+    /// Chromium's `--proxy-server` value, e.g. `socks5://127.0.0.1:1080`.
+    pub proxy: Option<String>,
+    /// Attach to an already running Chromium (`http://127.0.0.1:9222` or a `ws://` DevTools
+    /// URL) instead of launching one.
+    pub connect: Option<String>,
+    /// Extra Chromium flags, without leading dashes (`"lang=de"`, `"disable-gpu"`).
+    pub args: Vec<String>,
+    /// Seconds to wait for Chromium to start.
+    pub launch_timeout_secs: f64,
+}
+
+/// The tab pool and request queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Tabs, i.e. replies in flight at once (the site tolerates about three per account).
+    pub tabs: usize,
+    /// Requests that may wait for a tab; beyond that a request gets `busy`.
+    pub queue: usize,
+    /// Minimum milliseconds between two sends of the account (0 = off).
+    pub min_send_interval_ms: u64,
+}
+
+/// Timeouts, in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// Opening a bot page (navigation until `load`).
+    pub navigation_secs: f64,
+    /// Waiting for the prompt box after the page loaded; past it the profile counts as signed out.
+    pub prompt_box_secs: f64,
+    /// Waiting for the send button to become enabled after the prompt was entered.
+    pub send_button_secs: f64,
+    /// Whole reply, from send to the final state.
+    pub reply_secs: f64,
+    /// No update from the site for this long -> `stalled`.
+    pub idle_secs: f64,
+}
+
+/// What poed knows of the site: URLs, models, selectors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Site root; bot pages are `{base_url}/{handle}`.
+    pub base_url: String,
+    /// Model used when a request names none.
+    pub default_model: String,
+    /// Extra or overriding model rows: public name -> bot handle.
+    pub models: BTreeMap<String, String>,
+    /// Frames are read only from WebSockets whose URL contains this (other sockets are noise).
+    pub update_socket_contains: String,
+    pub selectors: Selectors,
+}
+
+/// CSS selectors of the chat page (the site's class names change; override them here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Selectors {
+    pub prompt_box: String,
+    pub send_button: String,
+    pub stop_button: String,
+    /// Present when the page shows the logged-out view.
+    pub logged_out: String,
+    /// Present when the free daily messages for the bot are used up.
+    pub daily_limit: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: default_socket_path(),
+            max_line_bytes: crate::protocol::DEFAULT_MAX_LINE_BYTES,
+            browser: BrowserConfig::default(),
+            pool: PoolConfig::default(),
+            timeouts: Timeouts::default(),
+            site: SiteConfig::default(),
+        }
+    }
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        BrowserConfig {
+            chromium: PathBuf::from("/usr/bin/chromium"),
+            profile: data_home().join("poed").join("profile"),
+            headless: true,
+            proxy: None,
+            connect: None,
+            args: Vec::new(),
+            launch_timeout_secs: 30.0,
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            tabs: 3,
+            queue: 32,
+            min_send_interval_ms: 0,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            navigation_secs: 30.0,
+            prompt_box_secs: 15.0,
+            send_button_secs: 5.0,
+            reply_secs: 300.0,
+            idle_secs: 60.0,
+        }
+    }
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig {
+            base_url: "https://poe.com".into(),
+            default_model: DEFAULT_MODEL.into(),
+            models: BTreeMap::new(),
+            update_socket_contains: "/updates".into(),
+            selectors: Selectors::default(),
+        }
+    }
+}
+
+impl Default for Selectors {
+    fn default() -> Self {
+        Selectors {
+            prompt_box: "footer textarea[class^='GrowingTextArea']".into(),
+            send_button:
+                "footer button[class*='ChatMessageSendButton'], button[aria-label='Send message']"
+                    .into(),
+            stop_button: "button[aria-label='Stop message']".into(),
+            logged_out: "[class*='LoggedOutBotInfoPage']".into(),
+            daily_limit: "[class*='ChatMessageSendButton_noFreeMessageTooltip']".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file. A missing file at the *default* path is not an error; the
+    /// caller decides (see [`default_config_path`]).
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Config::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks values that the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pool.tabs == 0 {
+            return Err("pool.tabs must be at least 1".into());
+        }
+        if self.max_line_bytes < 1024 {
+            return Err("max_line_bytes must be at least 1024".into());
+        }
+        let t = &self.timeouts;
+        for (name, v) in [
+            ("navigation_secs", t.navigation_secs),
+            ("prompt_box_secs", t.prompt_box_secs),
+            ("send_button_secs", t.send_button_secs),
+            ("reply_secs", t.reply_secs),
+            ("idle_secs", t.idle_secs),
+            (
+                "browser.launch_timeout_secs",
+                self.browser.launch_timeout_secs,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!(
+                    "timeouts.{name} must be a positive number of seconds"
+                ));
+            }
+        }
+        if !(self.site.base_url.starts_with("http://")
+            || self.site.base_url.starts_with("https://"))
+        {
+            return Err(format!(
+                "site.base_url {:?} must start with http:// or https://",
+                self.site.base_url
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `secs` as a [`std::time::Duration`] (validated positive and finite).
+pub fn secs(secs: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(secs.max(0.001))
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => home().join(fallback),
+    }
+}
+
+fn data_home() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share")
+}
+
+/// `$XDG_CONFIG_HOME/poed/config.toml` (`~/.config/poed/config.toml`).
+pub fn default_config_path() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config")
+        .join("poed")
+        .join("config.toml")
+}
+
+/// The socket path clients and the daemon agree on: `$POED_SOCKET`, else
+/// `$XDG_RUNTIME_DIR/poed/poed.sock`, else `/tmp/poed-$UID/poed.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("POED_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("poed").join("poed.sock"),
+        _ => {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::getuid() };
+            std::env::temp_dir()
+                .join(format!("poed-{uid}"))
+                .join("poed.sock")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::from_toml("").expect("empty is valid");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.pool.tabs, 3);
+        assert_eq!(c.site.base_url, "https://poe.com");
+        c.validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn file_overrides_nested_values() {
+        let c = Config::from_toml(
+            r#"
+            socket = "/tmp/x.sock"
+            [browser]
+            headless = false
+            proxy = "socks5://127.0.0.1:1080"
+            [timeouts]
+            idle_secs = 2.5
+            [site]
+            base_url = "http://127.0.0.1:8080"
+            [site.models]
+            claude = "Claude-3.5-Sonnet"
+            [site.selectors]
+            stop_button = "button.stop"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert!(!c.browser.headless);
+        assert_eq!(c.timeouts.idle_secs, 2.5);
+        assert_eq!(c.timeouts.reply_secs, 300.0);
+        assert_eq!(c.site.models["claude"], "Claude-3.5-Sonnet");
+        assert_eq!(c.site.selectors.stop_button, "button.stop");
+        assert_eq!(c.site.selectors.prompt_box, Selectors::default().prompt_box);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused_with_the_key_named() {
+        let e = Config::from_toml("[pool]\ntabz = 3").expect_err("unknown key");
+        assert!(e.contains("tabz"), "{e}");
+        let mut c = Config::default();
+        c.timeouts.idle_secs = 0.0;
+        assert!(c.validate().expect_err("zero").contains("idle_secs"));
+        let mut c = Config::default();
+        c.site.base_url = "poe.com".into();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,336 @@
+//! The IPC server: the accept loop and one task per connection.
+//!
+//! A connection gets the hello line first, then reads request lines (capped; an oversized or
+//! invalid line gets an error reply and the connection stays usable). Each `complete` runs
+//! in its own task, so one connection can carry several requests at once; every event names
+//! its request's `id`. All of a connection's output goes through one writer task with a
+//! bounded queue. Deltas never block the engine: when a client reads slowly they are merged
+//! into one pending delta (memory bounded by the reply itself), and a client that stops
+//! reading entirely is dropped, which cancels its requests. A client that disconnects
+//! likewise cancels its running requests (the site's stop button is clicked).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::daemon::engine::{Engine, Update};
+use crate::error::{Error, ErrorKind};
+use crate::protocol::{
+    parse_request, read_line_capped, CompleteRequest, Event, EventLine, LineRead, Request,
+    RequestId, PROTOCOL_VERSION,
+};
+
+/// Lines queued for one connection's writer before deltas start to merge.
+const WRITE_QUEUE: usize = 64;
+/// How long a final event may wait for a client that does not read before it is dropped.
+const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Accepts connections until `shutdown`; connection tasks are tracked by `tasks`.
+/// `requests` is cancelled by the daemon when running requests must end.
+pub async fn serve(
+    listener: Listener,
+    engine: Arc<Engine>,
+    max_line: usize,
+    shutdown: CancellationToken,
+    requests: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut next_conn = 0u64;
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            conn = listener.accept() => conn,
+        };
+        match conn {
+            Ok(stream) => {
+                next_conn += 1;
+                let conn = Connection {
+                    id: next_conn,
+                    engine: engine.clone(),
+                    max_line,
+                    cancel: requests.child_token(),
+                    stop_reading: shutdown.clone(),
+                    tasks: tasks.clone(),
+                };
+                tasks.spawn(conn.run(stream));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                // Typically EMFILE: give the system a moment instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    info!("stopped accepting connections");
+}
+
+struct Connection {
+    id: u64,
+    engine: Arc<Engine>,
+    max_line: usize,
+    /// Cancelled when the client goes away or the daemon ends running requests.
+    cancel: CancellationToken,
+    stop_reading: CancellationToken,
+    tasks: TaskTracker,
+}
+
+type InFlight = Arc<Mutex<HashMap<RequestId, CancellationToken>>>;
+
+fn line(id: Option<RequestId>, event: Event) -> String {
+    EventLine { id, event }.to_line()
+}
+
+impl Connection {
+    async fn run(self, stream: Stream) {
+        let conn = self.id;
+        debug!(conn, "client connected");
+        // `&Stream` reads and writes: one Arc serves the reader here and the writer task.
+        let stream = Arc::new(stream);
+        let (tx, rx) = mpsc::channel::<String>(WRITE_QUEUE);
+        let writer = tokio::spawn(write_loop(stream.clone(), rx, self.cancel.clone()));
+        let hello = Event::Hello {
+            protocol: PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").into(),
+            server: "poed".into(),
+        };
+        if tx.send(line(None, hello)).await.is_err() {
+            return;
+        }
+        let inflight: InFlight = Arc::default();
+        self.read_loop(&stream, &tx, &inflight).await;
+        drop(tx);
+        // The writer ends once every request task has dropped its sender.
+        let _ = writer.await;
+        debug!(conn, "client gone");
+    }
+
+    async fn read_loop(&self, stream: &Stream, tx: &mpsc::Sender<String>, inflight: &InFlight) {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            let read = tokio::select! {
+                _ = self.stop_reading.cancelled() => return,
+                _ = self.cancel.cancelled() => return,
+                r = read_line_capped(&mut reader, &mut buf, self.max_line) => r,
+            };
+            match read {
+                Ok(LineRead::Line) => {
+                    if buf.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    self.handle_line(&buf, tx, inflight).await;
+                }
+                Ok(LineRead::TooLong) => {
+                    let e = Error::new(
+                        ErrorKind::RequestTooLarge,
+                        format!(
+                            "the request line is longer than {} bytes and was skipped; send shorter prompts or raise max_line_bytes",
+                            self.max_line
+                        ),
+                    );
+                    let _ = tx.send(line(None, Event::error(&e))).await;
+                }
+                // EOF: the client sent all it will send (or half-closed); running requests
+                // carry on, and a client that is really gone is noticed on the next write.
+                Ok(LineRead::Eof) => return,
+                Err(e) => {
+                    debug!(conn = self.id, error = %e, "read failed");
+                    self.cancel.cancel();
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn handle_line(&self, raw: &[u8], tx: &mpsc::Sender<String>, inflight: &InFlight) {
+        let req = match parse_request(raw) {
+            Ok(r) => r,
+            Err(bad) => {
+                let _ = tx.send(line(bad.id, Event::error(&bad.error))).await;
+                return;
+            }
+        };
+        let id = req.id;
+        match req.request {
+            Request::Models => {
+                let _ = tx.send(line(Some(id), self.engine.models_event())).await;
+            }
+            Request::Status => {
+                let status = Event::Status(Box::new(self.engine.status()));
+                let _ = tx.send(line(Some(id), status)).await;
+            }
+            Request::Cancel { target } => {
+                let token = inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&target)
+                    .cloned();
+                let event = match token {
+                    Some(t) => {
+                        t.cancel();
+                        Event::Ok
+                    }
+                    None => Event::error(&Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "no request with id {target} is running or queued on this connection"
+                        ),
+                    )),
+                };
+                let _ = tx.send(line(Some(id), event)).await;
+            }
+            Request::Complete(params) => {
+                let token = self.cancel.child_token();
+                let duplicate = {
+                    let mut map = inflight.lock().unwrap_or_else(|p| p.into_inner());
+                    let duplicate = map.contains_key(&id);
+                    if !duplicate {
+                        map.insert(id.clone(), token.clone());
+                    }
+                    duplicate
+                };
+                {
+                    if duplicate {
+                        let e = Error::new(
+                            ErrorKind::BadRequest,
+                            format!("id {id} is already in use by a running request on this connection; use a new id"),
+                        );
+                        let _ = tx.send(line(Some(id), Event::error(&e))).await;
+                        return;
+                    }
+                }
+                let task = RequestTask {
+                    id,
+                    engine: self.engine.clone(),
+                    tx: tx.clone(),
+                    cancel: token,
+                    conn_cancel: self.cancel.clone(),
+                    inflight: inflight.clone(),
+                };
+                self.tasks.spawn(task.run(params));
+            }
+        }
+    }
+}
+
+async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::Receiver<String>, gone: CancellationToken) {
+    let mut send = &*stream;
+    while let Some(text) = rx.recv().await {
+        if let Err(e) = send.write_all(text.as_bytes()).await {
+            debug!(error = %e, "client stopped reading; cancelling its requests");
+            gone.cancel();
+            // Keep draining so senders never block on a dead connection.
+            while rx.recv().await.is_some() {}
+            return;
+        }
+    }
+    let _ = send.shutdown().await;
+}
+
+/// One `complete` request of a connection.
+struct RequestTask {
+    id: RequestId,
+    engine: Arc<Engine>,
+    tx: mpsc::Sender<String>,
+    cancel: CancellationToken,
+    conn_cancel: CancellationToken,
+    inflight: InFlight,
+}
+
+/// Text not yet handed to the writer because the client reads slowly.
+enum Pending {
+    Append(String),
+    Replace(String),
+}
+
+impl RequestTask {
+    async fn run(self, params: CompleteRequest) {
+        let stream = params.stream;
+        let mut pending: Option<Pending> = None;
+        let id = self.id.clone();
+        let tx = self.tx.clone();
+        let mut on_update = |u: Update| {
+            let event = match u {
+                Update::Queued { position } => Some(Event::Queued { position }),
+                Update::Started { model, bot } => Some(Event::Started { model, bot }),
+                Update::Delta(d) if stream => {
+                    pending = Some(match pending.take() {
+                        None => Pending::Append(d),
+                        Some(Pending::Append(mut s)) => {
+                            s.push_str(&d);
+                            Pending::Append(s)
+                        }
+                        Some(Pending::Replace(mut s)) => {
+                            s.push_str(&d);
+                            Pending::Replace(s)
+                        }
+                    });
+                    None
+                }
+                Update::Replace(t) if stream => {
+                    pending = Some(Pending::Replace(t));
+                    None
+                }
+                Update::Delta(_) | Update::Replace(_) => None,
+            };
+            if let Some(event) = event {
+                // Status events are few and early; if even they do not fit, the client is
+                // not reading and will be dropped by the final write's limit.
+                let _ = tx.try_send(line(Some(id.clone()), event));
+            }
+            if let Some(p) = pending.take() {
+                let event = match &p {
+                    Pending::Append(s) => Event::Delta { text: s.clone() },
+                    Pending::Replace(s) => Event::Replace { text: s.clone() },
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    tx.try_send(line(Some(id.clone()), event))
+                {
+                    pending = Some(p);
+                }
+            }
+        };
+        let result = self
+            .engine
+            .complete(&params, &mut on_update, &self.cancel)
+            .await;
+        let mut finals = Vec::new();
+        if let (Ok(_), Some(p)) = (&result, pending) {
+            finals.push(match p {
+                Pending::Append(s) => Event::Delta { text: s },
+                Pending::Replace(s) => Event::Replace { text: s },
+            });
+        }
+        finals.push(match result {
+            Ok(c) => Event::Done {
+                text: c.text,
+                model: c.model,
+                bot: c.bot,
+                timings: c.timings,
+            },
+            Err(e) => Event::error(&e),
+        });
+        for event in finals {
+            let send = self.tx.send(line(Some(self.id.clone()), event));
+            if !matches!(
+                tokio::time::timeout(FINAL_WRITE_LIMIT, send).await,
+                Ok(Ok(()))
+            ) {
+                warn!(id = %self.id, "client does not read its replies; dropping the connection");
+                self.conn_cancel.cancel();
+                break;
+            }
+        }
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}

@@ -1,0 +1,82 @@
+//! The daemon: binds the socket, starts the browser and the engine, serves clients, and
+//! shuts down in order.
+//!
+//! - [`socket`]: binding the IPC socket safely (0700 directory, 0600 socket, a live daemon
+//!   refused, a stale socket file replaced).
+//! - [`ipc_server`]: the accept loop and per-connection tasks (the NDJSON protocol).
+//! - [`engine`]: model table, queue and tab pool, site driver, counters; shared by every
+//!   front door.
+
+pub mod engine;
+pub mod ipc_server;
+pub mod socket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Listener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::browser::supervisor;
+use crate::config::Config;
+use engine::Engine;
+
+/// How long running replies may take to finish once shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the daemon on an already bound `listener` until `shutdown` is cancelled.
+/// `on_ready` is called once the browser is up and clients are being served.
+pub async fn run(
+    config: Config,
+    listener: Listener,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(),
+) -> Result<(), String> {
+    let config = Arc::new(config);
+    let browser = tokio::select! {
+        b = supervisor::start(&config.browser) => b?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let engine = match Engine::new(config.clone(), browser.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            browser.shutdown().await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = engine.open_tabs().await {
+        browser.shutdown().await;
+        return Err(e);
+    }
+    let tasks = TaskTracker::new();
+    let requests = CancellationToken::new();
+    let server = tokio::spawn(ipc_server::serve(
+        listener,
+        engine.clone(),
+        config.max_line_bytes,
+        shutdown.clone(),
+        requests.clone(),
+        tasks.clone(),
+    ));
+    info!(socket = %config.socket.display(), tabs = config.pool.tabs, "poed ready");
+    on_ready();
+    shutdown.cancelled().await;
+
+    info!("shutting down");
+    let _ = server.await;
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("running requests did not finish within the grace period; cancelling them");
+        requests.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    }
+    engine.close_pool().await;
+    browser.shutdown().await;
+    info!("bye");
+    Ok(())
+}

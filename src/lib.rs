@@ -1,0 +1,19 @@
+//! poed: serves completions from a logged-in Poe web session to local programs.
+//!
+//! A long-running daemon keeps Chromium open on a persistent profile through the DevTools
+//! protocol ([`browser::supervisor`]), lends warm tabs to requests ([`browser::tab_pool`]),
+//! drives the Poe page like a person ([`site::poe::driver`]) and reads replies straight from
+//! the page's WebSocket frames ([`browser::tab`] pumps them, [`site::poe::frames`] parses
+//! them). Clients speak newline-delimited JSON over a local socket ([`protocol`],
+//! [`daemon::ipc_server`]); [`client`] is the reference client that `poectl` is built on.
+//! [`daemon::run`] ties it together and shuts it down in order.
+
+pub mod browser;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod protocol;
+pub mod site;
+
+pub use error::{Error, ErrorKind};

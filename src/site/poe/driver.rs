@@ -1,0 +1,308 @@
+//! The Poe driver: runs one completion in a tab, the way a person would.
+//!
+//! Open the bot page (a fresh chat) unless the tab is already warm for that bot, wait for the
+//! prompt box (it never comes when the profile is signed out), focus it, enter the prompt
+//! with `Input.insertText`, wait until the send button is enabled, click it, and then read
+//! the reply only from the tab's update-WebSocket frames (see [`crate::browser::tab`]): no
+//! injected script, no polling of the page. Stopping clicks the page's stop button.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::browser::cdp::{self, CdpFailure, Wanted};
+use crate::browser::tab::{Tab, TabSignal};
+use crate::config::{secs, SiteConfig, Timeouts};
+use crate::error::{Error, ErrorKind};
+use crate::site::poe::frames::{Outcome, ReplyStep, ReplyTracker, Update};
+
+/// A short limit for single DevTools commands that should answer at once.
+const COMMAND_LIMIT: Duration = Duration::from_secs(10);
+
+/// Progress of a reply, for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Delta(String),
+    Replace(String),
+}
+
+/// Runs completions on tabs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    site: SiteConfig,
+    timeouts: Timeouts,
+}
+
+fn browser_error(during: &str, e: CdpFailure) -> Error {
+    match e {
+        CdpFailure::Timeout(d) => Error::new(
+            ErrorKind::BrowserUnavailable,
+            format!("the browser did not answer within {d:?} while {during}; it may be overloaded or wedged"),
+        ),
+        other => Error::new(
+            ErrorKind::BrowserUnavailable,
+            format!("browser error while {during}: {other}"),
+        ),
+    }
+}
+
+impl Driver {
+    pub fn new(site: SiteConfig, timeouts: Timeouts) -> Self {
+        Driver { site, timeouts }
+    }
+
+    pub fn bot_url(&self, bot: &str) -> String {
+        format!("{}/{}", self.site.base_url.trim_end_matches('/'), bot)
+    }
+
+    fn not_logged_in(&self) -> Error {
+        Error::new(
+            ErrorKind::NotLoggedIn,
+            format!(
+                "the browser profile is not signed in to {}: sign in once in a visible window (stop poed, run `poed --headful`, sign in on the page that opens, then start poed again), or see README \"Signing in\"",
+                self.site.base_url
+            ),
+        )
+    }
+
+    /// Opens a fresh chat with `bot` and waits for its prompt box; the tab is then warm.
+    pub async fn open_chat(&self, tab: &mut Tab, bot: &str) -> Result<(), Error> {
+        tab.warm_for = None;
+        let url = self.bot_url(bot);
+        cdp::goto(&tab.page, &url, secs(self.timeouts.navigation_secs))
+            .await
+            .map_err(|e| match e {
+                CdpFailure::Command(m) => Error::new(
+                    ErrorKind::SiteError,
+                    format!("cannot open {url}: {m}; check site.base_url, the network and browser.proxy"),
+                ),
+                other => browser_error("opening the bot page", other),
+            })?;
+        let sel = &self.site.selectors;
+        let found = cdp::wait_for_first(
+            &tab.page,
+            &[
+                Wanted {
+                    selector: &sel.prompt_box,
+                    enabled: false,
+                },
+                Wanted {
+                    selector: &sel.logged_out,
+                    enabled: false,
+                },
+            ],
+            secs(self.timeouts.prompt_box_secs),
+        )
+        .await
+        .map_err(|e| browser_error("waiting for the prompt box", e))?;
+        match found.index {
+            Some(0) => {
+                tab.warm_for = Some(bot.to_owned());
+                debug!(tab = tab.id, bot, "chat ready");
+                Ok(())
+            }
+            Some(_) => Err(self.not_logged_in()),
+            None => {
+                let mut e = self.not_logged_in();
+                e.message = format!(
+                    "no prompt box appeared on {url} within {}s (a sign-in or challenge page?); {}",
+                    self.timeouts.prompt_box_secs, e.message
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `prompt` to `bot` in `tab` and streams the reply through `progress`.
+    /// Returns the site's final text.
+    pub async fn complete(
+        &self,
+        tab: &mut Tab,
+        bot: &str,
+        prompt: &str,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<String, Error> {
+        let sel = &self.site.selectors;
+        if tab.warm_for.as_deref() != Some(bot) {
+            self.open_chat(tab, bot).await?;
+        }
+        // From here on the chat is used: whatever happens, it is not fresh any more.
+        tab.warm_for = None;
+        let mut sub = tab.subscribe();
+        let focused = cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
+            .await
+            .map_err(|e| browser_error("focusing the prompt box", e))?;
+        if !focused {
+            // The warm page went stale (navigated, signed out): start over once.
+            self.open_chat(tab, bot).await?;
+            tab.warm_for = None;
+            if !cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
+                .await
+                .map_err(|e| browser_error("focusing the prompt box", e))?
+            {
+                return Err(self.not_logged_in());
+            }
+        }
+        cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT)
+            .await
+            .map_err(|e| browser_error("entering the prompt", e))?;
+        let send = cdp::wait_for_first(
+            &tab.page,
+            &[
+                Wanted {
+                    selector: &sel.send_button,
+                    enabled: true,
+                },
+                Wanted {
+                    selector: &sel.daily_limit,
+                    enabled: false,
+                },
+            ],
+            secs(self.timeouts.send_button_secs),
+        )
+        .await
+        .map_err(|e| browser_error("waiting for the send button", e))?;
+        match send.index {
+            Some(0) => {}
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorKind::DailyLimit,
+                    format!("the daily message limit for bot {bot} is reached on this account; try another model or wait until tomorrow"),
+                ))
+            }
+            None => {
+                return Err(Error::new(
+                    ErrorKind::SiteError,
+                    format!(
+                        "the send button stayed disabled for {}s after the prompt was entered; the page may have changed (check site.selectors.send_button)",
+                        self.timeouts.send_button_secs
+                    ),
+                ))
+            }
+        }
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
+        cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
+            .await
+            .map_err(|e| browser_error("clicking send", e))?;
+        debug!(tab = tab.id, bot, "prompt sent");
+        self.read_reply(tab, &mut sub.rx, progress, cancel).await
+    }
+
+    async fn read_reply(
+        &self,
+        tab: &Tab,
+        rx: &mut UnboundedReceiver<TabSignal>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<String, Error> {
+        let started = Instant::now();
+        let idle_limit = secs(self.timeouts.idle_secs);
+        let deadline = tokio::time::sleep(secs(self.timeouts.reply_secs));
+        tokio::pin!(deadline);
+        let idle = tokio::time::sleep(idle_limit);
+        tokio::pin!(idle);
+        let mut tracker = ReplyTracker::new();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.stop(tab, rx).await;
+                    return Err(cancelled());
+                }
+                _ = &mut deadline => {
+                    self.stop(tab, rx).await;
+                    return Err(Error::new(ErrorKind::Timeout, format!(
+                        "the reply did not finish within {}s; raise timeouts.reply_secs for long answers",
+                        self.timeouts.reply_secs)));
+                }
+                _ = &mut idle => {
+                    self.stop(tab, rx).await;
+                    return Err(Error::new(ErrorKind::Stalled, format!(
+                        "no update from the site for {}s{}; the prompt was not resent (resending can get accounts flagged): retry the request",
+                        self.timeouts.idle_secs,
+                        if tracker.started() { " in the middle of the reply" } else { " after sending" })));
+                }
+                signal = rx.recv() => match signal {
+                    Some(TabSignal::Updates(updates)) => {
+                        for update in updates {
+                            match update {
+                                Update::Message(m) => {
+                                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                                    for step in tracker.feed(&m) {
+                                        match step {
+                                            ReplyStep::Delta(d) => progress(Progress::Delta(d)),
+                                            ReplyStep::Replace(t) => progress(Progress::Replace(t)),
+                                            ReplyStep::Finished(Outcome::Complete(text)) => {
+                                                info!(tab = tab.id, chars = text.chars().count(), ms = started.elapsed().as_millis() as u64, "reply complete");
+                                                return Ok(text);
+                                            }
+                                            ReplyStep::Finished(Outcome::Failed { state, .. }) => {
+                                                return Err(Error::new(ErrorKind::SiteError, format!(
+                                                    "the site ended the reply with state {state:?}; see the state for why (e.g. a prompt that is too long)")).with_state(state));
+                                            }
+                                        }
+                                    }
+                                }
+                                Update::LostUpdates(reason) => {
+                                    warn!(tab = tab.id, reason, "the page lost updates; waiting for more frames");
+                                }
+                            }
+                        }
+                    }
+                    Some(TabSignal::SocketClosed) => {
+                        warn!(tab = tab.id, "the update socket closed during a reply");
+                    }
+                    Some(TabSignal::Gone) | None => {
+                        return Err(Error::new(ErrorKind::BrowserCrashed,
+                            "the tab or the browser went away during the reply; retry the request"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops a streaming reply with the page's stop button, and waits briefly for the site
+    /// to confirm. Best effort: the tab is made fresh afterwards anyway.
+    async fn stop(&self, tab: &Tab, rx: &mut UnboundedReceiver<TabSignal>) {
+        let found = cdp::wait_for_first(
+            &tab.page,
+            &[Wanted {
+                selector: &self.site.selectors.stop_button,
+                enabled: false,
+            }],
+            Duration::from_millis(300),
+        )
+        .await;
+        let Ok(cdp::Found {
+            index: Some(_),
+            x,
+            y,
+        }) = found
+        else {
+            debug!(tab = tab.id, "no stop button to click");
+            return;
+        };
+        if let Err(e) = cdp::click_at(&tab.page, x, y, COMMAND_LIMIT).await {
+            warn!(tab = tab.id, error = %e, "could not click stop");
+            return;
+        }
+        info!(tab = tab.id, "stop clicked");
+        // Wait (bounded) for the site to confirm the stop with a final state.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(TabSignal::Updates(updates)) = rx.recv().await {
+                if updates.iter().any(|u| matches!(u, Update::Message(m) if m.author != "human" && m.state != "incomplete")) {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+fn cancelled() -> Error {
+    Error::new(ErrorKind::Cancelled, "the request was cancelled")
+}
