@@ -133,7 +133,7 @@ impl Default for PoolConfig {
         PoolConfig {
             tabs: 3,
             queue: 32,
-            min_send_interval_ms: 0,
+            min_send_interval_ms: 1500,
         }
     }
 }

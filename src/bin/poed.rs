@@ -51,6 +51,9 @@ struct Args {
     /// Seconds to wait for the prompt box before the profile counts as signed out.
     #[arg(long, value_name = "SECS")]
     prompt_timeout: Option<f64>,
+    /// Minimum milliseconds between two sends of the account (0 = off).
+    #[arg(long, value_name = "MS")]
+    min_send_interval_ms: Option<u64>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -97,6 +100,9 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.queue {
         config.pool.queue = v;
+    }
+    if let Some(v) = args.min_send_interval_ms {
+        config.pool.min_send_interval_ms = v;
     }
     if let Some(v) = args.idle_timeout {
         config.timeouts.idle_secs = v;

@@ -1,33 +1,50 @@
 //! The browser supervisor: the one owner of chromiumoxide's `Browser`.
 //!
-//! It runs as a task (an actor): it launches Chromium on the persistent profile, or attaches
-//! to a running one (`--connect`), drives the CDP handler in its own task, opens tabs on
-//! request, watches the browser's health (handler errors, a periodic `Browser.getVersion`
-//! with a short timeout, since a dead browser's handler can go quiet instead of ending), and
-//! closes Chromium on shutdown. Others hold a cheap [`BrowserHandle`].
+//! It runs as a task (an actor). It launches Chromium on the persistent profile, or attaches
+//! to a running one (`--connect`), drives the CDP handler in its own task, and opens tabs on
+//! request. It watches the browser's health three ways, because a dead browser's handler
+//! can go quiet instead of ending: the handler's error or end, the child's exit (on every
+//! SIGCHLD), and a periodic `Browser.getVersion` with a short timeout. When the browser is
+//! found dead it cancels that browser generation's token (requests running on its tabs fail
+//! with `browser_crashed` at once), then relaunches on the same profile with backoff; the
+//! engine sees the new generation and rebuilds the tab pool. Others hold a [`BrowserHandle`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chromiumoxide::browser::{Browser, BrowserConfig as CdpConfig};
 use chromiumoxide::cdp::browser_protocol::browser::GetVersionParams;
-use chromiumoxide::Page;
+use chromiumoxide::{Handler, Page};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
 use crate::browser::profile_lock::{self, LockState};
 use crate::config::{secs, BrowserConfig};
 use crate::protocol::BrowserStatus;
 
 /// How often the supervisor checks that the browser still answers.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_INTERVAL: Duration = Duration::from_secs(3);
 /// How long a health check may take before the browser counts as wedged.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Relaunch backoff: first delay, doubled per failed attempt up to the maximum.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 enum Command {
     NewPage(oneshot::Sender<Result<Page, String>>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// One browser process (or attachment), from launch to death.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Counts launches: 1 for the first browser, +1 per restart.
+    pub number: u64,
+    pub up: bool,
+    /// Cancelled when this generation's browser is found dead.
+    pub gone: CancellationToken,
 }
 
 /// A cheap, cloneable handle to the supervisor task.
@@ -35,12 +52,11 @@ enum Command {
 pub struct BrowserHandle {
     commands: mpsc::Sender<Command>,
     status: Arc<Mutex<BrowserStatus>>,
-    /// `true` while the browser is up; flips to `false` when it is found dead.
-    alive: watch::Receiver<bool>,
+    generation: watch::Receiver<Generation>,
 }
 
 impl BrowserHandle {
-    /// Opens a new `about:blank` tab.
+    /// Opens a new `about:blank` tab in the current browser.
     pub async fn new_page(&self) -> Result<Page, String> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -52,20 +68,17 @@ impl BrowserHandle {
     }
 
     pub fn status(&self) -> BrowserStatus {
-        match self.status.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.status).clone()
     }
 
-    pub fn is_alive(&self) -> bool {
-        *self.alive.borrow()
+    /// The current browser generation.
+    pub fn generation(&self) -> Generation {
+        self.generation.borrow().clone()
     }
 
-    /// Resolves when the browser is found dead.
-    pub async fn died(&self) {
-        let mut alive = self.alive.clone();
-        let _ = alive.wait_for(|up| !*up).await;
+    /// A receiver that sees every change of generation or up/down state.
+    pub fn watch(&self) -> watch::Receiver<Generation> {
+        self.generation.clone()
     }
 
     /// Closes the browser (a launched Chromium exits; an attached one is left running).
@@ -77,38 +90,57 @@ impl BrowserHandle {
     }
 }
 
-fn set_status(status: &Mutex<BrowserStatus>, f: impl FnOnce(&mut BrowserStatus)) {
-    match status.lock() {
-        Ok(mut s) => f(&mut s),
-        Err(p) => f(&mut p.into_inner()),
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Launches or attaches to Chromium and starts the supervisor task.
+struct Instance {
+    browser: Browser,
+    handler_died: oneshot::Receiver<String>,
+    handler: tokio::task::JoinHandle<()>,
+    version: Option<String>,
+}
+
+/// Launches or attaches to Chromium and starts the supervisor task. A failure of the first
+/// launch is returned (a configuration problem is better reported at once than retried).
 pub async fn start(cfg: &BrowserConfig) -> Result<BrowserHandle, String> {
-    let (browser, mut handler, mode) = match &cfg.connect {
-        Some(url) => {
-            let (b, h) = tokio::time::timeout(secs(cfg.launch_timeout_secs), Browser::connect(url.clone()))
-                .await
-                .map_err(|_| format!("no answer from the browser at {url} within {}s; is it running with --remote-debugging-port?", cfg.launch_timeout_secs))?
-                .map_err(|e| format!("cannot attach to the browser at {url}: {e}; start it with --remote-debugging-port=PORT and pass http://127.0.0.1:PORT"))?;
-            (b, h, "connected")
-        }
-        None => {
-            let (b, h) = launch(cfg).await?;
-            (b, h, "launched")
-        }
-    };
+    let instance = open(cfg).await?;
     let status = Arc::new(Mutex::new(BrowserStatus {
         state: "up".into(),
-        mode: mode.into(),
-        version: None,
+        mode: if cfg.connect.is_some() {
+            "connected"
+        } else {
+            "launched"
+        }
+        .into(),
+        version: instance.version.clone(),
         restarts: 0,
         last_error: None,
     }));
-    let (alive_tx, alive_rx) = watch::channel(true);
-    let (handler_err_tx, handler_err_rx) = oneshot::channel::<String>();
-    tokio::spawn(async move {
+    let (gen_tx, gen_rx) = watch::channel(Generation {
+        number: 1,
+        up: true,
+        gone: CancellationToken::new(),
+    });
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(supervise(cfg.clone(), instance, rx, gen_tx, status.clone()));
+    Ok(BrowserHandle {
+        commands: tx,
+        status,
+        generation: gen_rx,
+    })
+}
+
+async fn open(cfg: &BrowserConfig) -> Result<Instance, String> {
+    let (browser, mut handler) = match &cfg.connect {
+        Some(url) => tokio::time::timeout(secs(cfg.launch_timeout_secs), Browser::connect(url.clone()))
+            .await
+            .map_err(|_| format!("no answer from the browser at {url} within {}s; is it running with --remote-debugging-port?", cfg.launch_timeout_secs))?
+            .map_err(|e| format!("cannot attach to the browser at {url}: {e}; start it with --remote-debugging-port=PORT and pass http://127.0.0.1:PORT"))?,
+        None => launch(cfg).await?,
+    };
+    let (died_tx, died_rx) = oneshot::channel::<String>();
+    let handler = tokio::spawn(async move {
         let why = loop {
             match handler.next().await {
                 Some(Ok(())) => {}
@@ -116,30 +148,27 @@ pub async fn start(cfg: &BrowserConfig) -> Result<BrowserHandle, String> {
                 None => break "DevTools connection closed".to_string(),
             }
         };
-        let _ = handler_err_tx.send(why);
+        let _ = died_tx.send(why);
     });
-    if let Ok(Ok(v)) =
-        tokio::time::timeout(HEALTH_TIMEOUT, browser.execute(GetVersionParams::default())).await
+    let version = match tokio::time::timeout(
+        HEALTH_TIMEOUT * 5,
+        browser.execute(GetVersionParams::default()),
+    )
+    .await
     {
-        info!(product = %v.result.product, mode, "browser up");
-        set_status(&status, |s| s.version = Some(v.result.product.clone()));
-    }
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(supervise(
+        Ok(Ok(v)) => Some(v.result.product.clone()),
+        _ => None,
+    };
+    info!(version = version.as_deref().unwrap_or("?"), "browser up");
+    Ok(Instance {
         browser,
-        rx,
-        handler_err_rx,
-        alive_tx,
-        status.clone(),
-    ));
-    Ok(BrowserHandle {
-        commands: tx,
-        status,
-        alive: alive_rx,
+        handler_died: died_rx,
+        handler,
+        version,
     })
 }
 
-async fn launch(cfg: &BrowserConfig) -> Result<(Browser, chromiumoxide::Handler), String> {
+async fn launch(cfg: &BrowserConfig) -> Result<(Browser, Handler), String> {
     std::fs::create_dir_all(&cfg.profile).map_err(|e| {
         format!(
             "cannot create the profile directory {}: {e}",
@@ -202,60 +231,151 @@ async fn launch(cfg: &BrowserConfig) -> Result<(Browser, chromiumoxide::Handler)
     })
 }
 
+/// Why the serving loop ended.
+enum Ended {
+    Died(String),
+    Shutdown(Option<oneshot::Sender<()>>),
+}
+
 async fn supervise(
-    mut browser: Browser,
+    cfg: BrowserConfig,
+    first: Instance,
     mut commands: mpsc::Receiver<Command>,
-    mut handler_died: oneshot::Receiver<String>,
-    alive: watch::Sender<bool>,
+    generation: watch::Sender<Generation>,
     status: Arc<Mutex<BrowserStatus>>,
 ) {
+    let mut children = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGCHLD; relying on health checks");
+            None
+        }
+    };
+    let mut instance = Some(first);
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let Some(mut inst) = instance.take() else {
+            // Relaunch, answering commands meanwhile.
+            let attempt = tokio::time::sleep(backoff);
+            tokio::pin!(attempt);
+            loop {
+                tokio::select! {
+                    cmd = commands.recv() => match cmd {
+                        Some(Command::NewPage(reply)) => { let _ = reply.send(Err("the browser is restarting".into())); }
+                        Some(Command::Shutdown(done)) => { lock(&status).state = "stopped".into(); let _ = done.send(()); return; }
+                        None => return,
+                    },
+                    _ = &mut attempt => break,
+                }
+            }
+            match open(&cfg).await {
+                Ok(inst) => {
+                    backoff = BACKOFF_FIRST;
+                    let number = generation.borrow().number + 1;
+                    {
+                        let mut s = lock(&status);
+                        s.state = "up".into();
+                        s.restarts += 1;
+                        s.version.clone_from(&inst.version);
+                    }
+                    info!(generation = number, "browser relaunched");
+                    generation.send_replace(Generation {
+                        number,
+                        up: true,
+                        gone: CancellationToken::new(),
+                    });
+                    instance = Some(inst);
+                }
+                Err(e) => {
+                    error!(error = %e, retry_in = ?backoff, "browser relaunch failed");
+                    lock(&status).last_error = Some(e);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+            continue;
+        };
+        match serve(&mut inst, &mut commands, children.as_mut()).await {
+            Ended::Shutdown(done) => {
+                close(&mut inst.browser).await;
+                inst.handler.abort();
+                lock(&status).state = "stopped".into();
+                let current = generation.borrow().clone();
+                current.gone.cancel();
+                generation.send_replace(Generation {
+                    up: false,
+                    ..current
+                });
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            Ended::Died(why) => {
+                warn!(reason = %why, "browser is down; relaunching");
+                let current = generation.borrow().clone();
+                current.gone.cancel();
+                generation.send_replace(Generation {
+                    up: false,
+                    ..current
+                });
+                {
+                    let mut s = lock(&status);
+                    s.state = "restarting".into();
+                    s.last_error = Some(why);
+                }
+                // Make sure the old process is gone before a new one takes the profile.
+                if let Some(Err(e)) = inst.browser.kill().await {
+                    debug!(error = %e, "kill after death");
+                }
+                inst.handler.abort();
+            }
+        }
+    }
+}
+
+/// Serves commands for one live browser until it dies or shutdown is asked.
+async fn serve(
+    inst: &mut Instance,
+    commands: &mut mpsc::Receiver<Command>,
+    mut children: Option<&mut tokio::signal::unix::Signal>,
+) -> Ended {
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mark_down = |why: String| {
-        warn!(reason = %why, "browser is down");
-        set_status(&status, |s| {
-            s.state = "down".into();
-            s.last_error = Some(why);
-        });
-        let _ = alive.send(false);
-    };
-    let mut up = true;
+    health.tick().await;
     loop {
+        let child_signal = async {
+            match children.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(Command::NewPage(reply)) => {
-                    let result = if up {
-                        browser.new_page("about:blank").await.map_err(|e| format!("cannot open a tab: {e}"))
-                    } else {
-                        Err("the browser is down".into())
-                    };
+                    let result = tokio::time::timeout(Duration::from_secs(10), inst.browser.new_page("about:blank"))
+                        .await
+                        .map_err(|_| "the browser did not open a tab within 10s".to_string())
+                        .and_then(|r| r.map_err(|e| format!("cannot open a tab: {e}")));
                     let _ = reply.send(result);
                 }
-                Some(Command::Shutdown(done)) => {
-                    close(&mut browser).await;
-                    set_status(&status, |s| s.state = "stopped".into());
-                    let _ = alive.send(false);
-                    let _ = done.send(());
-                    return;
-                }
-                None => {
-                    close(&mut browser).await;
-                    return;
-                }
+                Some(Command::Shutdown(done)) => return Ended::Shutdown(Some(done)),
+                None => return Ended::Shutdown(None),
             },
-            why = &mut handler_died, if up => {
-                up = false;
-                mark_down(why.unwrap_or_else(|_| "DevTools handler stopped".into()));
+            why = &mut inst.handler_died => {
+                return Ended::Died(why.unwrap_or_else(|_| "DevTools handler stopped".into()));
             }
-            _ = health.tick(), if up => {
-                let exited = matches!(browser.try_wait(), Ok(Some(_)));
-                let answers = !exited && matches!(
-                    tokio::time::timeout(HEALTH_TIMEOUT, browser.execute(GetVersionParams::default())).await,
-                    Ok(Ok(_))
-                );
-                if !answers {
-                    up = false;
-                    mark_down(if exited { "Chromium exited".into() } else { "Chromium stopped answering".into() });
+            _ = child_signal => {
+                if let Ok(Some(status)) = inst.browser.try_wait() {
+                    return Ended::Died(format!("Chromium exited ({status})"));
+                }
+            }
+            _ = health.tick() => {
+                if let Ok(Some(status)) = inst.browser.try_wait() {
+                    return Ended::Died(format!("Chromium exited ({status})"));
+                }
+                let answered = tokio::time::timeout(HEALTH_TIMEOUT, inst.browser.execute(GetVersionParams::default())).await;
+                if !matches!(answered, Ok(Ok(_))) {
+                    return Ended::Died(format!("Chromium did not answer a health check within {HEALTH_TIMEOUT:?}"));
                 }
             }
         }

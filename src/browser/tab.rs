@@ -20,6 +20,7 @@ use chromiumoxide::Page;
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use crate::browser::supervisor::BrowserHandle;
@@ -82,6 +83,8 @@ pub struct Tab {
     pub page: Page,
     /// The bot handle whose fresh chat this tab shows with the prompt box ready, if any.
     pub warm_for: Option<String>,
+    /// Cancelled when the browser this tab lives in is found dead.
+    pub browser_gone: CancellationToken,
     relay: Arc<Relay>,
     pump: JoinHandle<()>,
 }
@@ -100,6 +103,7 @@ impl Tab {
         id: usize,
         update_socket_contains: String,
     ) -> Result<Tab, String> {
+        let browser_gone = browser.generation().gone;
         let page = browser.new_page().await?;
         let listen =
             |e: chromiumoxide::error::CdpError| format!("cannot listen to tab events: {e}");
@@ -127,6 +131,7 @@ impl Tab {
             id,
             page,
             warm_for: None,
+            browser_gone,
             relay,
             pump,
         })
@@ -146,7 +151,7 @@ impl Tab {
 
     /// Whether the tab's event streams ended (tab closed, renderer or browser gone).
     pub fn is_gone(&self) -> bool {
-        self.relay.gone.load(Ordering::Relaxed)
+        self.relay.gone.load(Ordering::Relaxed) || self.browser_gone.is_cancelled()
     }
 
     /// Closes the tab in the browser.

@@ -20,11 +20,18 @@ use crate::protocol::PoolStatus;
 pub trait Lendable: Send + 'static {
     /// The bot whose fresh chat is ready in this item, if any.
     fn warm_for(&self) -> Option<&str>;
+    /// False once the item can never serve again (its browser died).
+    fn usable(&self) -> bool {
+        true
+    }
 }
 
 impl Lendable for Tab {
     fn warm_for(&self) -> Option<&str> {
         self.warm_for.as_deref()
+    }
+    fn usable(&self) -> bool {
+        !self.is_gone()
     }
 }
 
@@ -113,6 +120,10 @@ impl<T: Lendable> TabPool<T> {
                 "poed is shutting down; retry when it is back",
             ));
         }
+        let before = s.idle.len();
+        s.idle.retain(|t| t.usable());
+        let dead = before - s.idle.len();
+        s.tabs = s.tabs.saturating_sub(dead);
         if !s.idle.is_empty() {
             let i = s
                 .idle
@@ -139,6 +150,16 @@ impl<T: Lendable> TabPool<T> {
             position: s.waiters.len(),
             rx,
         }))
+    }
+
+    /// Drops idle items that can never serve again; returns how many.
+    pub fn purge(&self) -> usize {
+        let mut s = self.lock();
+        let before = s.idle.len();
+        s.idle.retain(|t| t.usable());
+        let dead = before - s.idle.len();
+        s.tabs = s.tabs.saturating_sub(dead);
+        dead
     }
 
     /// Returns a ready tab: to the oldest live waiter, else to the idle set.

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::browser::supervisor::BrowserHandle;
 use crate::browser::tab::Tab;
 use crate::browser::tab_pool::{Acquired, TabPool};
-use crate::config::Config;
+use crate::config::{secs, Config};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::{AccountStatus, CompleteRequest, Event, Status, Timings};
 use crate::site::poe::driver::{Driver, Progress};
@@ -84,12 +84,46 @@ impl Engine {
     /// Opens the pool's tabs and makes each warm for the default model, in the background.
     pub async fn open_tabs(self: &Arc<Self>) -> Result<(), String> {
         let (_, bot) = self.models.resolve(None).map_err(|e| e.message.clone())?;
+        self.fill_pool(&bot).await?;
+        self.spawn_rebuilder(bot);
+        Ok(())
+    }
+
+    /// Opens `pool.tabs` tabs in the current browser and prepares them in the background.
+    async fn fill_pool(self: &Arc<Self>, bot: &str) -> Result<(), String> {
         for _ in 0..self.config.pool.tabs {
             let tab = self.open_tab().await?;
             self.pool.register_tab();
-            self.prepare_and_release(tab, bot.clone());
+            self.prepare_and_release(tab, bot.to_owned());
         }
         Ok(())
+    }
+
+    /// After every browser relaunch, drops the dead tabs and opens new ones; queued
+    /// requests then run on them.
+    fn spawn_rebuilder(self: &Arc<Self>, bot: String) {
+        let engine = self.clone();
+        let mut watch = self.browser.watch();
+        tokio::spawn(async move {
+            let mut current = watch.borrow_and_update().number;
+            while watch.changed().await.is_ok() {
+                let generation = watch.borrow_and_update().clone();
+                if !generation.up {
+                    let dropped = engine.pool.purge();
+                    warn!(dropped, "browser down; idle tabs dropped");
+                    continue;
+                }
+                if generation.number == current {
+                    continue;
+                }
+                current = generation.number;
+                engine.pool.purge();
+                match engine.fill_pool(&bot).await {
+                    Ok(()) => info!(generation = current, "tab pool rebuilt"),
+                    Err(e) => warn!(error = %e, "could not rebuild the tab pool"),
+                }
+            }
+        });
     }
 
     async fn open_tab(&self) -> Result<Tab, String> {
@@ -195,21 +229,23 @@ impl Engine {
         if prompt.trim().is_empty() {
             return Err(Error::new(ErrorKind::BadRequest, "the prompt is empty"));
         }
-        if !self.browser.is_alive() {
-            return Err(Error::new(
-                ErrorKind::BrowserUnavailable,
-                "the browser is down; poed is restarting it, retry shortly (see `poectl status`)",
-            ));
-        }
         let mut tab = match self.pool.acquire(&bot)? {
             Acquired::Now(tab) => tab,
             Acquired::Queued(ticket) => {
                 updates(Update::Queued {
                     position: ticket.position,
                 });
+                let limit = secs(self.config.timeouts.reply_secs);
                 tokio::select! {
                     tab = ticket.wait() => tab?,
                     _ = cancel.cancelled() => return Err(Error::new(ErrorKind::Cancelled, "the request was cancelled while queued")),
+                    _ = tokio::time::sleep(limit) => {
+                        return Err(if self.browser.generation().up {
+                            Error::new(ErrorKind::Timeout, format!("no tab became free within {}s; retry later or raise pool.tabs", self.config.timeouts.reply_secs))
+                        } else {
+                            Error::new(ErrorKind::BrowserUnavailable, "the browser is down and could not be restarted in time; see `poectl status`")
+                        });
+                    }
                 }
             }
         };
@@ -229,9 +265,14 @@ impl Engine {
                         Progress::Replace(t) => Update::Replace(t),
                     });
                 };
-                self.driver
-                    .complete(&mut tab, &bot, &prompt, &mut on_progress, cancel)
-                    .await
+                let gone = tab.browser_gone.clone();
+                tokio::select! {
+                    r = self.driver.complete(&mut tab, &bot, &prompt, &mut on_progress, cancel) => r,
+                    _ = gone.cancelled() => Err(Error::new(
+                        ErrorKind::BrowserCrashed,
+                        "the browser died during the reply; poed is restarting it, retry the request",
+                    )),
+                }
             }
         };
         self.note_account(result.as_ref().err());

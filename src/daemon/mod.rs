@@ -4,11 +4,13 @@
 //! - [`socket`]: binding the IPC socket safely (0700 directory, 0600 socket, a live daemon
 //!   refused, a stale socket file replaced).
 //! - [`ipc_server`]: the accept loop and per-connection tasks (the NDJSON protocol).
+//! - [`notify`]: systemd readiness and status lines.
 //! - [`engine`]: model table, queue and tab pool, site driver, counters; shared by every
 //!   front door.
 
 pub mod engine;
 pub mod ipc_server;
+pub mod notify;
 pub mod socket;
 
 use std::sync::Arc;
@@ -61,10 +63,16 @@ pub async fn run(
         tasks.clone(),
     ));
     info!(socket = %config.socket.display(), tabs = config.pool.tabs, "poed ready");
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving on {} with {} tabs",
+        config.socket.display(),
+        config.pool.tabs
+    ));
     on_ready();
     shutdown.cancelled().await;
 
     info!("shutting down");
+    notify::notify("STOPPING=1\nSTATUS=shutting down");
     let _ = server.await;
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())

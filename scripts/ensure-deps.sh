@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what poed's tests and demo need on a fresh Debian machine: Chromium (and socat,
+# used by the protocol examples). Does nothing when they are present.
+set -euo pipefail
+
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  echo "installing ${missing[*]} ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+elif command -v sudo >/dev/null 2>&1; then
+  echo "installing ${missing[*]} with sudo ..." >&2
+  sudo apt-get update -qq
+  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  echo "missing: ${missing[*]}; install them (Debian: apt-get install -y ${missing[*]})" >&2
+  exit 1
+fi
