@@ -133,8 +133,7 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = load_config(&args).context("invalid configuration")?;
     if args.print_config {
@@ -142,9 +141,28 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(args.verbose);
-    let listener = poed::daemon::socket::bind(&config.socket)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    // Read (and clear) socket activation's variables before any thread exists.
+    let activated = poed::daemon::notify::activated_listener();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, activated))
+}
+
+async fn serve(
+    config: Config,
+    activated: Option<Result<interprocess::local_socket::tokio::Listener, String>>,
+) -> anyhow::Result<()> {
+    let listener = match activated {
+        Some(listener) => {
+            tracing::info!("using the socket passed by systemd");
+            listener.map_err(anyhow::Error::msg)?
+        }
+        None => poed::daemon::socket::bind(&config.socket)
+            .await
+            .map_err(anyhow::Error::msg)?,
+    };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {

@@ -187,6 +187,20 @@ async fn launch(cfg: &BrowserConfig) -> Result<(Browser, Handler), String> {
             cfg.chromium.display()
         ));
     }
+    let config = chromium_config(cfg)?;
+    debug!(?config, "launching chromium");
+    Browser::launch(config).await.map_err(|e| {
+        format!(
+            "cannot start Chromium ({}) on profile {}: {e}",
+            cfg.chromium.display(),
+            cfg.profile.display()
+        )
+    })
+}
+
+/// The chromiumoxide launch configuration poed uses for `cfg` (also used by the benchmark's
+/// baselines, so that they run the same Chromium the same way).
+pub fn chromium_config(cfg: &BrowserConfig) -> Result<CdpConfig, String> {
     let mut builder = CdpConfig::builder()
         .chrome_executable(&cfg.chromium)
         .user_data_dir(&cfg.profile)
@@ -220,15 +234,7 @@ async fn launch(cfg: &BrowserConfig) -> Result<(Browser, Handler), String> {
             None => builder.arg(extra),
         };
     }
-    let config = builder.build()?;
-    debug!(?config, "launching chromium");
-    Browser::launch(config).await.map_err(|e| {
-        format!(
-            "cannot start Chromium ({}) on profile {}: {e}",
-            cfg.chromium.display(),
-            cfg.profile.display()
-        )
-    })
+    builder.build()
 }
 
 /// Why the serving loop ended.

@@ -69,7 +69,9 @@ pub async fn run(
         config.pool.tabs
     ));
     on_ready();
+    let status_task = tokio::spawn(report_status(engine.clone()));
     shutdown.cancelled().await;
+    status_task.abort();
 
     info!("shutting down");
     notify::notify("STOPPING=1\nSTATUS=shutting down");
@@ -87,4 +89,28 @@ pub async fn run(
     browser.shutdown().await;
     info!("bye");
     Ok(())
+}
+
+/// Keeps systemd's status line current and pets its watchdog (when `WatchdogSec` is set).
+/// The watchdog is only petted while the engine answers, so a wedged daemon gets restarted.
+async fn report_status(engine: Arc<Engine>) {
+    let watchdog = notify::watchdog_interval();
+    let period = watchdog
+        .map(|w| w / 2)
+        .unwrap_or(Duration::from_secs(10))
+        .min(Duration::from_secs(10));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let s = engine.status();
+        let line = format!(
+            "STATUS=browser {}; {} tabs ({} idle, {} busy); {} queued; account {}",
+            s.browser.state, s.pool.tabs, s.pool.idle, s.pool.busy, s.pool.queued, s.account.state
+        );
+        if watchdog.is_some() {
+            notify::notify(&format!("WATCHDOG=1\n{line}"));
+        } else {
+            notify::notify(&line);
+        }
+    }
 }

@@ -26,3 +26,42 @@ pub fn notify(message: &str) {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
+
+/// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this process), if any.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok()) {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
+/// The listening socket passed by systemd socket activation (`LISTEN_FDS`, fd 3), if any.
+/// The variables are removed so that Chromium does not inherit them.
+pub fn activated_listener() -> Option<Result<interprocess::local_socket::tokio::Listener, String>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    // Called at start-up before any other thread exists (see `poed`'s main).
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    if !pid_matches || fds == 0 {
+        return None;
+    }
+    const SD_LISTEN_FDS_START: i32 = 3;
+    // SAFETY: systemd passes fd 3 open and owned by this process when LISTEN_FDS >= 1.
+    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(SD_LISTEN_FDS_START, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(
+        interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)
+            .map(Into::into)
+            .map_err(|e| format!("the socket passed by systemd (LISTEN_FDS) is unusable: {e}")),
+    )
+}

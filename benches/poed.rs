@@ -1,0 +1,438 @@
+//! The benchmark: poed against the Poe double with real Chromium, and the same requests
+//! through two baselines built the way the original Python provider worked, on the same
+//! machine, Chromium and double. Prints a table; `scripts/bench.sh` runs it and
+//! `docs/BENCHMARKS.md` records the figures.
+//!
+//! - submit latency: client sends the request -> the double receives the prompt;
+//! - relay latency: the double writes a frame -> the client has the delta (first frame) or
+//!   the final event (last frame);
+//! - time to first token and total time for a short reply;
+//! - 1, 3 and 8 concurrent clients on a 3-tab pool;
+//! - poed's RSS and Chromium's total memory, idle and under load;
+//! - baseline (a): a new browser per request; baseline (b): one browser, a new page per
+//!   request with the `window.WebSocket` wrapper injected and the page polled every 100 ms.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/double/mod.rs"]
+mod double;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chromiumoxide::Browser;
+use futures::StreamExt;
+use poed::client::Client;
+use poed::protocol::{ChatMessage, CompleteRequest, Event};
+
+const SHORT_PROMPT: &str = "Say hello in one short sentence";
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+#[derive(Default)]
+struct Series {
+    name: String,
+    values: Vec<f64>,
+}
+
+impl Series {
+    fn new(name: &str) -> Self {
+        Series {
+            name: name.into(),
+            values: Vec::new(),
+        }
+    }
+    fn row(&self, unit: &str) -> String {
+        format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            self.name,
+            self.values.len(),
+            percentile(&self.values, 50.0),
+            percentile(&self.values, 90.0),
+            self.values.iter().cloned().fold(f64::INFINITY, f64::min),
+            self.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        ) + unit
+    }
+}
+
+fn request(prompt: &str) -> CompleteRequest {
+    CompleteRequest {
+        model: None,
+        messages: vec![ChatMessage::new("user", prompt)],
+        stream: true,
+    }
+}
+
+/// One streamed request; returns (first delta, final event) instants.
+async fn timed_request(client: &Client, prompt: &str) -> (Instant, Option<Instant>, Instant) {
+    let sent = Instant::now();
+    let mut reply = client.complete(request(prompt)).await.expect("send");
+    let mut first = None;
+    while let Some(event) = reply.next().await {
+        match event {
+            Event::Delta { .. } | Event::Replace { .. } => {
+                first.get_or_insert_with(Instant::now);
+            }
+            Event::Done { .. } => return (sent, first, Instant::now()),
+            Event::Error { kind, message, .. } => panic!("request failed: {kind}: {message}"),
+            _ => {}
+        }
+    }
+    panic!("connection closed");
+}
+
+fn kib_of(pid: u32, field: &str) -> u64 {
+    let file = if field == "Pss:" { "smaps_rollup" } else { "status" };
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// All descendants of `root`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The command may contain spaces: fields resume after the last ')'.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (child, _) in parent_of.iter().filter(|(_, pp)| *pp == p) {
+            out.push(*child);
+            frontier.push(*child);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Memory {
+    poed_rss_kib: u64,
+    chromium_rss_kib: u64,
+    chromium_pss_kib: u64,
+}
+
+fn memory(poed: u32) -> Memory {
+    let kids = descendants(poed);
+    Memory {
+        poed_rss_kib: kib_of(poed, "VmRSS:"),
+        chromium_rss_kib: kids.iter().map(|p| kib_of(*p, "VmRSS:")).sum(),
+        chromium_pss_kib: kids.iter().map(|p| kib_of(*p, "Pss:")).sum(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Baselines: the original provider's method, on the same Chromium and double.
+
+/// The original's injected script: wraps `window.WebSocket` and keeps the bot's latest text.
+const WS_WRAPPER: &str = r#"(() => {
+  const Orig = window.WebSocket;
+  window.__poe = {text: '', state: ''};
+  function Wrapped(...args) {
+    const ws = new Orig(...args);
+    ws.addEventListener('message', (e) => {
+      try {
+        const outer = JSON.parse(e.data);
+        for (const s of (outer.messages || [])) {
+          const m = JSON.parse(s);
+          const a = m.payload && m.payload.data && m.payload.data.messageAdded;
+          if (a && a.author !== 'human' && a.author !== 'chat_break') {
+            window.__poe.text = a.text; window.__poe.state = a.state;
+          }
+        }
+      } catch (_) {}
+    });
+    return ws;
+  }
+  Wrapped.prototype = Orig.prototype;
+  Object.assign(Wrapped, Orig);
+  window.WebSocket = Wrapped;
+})();"#;
+
+const POLL: Duration = Duration::from_millis(100);
+
+async fn eval_json(page: &chromiumoxide::Page, expr: &str) -> serde_json::Value {
+    page.evaluate(expr)
+        .await
+        .ok()
+        .and_then(|r| r.into_value::<serde_json::Value>().ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// One request the original way on `browser`: new page, injected wrapper, poll every 100 ms.
+/// Returns (first text, complete) instants.
+async fn baseline_request(browser: &Browser, url: &str, prompt: &str) -> (Option<Instant>, Instant) {
+    let page = browser.new_page("about:blank").await.expect("page");
+    page.evaluate_on_new_document(WS_WRAPPER).await.expect("inject");
+    page.goto(url).await.expect("goto");
+    let sel = poed::config::Selectors::default();
+    // Wait for the prompt box and the enabled send button, polling like the original.
+    let focus = format!(
+        "(() => {{ const t = document.querySelector({:?}); if (!t) return false; t.focus(); return true; }})()",
+        sel.prompt_box
+    );
+    while eval_json(&page, &focus).await != serde_json::Value::Bool(true) {
+        tokio::time::sleep(POLL).await;
+    }
+    page.execute(chromiumoxide::cdp::browser_protocol::input::InsertTextParams::new(prompt))
+        .await
+        .expect("type");
+    let click = format!(
+        "(() => {{ const b = document.querySelector({:?}); if (!b || b.disabled) return false; b.click(); return true; }})()",
+        sel.send_button
+    );
+    while eval_json(&page, &click).await != serde_json::Value::Bool(true) {
+        tokio::time::sleep(POLL).await;
+    }
+    let mut first = None;
+    loop {
+        tokio::time::sleep(POLL).await;
+        let v = eval_json(&page, "window.__poe").await;
+        if v["text"].as_str().is_some_and(|t| !t.is_empty()) {
+            first.get_or_insert_with(Instant::now);
+        }
+        if v["state"] == "complete" {
+            let done = Instant::now();
+            let _ = page.close().await;
+            return (first, done);
+        }
+    }
+}
+
+async fn launch_browser(profile: &std::path::Path) -> (Browser, tokio::task::JoinHandle<()>) {
+    let cfg = poed::config::BrowserConfig {
+        profile: profile.to_owned(),
+        ..Default::default()
+    };
+    let config = poed::browser::supervisor::chromium_config(&cfg).expect("config");
+    let (browser, mut handler) = Browser::launch(config).await.expect("launch");
+    let task = tokio::spawn(async move { while let Some(Ok(())) = handler.next().await {} });
+    (browser, task)
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn main() {
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .or_else(|| std::env::var("POED_BENCH_RUNS").ok().and_then(|v| v.parse().ok()))
+        .unwrap_or(30);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(bench(runs));
+}
+
+async fn bench(runs: usize) {
+    let double = Arc::new(
+        double::Double::start(double::DoubleOptions {
+            chunk_delay_ms: 20,
+            ..Default::default()
+        })
+        .await
+        .expect("double"),
+    );
+    let url = double.base_url();
+    let daemon = common::Daemon::start(&url, &["--tabs", "3"]).await;
+    let poed_pid = daemon.pid().expect("pid");
+    let client = daemon.client().await;
+    // Warm-up: one request per tab, then let the pool settle warm.
+    for _ in 0..3 {
+        timed_request(&client, "warm up").await;
+    }
+    wait_warm(&client, 3).await;
+    let idle = memory(poed_pid);
+
+    let mut submit = Series::new("submit latency (client send -> double has prompt)");
+    let mut relay_first = Series::new("relay latency, first frame (double write -> client delta)");
+    let mut relay_last = Series::new("relay latency, last frame (double write -> client done)");
+    let mut ttft = Series::new("poed: time to first token, short reply");
+    let mut total = Series::new("poed: total time, short reply");
+    for i in 0..runs {
+        let before = double.chats().len();
+        let (sent, first, done) = timed_request(&client, &format!("{SHORT_PROMPT} #{i}")).await;
+        let chats = double.chats();
+        let chat = &chats[before];
+        submit.values.push(ms(chat.received_at.duration_since(sent)));
+        if let (Some(f), Some(frame)) = (first, chat.frame_times.first()) {
+            relay_first.values.push(ms(f.duration_since(*frame)));
+            ttft.values.push(ms(f.duration_since(sent)));
+        }
+        if let Some(frame) = chat.frame_times.last() {
+            relay_last.values.push(ms(done.duration_since(*frame)));
+        }
+        total.values.push(ms(done.duration_since(sent)));
+        wait_warm(&client, 3).await;
+    }
+
+    // Concurrency on the 3-tab pool.
+    let mut conc_rows = Vec::new();
+    let mut loaded = Memory::default();
+    let reps = (runs / 6).max(3);
+    for n in [1usize, 3, 8] {
+        let mut walls = Vec::new();
+        for r in 0..reps {
+            wait_warm(&client, 3).await;
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for k in 0..n {
+                let socket = daemon.socket.clone();
+                tasks.push(tokio::spawn(async move {
+                    let c = Client::connect(&socket).await.expect("connect");
+                    timed_request(&c, &format!("concurrent {n}/{r}/{k}")).await
+                }));
+            }
+            let sampler = {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let s = stop.clone();
+                let handle = tokio::spawn(async move {
+                    let mut max = Memory::default();
+                    while !s.is_cancelled() {
+                        let m = memory(poed_pid);
+                        max.poed_rss_kib = max.poed_rss_kib.max(m.poed_rss_kib);
+                        max.chromium_rss_kib = max.chromium_rss_kib.max(m.chromium_rss_kib);
+                        max.chromium_pss_kib = max.chromium_pss_kib.max(m.chromium_pss_kib);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    max
+                });
+                (stop, handle)
+            };
+            for t in tasks {
+                t.await.expect("task");
+            }
+            walls.push(ms(start.elapsed()));
+            sampler.0.cancel();
+            let m = sampler.1.await.expect("sampler");
+            if n == 8 {
+                loaded.poed_rss_kib = loaded.poed_rss_kib.max(m.poed_rss_kib);
+                loaded.chromium_rss_kib = loaded.chromium_rss_kib.max(m.chromium_rss_kib);
+                loaded.chromium_pss_kib = loaded.chromium_pss_kib.max(m.chromium_pss_kib);
+            }
+        }
+        let med = percentile(&walls, 50.0);
+        conc_rows.push((n, med, percentile(&walls, 90.0), n as f64 / (med / 1000.0)));
+    }
+    drop(client);
+    let _ = daemon.stop().await;
+
+    // Baselines on the same Chromium and double.
+    let bot_url = format!("{url}/GPT-3.5-Turbo");
+    let mut b_total = Series::new("baseline (b) injected wrapper + 100 ms polling: total");
+    let mut b_ttft = Series::new("baseline (b): time to first token");
+    let mut b_submit = Series::new("baseline (b): submit latency");
+    {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (browser, handler) = launch_browser(dir.path()).await;
+        for i in 0..runs {
+            let before = double.chats().len();
+            let sent = Instant::now();
+            let (first, done) = baseline_request(&browser, &bot_url, &format!("{SHORT_PROMPT} b{i}")).await;
+            let chats = double.chats();
+            b_submit.values.push(ms(chats[before].received_at.duration_since(sent)));
+            if let Some(f) = first {
+                b_ttft.values.push(ms(f.duration_since(sent)));
+            }
+            b_total.values.push(ms(done.duration_since(sent)));
+        }
+        let mut browser = browser;
+        let _ = browser.close().await;
+        let _ = browser.wait().await;
+        handler.abort();
+    }
+    let mut a_total = Series::new("baseline (a) new browser per request: total");
+    let mut a_ttft = Series::new("baseline (a): time to first token");
+    let mut a_submit = Series::new("baseline (a): submit latency");
+    for i in 0..(runs / 3).max(5) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let before = double.chats().len();
+        let sent = Instant::now();
+        let (browser, handler) = launch_browser(dir.path()).await;
+        let (first, done) = baseline_request(&browser, &bot_url, &format!("{SHORT_PROMPT} a{i}")).await;
+        let chats = double.chats();
+        a_submit.values.push(ms(chats[before].received_at.duration_since(sent)));
+        if let Some(f) = first {
+            a_ttft.values.push(ms(f.duration_since(sent)));
+        }
+        a_total.values.push(ms(done.duration_since(sent)));
+        let mut browser = browser;
+        let _ = browser.close().await;
+        let _ = browser.wait().await;
+        handler.abort();
+    }
+
+    println!("## poed benchmark ({runs} runs; the double streams a short reply in ~5 frames, 20 ms apart)\n");
+    println!("| measure | n | median ms | p90 ms | min ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    for s in [&submit, &relay_first, &relay_last, &ttft, &total, &b_submit, &b_ttft, &b_total, &a_submit, &a_ttft, &a_total] {
+        println!("{}", s.row(""));
+    }
+    println!("\n| concurrent clients (3 tabs) | median wall ms | p90 wall ms | replies/s |");
+    println!("|---|---|---|---|");
+    for (n, med, p90, tput) in &conc_rows {
+        println!("| {n} | {med:.0} | {p90:.0} | {tput:.2} |");
+    }
+    let one = conc_rows[0].1;
+    let three = conc_rows[1].1;
+    println!("\n3 clients / 1 client wall time: {:.2}x (target < 1.3x)", three / one);
+    println!("\n| memory | idle | under load (8 clients) |");
+    println!("|---|---|---|");
+    println!("| poed RSS | {:.1} MiB | {:.1} MiB |", idle.poed_rss_kib as f64 / 1024.0, loaded.poed_rss_kib as f64 / 1024.0);
+    println!("| Chromium RSS, all processes summed | {:.0} MiB | {:.0} MiB |", idle.chromium_rss_kib as f64 / 1024.0, loaded.chromium_rss_kib as f64 / 1024.0);
+    println!("| Chromium PSS, all processes summed | {:.0} MiB | {:.0} MiB |", idle.chromium_pss_kib as f64 / 1024.0, loaded.chromium_pss_kib as f64 / 1024.0);
+    let p = percentile(&total.values, 50.0);
+    println!("\n| ratio of medians (short reply, total time) | value |");
+    println!("|---|---|");
+    println!("| baseline (a) new browser per request / poed | {:.1}x |", percentile(&a_total.values, 50.0) / p);
+    println!("| baseline (b) wrapper + polling / poed | {:.1}x |", percentile(&b_total.values, 50.0) / p);
+    println!("| baseline (a) / poed, time to first token | {:.1}x |", percentile(&a_ttft.values, 50.0) / percentile(&ttft.values, 50.0));
+    println!("| baseline (b) / poed, time to first token | {:.1}x |", percentile(&b_ttft.values, 50.0) / percentile(&ttft.values, 50.0));
+}
+
+/// Waits until `n` tabs are idle and warm (the pool re-warms tabs in the background).
+async fn wait_warm(client: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = client.status().await.expect("status");
+        if s.pool.warm >= n || Instant::now() > deadline {
+            return;
+        }
+        // Between measurements only: status has no push notification of pool changes.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
