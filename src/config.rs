@@ -22,6 +22,34 @@ pub struct Config {
     pub pool: PoolConfig,
     pub timeouts: Timeouts,
     pub site: SiteConfig,
+    pub http: HttpConfig,
+}
+
+/// The OpenAI-compatible HTTP front door (off unless `listen` is set).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to serve on, e.g. `127.0.0.1:8080`. A non-loopback address needs an API key.
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding the API key clients must send as `Authorization: Bearer <key>`.
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// Reads the API key file, if one is configured.
+    pub fn api_key(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.api_key_file else {
+            return Ok(None);
+        };
+        let key = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?
+            .trim()
+            .to_owned();
+        if key.is_empty() {
+            return Err(format!("the API key file {} is empty", path.display()));
+        }
+        Ok(Some(key))
+    }
 }
 
 /// How Chromium is started or reached.
@@ -71,6 +99,8 @@ pub struct Timeouts {
     pub reply_secs: f64,
     /// No update from the site for this long -> `stalled`.
     pub idle_secs: f64,
+    /// On SIGTERM/SIGINT, how long running replies may take to finish before they are stopped.
+    pub shutdown_grace_secs: f64,
 }
 
 /// What poed knows of the site: URLs, models, selectors.
@@ -110,6 +140,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             timeouts: Timeouts::default(),
             site: SiteConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -146,6 +177,7 @@ impl Default for Timeouts {
             send_button_secs: 5.0,
             reply_secs: 300.0,
             idle_secs: 60.0,
+            shutdown_grace_secs: 10.0,
         }
     }
 }
@@ -204,6 +236,7 @@ impl Config {
             ("send_button_secs", t.send_button_secs),
             ("reply_secs", t.reply_secs),
             ("idle_secs", t.idle_secs),
+            ("shutdown_grace_secs", t.shutdown_grace_secs),
             (
                 "browser.launch_timeout_secs",
                 self.browser.launch_timeout_secs,

@@ -75,7 +75,7 @@ impl std::fmt::Display for ErrorKind {
 }
 
 /// An error with a stable kind and a message for humans.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct Error {
     pub kind: ErrorKind,

@@ -13,6 +13,8 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod site;
 

@@ -216,6 +216,9 @@ pub struct Status {
     pub pid: u32,
     pub uptime_ms: u64,
     pub socket: String,
+    /// The HTTP front door's address, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
     pub base_url: String,
     pub browser: BrowserStatus,
     pub pool: PoolStatus,

@@ -51,6 +51,12 @@ struct Args {
     /// Seconds to wait for the prompt box before the profile counts as signed out.
     #[arg(long, value_name = "SECS")]
     prompt_timeout: Option<f64>,
+    /// Serve the OpenAI-compatible HTTP API on this address (e.g. 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// File with the API key HTTP clients must send (required for non-loopback --http).
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<PathBuf>,
     /// Minimum milliseconds between two sends of the account (0 = off).
     #[arg(long, value_name = "MS")]
     min_send_interval_ms: Option<u64>,
@@ -100,6 +106,12 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.queue {
         config.pool.queue = v;
+    }
+    if let Some(v) = args.http {
+        config.http.listen = Some(v);
+    }
+    if let Some(v) = &args.api_key_file {
+        config.http.api_key_file = Some(v.clone());
     }
     if let Some(v) = args.min_send_interval_ms {
         config.pool.min_send_interval_ms = v;

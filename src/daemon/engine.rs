@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
 use crate::browser::supervisor::BrowserHandle;
@@ -17,6 +18,7 @@ use crate::browser::tab::Tab;
 use crate::browser::tab_pool::{Acquired, TabPool};
 use crate::config::{secs, Config};
 use crate::error::{Error, ErrorKind};
+use crate::metrics::Histogram;
 use crate::protocol::{AccountStatus, CompleteRequest, Event, Status, Timings};
 use crate::site::poe::driver::{Driver, Progress};
 use crate::site::poe::models::ModelTable;
@@ -29,6 +31,74 @@ pub enum Update {
     Started { model: String, bot: String },
     Delta(String),
     Replace(String),
+}
+
+/// What a front door reads from a submitted request: progress, then one final event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyEvent {
+    Queued { position: usize },
+    Started { model: String, bot: String },
+    /// Text to append (consecutive deltas are merged when the reader is slow).
+    Delta(String),
+    /// Text that replaces everything received so far.
+    Replace(String),
+    Done(Completion),
+    Failed(Error),
+}
+
+impl ReplyEvent {
+    pub fn is_final(&self) -> bool {
+        matches!(self, ReplyEvent::Done(_) | ReplyEvent::Failed(_))
+    }
+}
+
+/// Events of one submitted request. Dropping it before the final event cancels the request
+/// (a client that went away); the tab is still returned to the pool.
+pub struct ReplyStream {
+    rx: mpsc::Receiver<ReplyEvent>,
+    _cancel_on_drop: DropGuard,
+}
+
+impl ReplyStream {
+    pub async fn next(&mut self) -> Option<ReplyEvent> {
+        self.rx.recv().await
+    }
+}
+
+/// Events queued per request before deltas start to merge.
+const REPLY_QUEUE: usize = 32;
+/// How long a final event waits for a reader that does not read.
+const FINAL_WAIT: Duration = Duration::from_secs(30);
+
+/// Text not yet handed over because the reader is slow.
+enum Pending {
+    Append(String),
+    Replace(String),
+}
+
+impl Pending {
+    fn add(pending: Option<Pending>, update: Update) -> Option<Pending> {
+        Some(match (pending, update) {
+            (_, Update::Replace(t)) => Pending::Replace(t),
+            (None, Update::Delta(d)) => Pending::Append(d),
+            (Some(Pending::Append(mut s)), Update::Delta(d)) => {
+                s.push_str(&d);
+                Pending::Append(s)
+            }
+            (Some(Pending::Replace(mut s)), Update::Delta(d)) => {
+                s.push_str(&d);
+                Pending::Replace(s)
+            }
+            (p, _) => return p,
+        })
+    }
+
+    fn event(self) -> ReplyEvent {
+        match self {
+            Pending::Append(s) => ReplyEvent::Delta(s),
+            Pending::Replace(s) => ReplyEvent::Replace(s),
+        }
+    }
 }
 
 /// A finished completion.
@@ -51,6 +121,13 @@ pub struct Engine {
     account: Arc<Mutex<AccountStatus>>,
     last_send: tokio::sync::Mutex<Option<Instant>>,
     next_tab_id: std::sync::atomic::AtomicUsize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Set when shutdown stops running requests: their error is `shutting_down`.
+    stopping: std::sync::atomic::AtomicBool,
+    /// The HTTP front door's bound address, for `status`.
+    pub http_addr: std::sync::OnceLock<String>,
+    first_token_hist: Mutex<Histogram>,
+    duration_hist: Mutex<Histogram>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,6 +150,11 @@ impl Engine {
             })),
             last_send: tokio::sync::Mutex::new(None),
             next_tab_id: std::sync::atomic::AtomicUsize::new(1),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            http_addr: std::sync::OnceLock::new(),
+            first_token_hist: Mutex::default(),
+            duration_hist: Mutex::default(),
             config,
         }))
     }
@@ -194,17 +276,89 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs one completion. `updates` must not block (front doors buffer or coalesce).
+    /// Starts a completion in its own task and returns its events. The task always runs to
+    /// the end (so the tab always goes back to the pool); `cancel` or dropping the stream
+    /// stops it early. Memory stays bounded for a slow reader: deltas merge while the
+    /// stream's queue is full.
+    pub fn submit(self: &Arc<Self>, request: CompleteRequest, cancel: CancellationToken) -> ReplyStream {
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        let guard = cancel.clone().drop_guard();
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut pending: Option<Pending> = None;
+            let tx_updates = tx.clone();
+            let mut on_update = |u: Update| {
+                let event = match u {
+                    Update::Queued { position } => ReplyEvent::Queued { position },
+                    Update::Started { model, bot } => ReplyEvent::Started { model, bot },
+                    text => {
+                        pending = Pending::add(pending.take(), text);
+                        match pending.take() {
+                            Some(p) => p.event(),
+                            None => return,
+                        }
+                    }
+                };
+                if let Err(mpsc::error::TrySendError::Full(back)) = tx_updates.try_send(event) {
+                    // The reader is behind: keep the text to merge with what comes next.
+                    pending = match back {
+                        ReplyEvent::Delta(s) => Some(Pending::Append(s)),
+                        ReplyEvent::Replace(s) => Some(Pending::Replace(s)),
+                        _ => pending.take(),
+                    };
+                }
+            };
+            let result = engine.complete(&request, &mut on_update, &cancel).await;
+            let mut finals = Vec::new();
+            if let (Ok(_), Some(p)) = (&result, pending) {
+                finals.push(p.event());
+            }
+            finals.push(match result {
+                Ok(c) => ReplyEvent::Done(c),
+                Err(e) => ReplyEvent::Failed(e),
+            });
+            for event in finals {
+                if !matches!(tokio::time::timeout(FINAL_WAIT, tx.send(event)).await, Ok(Ok(()))) {
+                    warn!("a client did not read its reply; dropped");
+                    break;
+                }
+            }
+        });
+        ReplyStream {
+            rx,
+            _cancel_on_drop: guard,
+        }
+    }
+
+    /// Runs one completion in the caller's task. `updates` must not block. Prefer
+    /// [`Engine::submit`]: a caller that drops this future mid-way loses the tab.
     pub async fn complete(
         self: &Arc<Self>,
         request: &CompleteRequest,
         updates: &mut (dyn FnMut(Update) + Send),
         cancel: &CancellationToken,
     ) -> Result<Completion, Error> {
+        use std::sync::atomic::Ordering::Relaxed;
         let t0 = Instant::now();
-        let result = self.run(request, updates, cancel, t0).await;
+        self.in_flight.fetch_add(1, Relaxed);
+        let mut result = self.run(request, updates, cancel, t0).await;
+        self.in_flight.fetch_sub(1, Relaxed);
+        if let Err(e) = &mut result {
+            if e.kind == ErrorKind::Cancelled && self.stopping.load(Relaxed) {
+                *e = Error::new(
+                    ErrorKind::ShuttingDown,
+                    "poed is shutting down and stopped this reply after its grace period; retry when it is back",
+                );
+            }
+        }
         let outcome = match &result {
-            Ok(_) => "ok".to_string(),
+            Ok(c) => {
+                if let Some(ms) = c.timings.first_token_ms {
+                    lock(&self.first_token_hist).observe(ms as f64 / 1000.0);
+                }
+                lock(&self.duration_hist).observe(c.timings.total_ms as f64 / 1000.0);
+                "ok".to_string()
+            }
             Err(e) => e.kind.as_str().to_string(),
         };
         *lock(&self.outcomes).entry(outcome).or_default() += 1;
@@ -307,12 +461,40 @@ impl Engine {
             pid: std::process::id(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             socket: self.config.socket.display().to_string(),
+            http: self.http_addr.get().cloned(),
             base_url: self.config.site.base_url.clone(),
             browser: self.browser.status(),
             pool: self.pool.status(),
             account: lock(&self.account).clone(),
             requests: lock(&self.outcomes).clone(),
         }
+    }
+
+    /// Marks the daemon as stopping: requests cancelled from now on end as `shutting_down`.
+    pub fn begin_shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The Prometheus text for `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        use crate::metrics::render_value;
+        let status = self.status();
+        let mut out = String::new();
+        out.push_str("# HELP poed_requests_total Finished completion requests by outcome (ok or an error kind).\n# TYPE poed_requests_total counter\n");
+        for (outcome, n) in &status.requests {
+            out.push_str(&format!("poed_requests_total{{outcome=\"{outcome}\"}} {n}\n"));
+        }
+        render_value(&mut out, "poed_requests_in_flight", "gauge", "Completion requests running or queued.", self.in_flight.load(std::sync::atomic::Ordering::Relaxed));
+        render_value(&mut out, "poed_requests_queued", "gauge", "Requests waiting for a tab.", status.pool.queued);
+        render_value(&mut out, "poed_tabs", "gauge", "Tabs in the pool.", status.pool.tabs);
+        render_value(&mut out, "poed_tabs_idle", "gauge", "Idle tabs.", status.pool.idle);
+        render_value(&mut out, "poed_browser_up", "gauge", "1 when the browser is up.", u8::from(status.browser.state == "up"));
+        render_value(&mut out, "poed_browser_restarts_total", "counter", "Browser relaunches after a crash.", status.browser.restarts);
+        render_value(&mut out, "poed_signed_in", "gauge", "1 when the profile is known to be signed in.", u8::from(status.account.state == "signed_in"));
+        lock(&self.first_token_hist).render(&mut out, "poed_time_to_first_token_seconds", "Time from request to the first text of the reply.");
+        lock(&self.duration_hist).render(&mut out, "poed_request_duration_seconds", "Time from request to the complete reply.");
+        out
     }
 
     /// Stops lending tabs and closes the idle ones.

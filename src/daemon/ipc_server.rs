@@ -4,9 +4,9 @@
 //! invalid line gets an error reply and the connection stays usable). Each `complete` runs
 //! in its own task, so one connection can carry several requests at once; every event names
 //! its request's `id`. All of a connection's output goes through one writer task with a
-//! bounded queue. Deltas never block the engine: when a client reads slowly they are merged
-//! into one pending delta (memory bounded by the reply itself), and a client that stops
-//! reading entirely is dropped, which cancels its requests. A client that disconnects
+//! bounded queue. Deltas never block the engine: when a client reads slowly the engine
+//! merges them (see [`Engine::submit`]), and a client that stops reading entirely is
+//! dropped, which cancels its requests. A client that disconnects
 //! likewise cancels its running requests (the site's stop button is clicked).
 
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::daemon::engine::{Engine, Update};
+use crate::daemon::engine::{Engine, ReplyEvent};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::{
     parse_request, read_line_capped, CompleteRequest, Event, EventLine, LineRead, Request,
@@ -29,7 +29,7 @@ use crate::protocol::{
 
 /// Lines queued for one connection's writer before deltas start to merge.
 const WRITE_QUEUE: usize = 64;
-/// How long a final event may wait for a client that does not read before it is dropped.
+/// How long an event may wait for a client that does not read before it is dropped.
 const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Accepts connections until `shutdown`; connection tasks are tracked by `tasks`.
@@ -234,7 +234,7 @@ async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::Receiver<String>, gone: C
     let _ = send.shutdown().await;
 }
 
-/// One `complete` request of a connection.
+/// One `complete` request of a connection: relays the engine's events as lines.
 struct RequestTask {
     id: RequestId,
     engine: Arc<Engine>,
@@ -244,85 +244,28 @@ struct RequestTask {
     inflight: InFlight,
 }
 
-/// Text not yet handed to the writer because the client reads slowly.
-enum Pending {
-    Append(String),
-    Replace(String),
-}
-
 impl RequestTask {
     async fn run(self, params: CompleteRequest) {
-        let stream = params.stream;
-        let mut pending: Option<Pending> = None;
-        let id = self.id.clone();
-        let tx = self.tx.clone();
-        let mut on_update = |u: Update| {
-            let event = match u {
-                Update::Queued { position } => Some(Event::Queued { position }),
-                Update::Started { model, bot } => Some(Event::Started { model, bot }),
-                Update::Delta(d) if stream => {
-                    pending = Some(match pending.take() {
-                        None => Pending::Append(d),
-                        Some(Pending::Append(mut s)) => {
-                            s.push_str(&d);
-                            Pending::Append(s)
-                        }
-                        Some(Pending::Replace(mut s)) => {
-                            s.push_str(&d);
-                            Pending::Replace(s)
-                        }
-                    });
-                    None
-                }
-                Update::Replace(t) if stream => {
-                    pending = Some(Pending::Replace(t));
-                    None
-                }
-                Update::Delta(_) | Update::Replace(_) => None,
+        let stream_text = params.stream;
+        let mut reply = self.engine.submit(params, self.cancel.clone());
+        while let Some(event) = reply.next().await {
+            let event = match event {
+                ReplyEvent::Queued { position } => Event::Queued { position },
+                ReplyEvent::Started { model, bot } => Event::Started { model, bot },
+                ReplyEvent::Delta(text) if stream_text => Event::Delta { text },
+                ReplyEvent::Replace(text) if stream_text => Event::Replace { text },
+                ReplyEvent::Delta(_) | ReplyEvent::Replace(_) => continue,
+                ReplyEvent::Done(c) => Event::Done {
+                    text: c.text,
+                    model: c.model,
+                    bot: c.bot,
+                    timings: c.timings,
+                },
+                ReplyEvent::Failed(e) => Event::error(&e),
             };
-            if let Some(event) = event {
-                // Status events are few and early; if even they do not fit, the client is
-                // not reading and will be dropped by the final write's limit.
-                let _ = tx.try_send(line(Some(id.clone()), event));
-            }
-            if let Some(p) = pending.take() {
-                let event = match &p {
-                    Pending::Append(s) => Event::Delta { text: s.clone() },
-                    Pending::Replace(s) => Event::Replace { text: s.clone() },
-                };
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    tx.try_send(line(Some(id.clone()), event))
-                {
-                    pending = Some(p);
-                }
-            }
-        };
-        let result = self
-            .engine
-            .complete(&params, &mut on_update, &self.cancel)
-            .await;
-        let mut finals = Vec::new();
-        if let (Ok(_), Some(p)) = (&result, pending) {
-            finals.push(match p {
-                Pending::Append(s) => Event::Delta { text: s },
-                Pending::Replace(s) => Event::Replace { text: s },
-            });
-        }
-        finals.push(match result {
-            Ok(c) => Event::Done {
-                text: c.text,
-                model: c.model,
-                bot: c.bot,
-                timings: c.timings,
-            },
-            Err(e) => Event::error(&e),
-        });
-        for event in finals {
+            // Waiting here is what lets the engine merge deltas for a slow reader.
             let send = self.tx.send(line(Some(self.id.clone()), event));
-            if !matches!(
-                tokio::time::timeout(FINAL_WRITE_LIMIT, send).await,
-                Ok(Ok(()))
-            ) {
+            if !matches!(tokio::time::timeout(FINAL_WRITE_LIMIT, send).await, Ok(Ok(()))) {
                 warn!(id = %self.id, "client does not read its replies; dropping the connection");
                 self.conn_cancel.cancel();
                 break;

@@ -22,11 +22,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::browser::supervisor;
-use crate::config::Config;
+use crate::config::{secs, Config};
 use engine::Engine;
 
-/// How long running replies may take to finish once shutdown starts.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the daemon on an already bound `listener` until `shutdown` is cancelled.
 /// `on_ready` is called once the browser is up and clients are being served.
@@ -37,6 +35,14 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<(), String> {
     let config = Arc::new(config);
+    // The HTTP listener is bound first, so a bad address fails before Chromium starts.
+    let http = match config.http.listen {
+        Some(addr) => {
+            let key = config.http.api_key()?;
+            Some((crate::http::bind(addr, key.as_deref()).await?, key))
+        }
+        None => None,
+    };
     let browser = tokio::select! {
         b = supervisor::start(&config.browser) => b?,
         _ = shutdown.cancelled() => return Ok(()),
@@ -62,6 +68,19 @@ pub async fn run(
         requests.clone(),
         tasks.clone(),
     ));
+    let http_task = http.map(|(listener, key)| {
+        if let Ok(addr) = listener.local_addr() {
+            let _ = engine.http_addr.set(addr.to_string());
+        }
+        tokio::spawn(crate::http::serve(
+            listener,
+            engine.clone(),
+            key,
+            config.max_line_bytes,
+            shutdown.clone(),
+            requests.clone(),
+        ))
+    });
     info!(socket = %config.socket.display(), tabs = config.pool.tabs, "poed ready");
     notify::notify(&format!(
         "READY=1\nSTATUS=serving on {} with {} tabs",
@@ -77,11 +96,18 @@ pub async fn run(
     notify::notify("STOPPING=1\nSTATUS=shutting down");
     let _ = server.await;
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!("running requests did not finish within the grace period; cancelling them");
+    let grace = secs(config.timeouts.shutdown_grace_secs);
+    // Both front doors stop accepting; running replies get the grace period to finish.
+    let drained = tokio::time::timeout(grace, async {
+        tasks.wait().await;
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(?grace, "running requests did not finish within the grace period; stopping them");
+        engine.begin_shutdown();
         requests.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     }
