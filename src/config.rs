@@ -97,8 +97,12 @@ pub struct Timeouts {
     pub send_button_secs: f64,
     /// Whole reply, from send to the final state.
     pub reply_secs: f64,
-    /// No update from the site for this long -> `stalled`.
+    /// No update from the site for this long -> `stalled` (after trying to read the reply
+    /// from the page).
     pub idle_secs: f64,
+    /// After the page lost its update stream, how long to wait for the page itself to show
+    /// the finished reply.
+    pub recover_secs: f64,
     /// On SIGTERM/SIGINT, how long running replies may take to finish before they are stopped.
     pub shutdown_grace_secs: f64,
 }
@@ -129,6 +133,9 @@ pub struct Selectors {
     pub logged_out: String,
     /// Present when the free daily messages for the bot are used up.
     pub daily_limit: String,
+    /// The text of a bot message in the chat (the last match is the newest); read only to
+    /// recover a reply whose update stream was lost.
+    pub bot_message_text: String,
 }
 
 impl Default for Config {
@@ -177,6 +184,7 @@ impl Default for Timeouts {
             send_button_secs: 5.0,
             reply_secs: 300.0,
             idle_secs: 60.0,
+            recover_secs: 30.0,
             shutdown_grace_secs: 10.0,
         }
     }
@@ -204,6 +212,7 @@ impl Default for Selectors {
             stop_button: "button[aria-label='Stop message']".into(),
             logged_out: "[class*='LoggedOutBotInfoPage']".into(),
             daily_limit: "[class*='ChatMessageSendButton_noFreeMessageTooltip']".into(),
+            bot_message_text: "[class*='Message_botMessageBubble'] [class*='Markdown_markdownContainer'], [data-author='bot'] [class*='Markdown_markdownContainer']".into(),
         }
     }
 }
@@ -237,6 +246,7 @@ impl Config {
             ("reply_secs", t.reply_secs),
             ("idle_secs", t.idle_secs),
             ("shutdown_grace_secs", t.shutdown_grace_secs),
+            ("recover_secs", t.recover_secs),
             (
                 "browser.launch_timeout_secs",
                 self.browser.launch_timeout_secs,

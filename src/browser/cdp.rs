@@ -140,3 +140,43 @@ pub async fn goto(page: &Page, url: &str, limit: Duration) -> Result<(), CdpFail
         .map_err(|e| CdpFailure::Command(e.to_string()))?;
     Ok(())
 }
+
+const TEXT_JS: &str = r#"(async (present, absent, ms) => {
+  const probe = () => {
+    if (absent && document.querySelector(absent)) return null;
+    const all = document.querySelectorAll(present);
+    const el = all.length ? all[all.length - 1] : null;
+    return el && el.textContent ? el.textContent : null;
+  };
+  return await new Promise((resolve) => {
+    const first = probe();
+    if (first !== null) return resolve(first);
+    let timer = null;
+    const obs = new MutationObserver(() => {
+      const hit = probe();
+      if (hit !== null) { obs.disconnect(); clearTimeout(timer); resolve(hit); }
+    });
+    obs.observe(document.documentElement || document,
+      {childList: true, subtree: true, attributes: true, characterData: true});
+    timer = setTimeout(() => { obs.disconnect(); resolve(probe()); }, ms);
+  });
+})"#;
+
+/// Waits until no element matches `absent` and the last element matching `present` has
+/// text; returns that text (`None` after `timeout`). Used to read a reply from the page
+/// when its update stream was lost.
+pub async fn wait_for_text(
+    page: &Page,
+    present: &str,
+    absent: &str,
+    timeout: Duration,
+) -> Result<Option<String>, CdpFailure> {
+    let expr = format!(
+        "{TEXT_JS}({}, {}, {})",
+        Value::String(present.to_owned()),
+        Value::String(absent.to_owned()),
+        timeout.as_millis()
+    );
+    let value = eval(page, expr, timeout + Duration::from_secs(5)).await?;
+    Ok(value.as_str().map(str::to_owned))
+}

@@ -207,8 +207,22 @@ impl Driver {
         let idle = tokio::time::sleep(idle_limit);
         tokio::pin!(idle);
         let mut tracker = ReplyTracker::new();
+        // Set once the page lost its update stream: reads the finished reply from the page.
+        let mut recovery: Option<futures::future::BoxFuture<'_, Result<Option<String>, CdpFailure>>> = None;
+        let sel = &self.site.selectors;
         loop {
             tokio::select! {
+                recovered = async { match recovery.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
+                    recovery = None;
+                    match recovered {
+                        Ok(Some(text)) => {
+                            info!(tab = tab.id, "reply recovered from the page after lost updates");
+                            return Ok(finish_recovered(&tracker, text, progress));
+                        }
+                        Ok(None) => warn!(tab = tab.id, "the page did not show a finished reply in time"),
+                        Err(e) => warn!(tab = tab.id, error = %e, "could not read the reply from the page"),
+                    }
+                }
                 _ = cancel.cancelled() => {
                     self.stop(tab, rx).await;
                     return Err(cancelled());
@@ -220,6 +234,14 @@ impl Driver {
                         self.timeouts.reply_secs)));
                 }
                 _ = &mut idle => {
+                    // Last chance before `stalled`: the page may show a finished reply that
+                    // no frame announced. The prompt is never sent again.
+                    if let Ok(Some(text)) = cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, Duration::from_millis(500)).await {
+                        if tracker.started() || !text.is_empty() {
+                            info!(tab = tab.id, "stalled reply recovered from the page");
+                            return Ok(finish_recovered(&tracker, text, progress));
+                        }
+                    }
                     self.stop(tab, rx).await;
                     return Err(Error::new(ErrorKind::Stalled, format!(
                         "no update from the site for {}s{}; the prompt was not resent (resending can get accounts flagged): retry the request",
@@ -248,13 +270,19 @@ impl Driver {
                                     }
                                 }
                                 Update::LostUpdates(reason) => {
-                                    warn!(tab = tab.id, reason, "the page lost updates; waiting for more frames");
+                                    warn!(tab = tab.id, reason, "the page lost updates; reading the reply from the page too");
+                                    if recovery.is_none() {
+                                        recovery = Some(Box::pin(cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, secs(self.timeouts.recover_secs))));
+                                    }
                                 }
                             }
                         }
                     }
                     Some(TabSignal::SocketClosed) => {
-                        warn!(tab = tab.id, "the update socket closed during a reply");
+                        warn!(tab = tab.id, "the update socket closed during a reply; reading the reply from the page too");
+                        if recovery.is_none() {
+                            recovery = Some(Box::pin(cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, secs(self.timeouts.recover_secs))));
+                        }
                     }
                     Some(TabSignal::Gone) | None => {
                         return Err(Error::new(ErrorKind::BrowserCrashed,
@@ -301,6 +329,20 @@ impl Driver {
         })
         .await;
     }
+}
+
+/// Hands a reply read from the page to the client as the final text.
+fn finish_recovered(
+    tracker: &ReplyTracker,
+    text: String,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> String {
+    match text.strip_prefix(tracker.text()) {
+        Some("") => {}
+        Some(rest) => progress(Progress::Delta(rest.to_owned())),
+        None => progress(Progress::Replace(text.clone())),
+    }
+    text
 }
 
 fn cancelled() -> Error {
