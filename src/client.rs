@@ -237,6 +237,25 @@ impl Client {
         }
     }
 
+    /// Stores session cookies in the daemon's browser profile; returns how many were stored
+    /// and the account state after (`signed_in` when the site accepted them).
+    pub async fn import_cookies(
+        &self,
+        cookies: Vec<crate::cookies::Cookie>,
+    ) -> Result<(usize, String), ClientError> {
+        match self
+            .send(Request::ImportCookies { cookies })
+            .await?
+            .finish()
+            .await?
+        {
+            Event::CookiesImported { count, account } => Ok((count, account)),
+            other => Err(ClientError::Protocol(format!(
+                "expected cookies_imported, got {other:?}"
+            ))),
+        }
+    }
+
     pub async fn models(&self) -> Result<Event, ClientError> {
         self.send(Request::Models).await?.finish().await
     }

@@ -37,7 +37,10 @@ struct HttpState {
 }
 
 /// Binds the HTTP listener. A non-loopback address needs an API key.
-pub async fn bind(addr: SocketAddr, api_key: Option<&str>) -> Result<tokio::net::TcpListener, String> {
+pub async fn bind(
+    addr: SocketAddr,
+    api_key: Option<&str>,
+) -> Result<tokio::net::TcpListener, String> {
     if !addr.ip().is_loopback() && api_key.is_none() {
         return Err(format!(
             "--http {addr} is reachable from other machines; set an API key with --api-key-file (or bind 127.0.0.1)"
@@ -106,15 +109,22 @@ impl ApiError {
 fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     use ErrorKind::*;
     match kind {
-        BadRequest | RequestTooLarge | NotFound => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        BadRequest | RequestTooLarge | NotFound => {
+            (StatusCode::BAD_REQUEST, "invalid_request_error")
+        }
         UnknownModel => (StatusCode::NOT_FOUND, "invalid_request_error"),
         NotLoggedIn => (StatusCode::UNAUTHORIZED, "authentication_error"),
         DailyLimit | RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-        Busy | BrowserUnavailable | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+        Busy | BrowserUnavailable | ShuttingDown => {
+            (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+        }
         SiteError | BrowserCrashed => (StatusCode::BAD_GATEWAY, "upstream_error"),
         Stalled | Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         // 499: the client closed the request (nginx's convention); nobody reads it.
-        Cancelled => (StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "cancelled"),
+        Cancelled => (
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "cancelled",
+        ),
         Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     }
 }
@@ -240,7 +250,10 @@ async fn chat_completions(
         messages,
         stream: req.stream,
     };
-    let id = format!("chatcmpl-poed-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+    let id = format!(
+        "chatcmpl-poed-{}",
+        state.next_id.fetch_add(1, Ordering::Relaxed)
+    );
     let created = unix_now();
     let mut reply = state.engine.submit(request, state.requests.child_token());
     if !req.stream {
@@ -290,54 +303,62 @@ fn async_stream(
         Finished,
         Over,
     }
-    futures::stream::unfold((reply, Phase::Start, chunk), |(mut reply, phase, chunk)| async move {
-        match phase {
-            Phase::Start => {
-                let first = chunk(json!({"role": "assistant", "content": ""}), None);
-                Some((Ok(first), (reply, Phase::Streaming, chunk)))
-            }
-            Phase::Streaming => loop {
-                match reply.next().await {
-                    Some(ReplyEvent::Delta(text)) => {
-                        let e = chunk(json!({"content": text}), None);
-                        return Some((Ok(e), (reply, Phase::Streaming, chunk)));
-                    }
-                    // OpenAI's stream cannot take back text: send the rewritten text in full
-                    // after a newline (documented); non-streaming answers are always exact.
-                    Some(ReplyEvent::Replace(text)) => {
-                        let e = chunk(json!({"content": format!("\n{text}")}), None);
-                        return Some((Ok(e), (reply, Phase::Streaming, chunk)));
-                    }
-                    Some(ReplyEvent::Done(_)) => {
-                        let e = chunk(json!({}), Some("stop"));
-                        return Some((Ok(e), (reply, Phase::Finished, chunk)));
-                    }
-                    Some(ReplyEvent::Failed(err)) => {
-                        let e = SseEvent::default().data(ApiError::from(err).body().to_string());
-                        return Some((Ok(e), (reply, Phase::Finished, chunk)));
-                    }
-                    Some(_) => continue,
-                    None => {
-                        let err = Error::internal("the reply ended without a result");
-                        let e = SseEvent::default().data(ApiError::from(err).body().to_string());
-                        return Some((Ok(e), (reply, Phase::Finished, chunk)));
-                    }
+    futures::stream::unfold(
+        (reply, Phase::Start, chunk),
+        |(mut reply, phase, chunk)| async move {
+            match phase {
+                Phase::Start => {
+                    let first = chunk(json!({"role": "assistant", "content": ""}), None);
+                    Some((Ok(first), (reply, Phase::Streaming, chunk)))
                 }
-            },
-            Phase::Finished => Some((
-                Ok(SseEvent::default().data("[DONE]")),
-                (reply, Phase::Over, chunk),
-            )),
-            Phase::Over => None,
-        }
-    })
+                Phase::Streaming => loop {
+                    match reply.next().await {
+                        Some(ReplyEvent::Delta(text)) => {
+                            let e = chunk(json!({"content": text}), None);
+                            return Some((Ok(e), (reply, Phase::Streaming, chunk)));
+                        }
+                        // OpenAI's stream cannot take back text: send the rewritten text in full
+                        // after a newline (documented); non-streaming answers are always exact.
+                        Some(ReplyEvent::Replace(text)) => {
+                            let e = chunk(json!({"content": format!("\n{text}")}), None);
+                            return Some((Ok(e), (reply, Phase::Streaming, chunk)));
+                        }
+                        Some(ReplyEvent::Done(_)) => {
+                            let e = chunk(json!({}), Some("stop"));
+                            return Some((Ok(e), (reply, Phase::Finished, chunk)));
+                        }
+                        Some(ReplyEvent::Failed(err)) => {
+                            let e =
+                                SseEvent::default().data(ApiError::from(err).body().to_string());
+                            return Some((Ok(e), (reply, Phase::Finished, chunk)));
+                        }
+                        Some(_) => continue,
+                        None => {
+                            let err = Error::internal("the reply ended without a result");
+                            let e =
+                                SseEvent::default().data(ApiError::from(err).body().to_string());
+                            return Some((Ok(e), (reply, Phase::Finished, chunk)));
+                        }
+                    }
+                },
+                Phase::Finished => Some((
+                    Ok(SseEvent::default().data("[DONE]")),
+                    (reply, Phase::Over, chunk),
+                )),
+                Phase::Over => None,
+            }
+        },
+    )
 }
 
 fn model_object(name: &str) -> Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": "poe"})
 }
 
-async fn list_models(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn list_models(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     check_key(&state, &headers)?;
     let data: Vec<Value> = state
         .engine
@@ -398,6 +419,8 @@ async fn not_found() -> ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "invalid_request_error",
         code: "not_found".into(),
-        message: "no such endpoint; poed serves /v1/chat/completions, /v1/models, /health and /metrics".into(),
+        message:
+            "no such endpoint; poed serves /v1/chat/completions, /v1/models, /health and /metrics"
+                .into(),
     }
 }

@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod client;
 pub mod config;
+pub mod cookies;
 pub mod daemon;
 pub mod error;
 pub mod http;

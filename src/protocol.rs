@@ -79,7 +79,7 @@ pub struct CompleteRequest {
 }
 
 /// A request, tagged by its `type` field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     Complete(CompleteRequest),
@@ -89,10 +89,14 @@ pub enum Request {
     Cancel {
         target: RequestId,
     },
+    /// Store session cookies in the browser profile, then check the sign-in.
+    ImportCookies {
+        cookies: Vec<crate::cookies::Cookie>,
+    },
 }
 
 /// A request line as written on the wire: `{"id": ..., "type": ..., ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestLine {
     pub id: RequestId,
     #[serde(flatten)]
@@ -105,6 +109,9 @@ pub struct RequestError {
     pub id: Option<RequestId>,
     pub error: Error,
 }
+
+/// The request types this daemon knows.
+pub const REQUEST_TYPES: [&str; 5] = ["complete", "models", "status", "cancel", "import_cookies"];
 
 /// Parses one request line (without its newline).
 pub fn parse_request(line: &[u8]) -> Result<RequestLine, RequestError> {
@@ -138,13 +145,19 @@ pub fn parse_request(line: &[u8]) -> Result<RequestLine, RequestError> {
         None => {
             return Err(bad(
                 Some(id),
-                "the request has no \"type\"; use one of complete, models, status, cancel".into(),
+                format!(
+                    "the request has no \"type\"; use one of {}",
+                    REQUEST_TYPES.join(", ")
+                ),
             ))
         }
-        Some(t) if !["complete", "models", "status", "cancel"].contains(&t) => {
+        Some(t) if !REQUEST_TYPES.contains(&t) => {
             return Err(bad(
                 Some(id),
-                format!("unknown request type {t:?}; use one of complete, models, status, cancel"),
+                format!(
+                    "unknown request type {t:?}; use one of {}",
+                    REQUEST_TYPES.join(", ")
+                ),
             ))
         }
         Some(_) => {}
@@ -269,6 +282,8 @@ pub enum Event {
     Status(Box<Status>),
     /// Answer to `cancel`: the target is being cancelled (it ends with a `cancelled` error).
     Ok,
+    /// Answer to `import_cookies`: how many were stored and the account state after.
+    CookiesImported { count: usize, account: String },
 }
 
 impl Event {

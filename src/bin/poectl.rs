@@ -21,6 +21,8 @@ mod exit {
     pub const CONNECTION: u8 = 4;
     /// Interrupted by Ctrl-C (the request was cancelled).
     pub const INTERRUPTED: u8 = 130;
+    /// A bad input file (named with the line or field at fault).
+    pub const BAD_INPUT: u8 = 2;
 }
 
 /// Ask Poe through the poed daemon.
@@ -63,6 +65,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the session cookies of the daemon's browser profile.
+    Cookies {
+        #[command(subcommand)]
+        action: CookiesAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CookiesAction {
+    /// Import cookies (p-b, p-lat, ...) from a browser export: a JSON array or cookies.txt.
+    Import {
+        /// The exported file.
+        file: PathBuf,
+    },
 }
 
 fn fail(e: &ClientError) -> ExitCode {
@@ -100,6 +116,22 @@ async fn main() -> ExitCode {
         .socket
         .clone()
         .unwrap_or_else(poed::config::default_socket_path);
+    // Input files are checked before talking to the daemon.
+    let cookies = match &args.command {
+        Command::Cookies {
+            action: CookiesAction::Import { file },
+        } => match std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| poed::cookies::parse(&text))
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("poectl: {}: {e}", file.display());
+                return ExitCode::from(exit::BAD_INPUT);
+            }
+        },
+        _ => None,
+    };
     let client = match Client::connect(&socket).await {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -112,6 +144,18 @@ async fn main() -> ExitCode {
             json,
             prompt,
         } => ask(&client, model, system, no_stream, json, prompt).await,
+        Command::Cookies { .. } => match client.import_cookies(cookies.unwrap_or_default()).await {
+            Ok((count, account)) => {
+                println!("imported {count} cookies; account: {account}");
+                if account == "signed_in" {
+                    ExitCode::from(exit::OK)
+                } else {
+                    eprintln!("poectl: the site does not accept these cookies as signed in; export them again while signed in to Poe");
+                    ExitCode::from(exit::REQUEST_FAILED)
+                }
+            }
+            Err(e) => fail(&e),
+        },
         Command::Models { json } => match client.models().await {
             Ok(Event::Models { default, models }) => {
                 if json {

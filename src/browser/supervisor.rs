@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chromiumoxide::browser::{Browser, BrowserConfig as CdpConfig};
 use chromiumoxide::cdp::browser_protocol::browser::GetVersionParams;
+use chromiumoxide::cdp::browser_protocol::network::CookieParam;
 use chromiumoxide::{Handler, Page};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +35,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 enum Command {
     NewPage(oneshot::Sender<Result<Page, String>>),
+    SetCookies(Vec<CookieParam>, oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -69,6 +71,17 @@ impl BrowserHandle {
 
     pub fn status(&self) -> BrowserStatus {
         lock(&self.status).clone()
+    }
+
+    /// Stores cookies in the browser's profile (they persist like the user's own).
+    pub async fn set_cookies(&self, cookies: Vec<CookieParam>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SetCookies(cookies, tx))
+            .await
+            .map_err(|_| "the browser supervisor has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the browser supervisor has stopped".to_string())?
     }
 
     /// The current browser generation.
@@ -268,6 +281,7 @@ async fn supervise(
                 tokio::select! {
                     cmd = commands.recv() => match cmd {
                         Some(Command::NewPage(reply)) => { let _ = reply.send(Err("the browser is restarting".into())); }
+                        Some(Command::SetCookies(_, reply)) => { let _ = reply.send(Err("the browser is restarting; try again shortly".into())); }
                         Some(Command::Shutdown(done)) => { lock(&status).state = "stopped".into(); let _ = done.send(()); return; }
                         None => return,
                     },
@@ -362,6 +376,13 @@ async fn serve(
                         .await
                         .map_err(|_| "the browser did not open a tab within 10s".to_string())
                         .and_then(|r| r.map_err(|e| format!("cannot open a tab: {e}")));
+                    let _ = reply.send(result);
+                }
+                Some(Command::SetCookies(cookies, reply)) => {
+                    let result = tokio::time::timeout(Duration::from_secs(10), inst.browser.set_cookies(cookies))
+                        .await
+                        .map_err(|_| "the browser did not store the cookies within 10s".to_string())
+                        .and_then(|r| r.map(|_| ()).map_err(|e| format!("the browser refused the cookies: {e}")));
                     let _ = reply.send(result);
                 }
                 Some(Command::Shutdown(done)) => return Ended::Shutdown(Some(done)),

@@ -24,6 +24,8 @@ pub trait Lendable: Send + 'static {
     fn usable(&self) -> bool {
         true
     }
+    /// Forgets that the item is warm (its page no longer reflects the session).
+    fn cool(&mut self);
 }
 
 impl Lendable for Tab {
@@ -32,6 +34,9 @@ impl Lendable for Tab {
     }
     fn usable(&self) -> bool {
         !self.is_gone()
+    }
+    fn cool(&mut self) {
+        self.warm_for = None;
     }
 }
 
@@ -162,6 +167,13 @@ impl<T: Lendable> TabPool<T> {
         dead
     }
 
+    /// Marks every idle item cold, e.g. after the session cookies changed.
+    pub fn cool_all(&self) {
+        for t in self.lock().idle.iter_mut() {
+            t.cool();
+        }
+    }
+
     /// Returns a ready tab: to the oldest live waiter, else to the idle set.
     pub fn release(&self, mut tab: T) {
         let mut s = self.lock();
@@ -211,6 +223,9 @@ mod tests {
     impl Lendable for Fake {
         fn warm_for(&self) -> Option<&str> {
             self.1
+        }
+        fn cool(&mut self) {
+            self.1 = None;
         }
     }
 

@@ -36,8 +36,13 @@ pub enum Update {
 /// What a front door reads from a submitted request: progress, then one final event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyEvent {
-    Queued { position: usize },
-    Started { model: String, bot: String },
+    Queued {
+        position: usize,
+    },
+    Started {
+        model: String,
+        bot: String,
+    },
     /// Text to append (consecutive deltas are merged when the reader is slow).
     Delta(String),
     /// Text that replaces everything received so far.
@@ -280,7 +285,11 @@ impl Engine {
     /// the end (so the tab always goes back to the pool); `cancel` or dropping the stream
     /// stops it early. Memory stays bounded for a slow reader: deltas merge while the
     /// stream's queue is full.
-    pub fn submit(self: &Arc<Self>, request: CompleteRequest, cancel: CancellationToken) -> ReplyStream {
+    pub fn submit(
+        self: &Arc<Self>,
+        request: CompleteRequest,
+        cancel: CancellationToken,
+    ) -> ReplyStream {
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         let guard = cancel.clone().drop_guard();
         let engine = self.clone();
@@ -318,7 +327,10 @@ impl Engine {
                 Err(e) => ReplyEvent::Failed(e),
             });
             for event in finals {
-                if !matches!(tokio::time::timeout(FINAL_WAIT, tx.send(event)).await, Ok(Ok(()))) {
+                if !matches!(
+                    tokio::time::timeout(FINAL_WAIT, tx.send(event)).await,
+                    Ok(Ok(()))
+                ) {
                     warn!("a client did not read its reply; dropped");
                     break;
                 }
@@ -470,6 +482,62 @@ impl Engine {
         }
     }
 
+    /// Stores session cookies in the profile, then opens a chat to see whether the profile
+    /// is now signed in. Returns how many cookies were stored and the account state.
+    pub async fn import_cookies(
+        self: &Arc<Self>,
+        cookies: Vec<crate::cookies::Cookie>,
+    ) -> Result<(usize, String), Error> {
+        use chromiumoxide::cdp::browser_protocol::network::{
+            CookieParam, CookieSameSite, TimeSinceEpoch,
+        };
+        if cookies.is_empty() {
+            return Err(Error::new(ErrorKind::BadRequest, "no cookies to import"));
+        }
+        if !cookies.iter().any(|c| c.name == "p-b") {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                "the cookies include no \"p-b\" (Poe's session cookie); export the cookies of poe.com while signed in",
+            ));
+        }
+        let count = cookies.len();
+        let params: Vec<CookieParam> = cookies
+            .into_iter()
+            .map(|c| {
+                let mut p = CookieParam::new(c.name, c.value);
+                p.domain = Some(c.domain);
+                p.path = Some(c.path);
+                p.secure = Some(c.secure);
+                p.http_only = Some(c.http_only);
+                p.expires = c.expires.map(TimeSinceEpoch::new);
+                p.same_site = match c.same_site.as_deref() {
+                    Some("Strict") => Some(CookieSameSite::Strict),
+                    Some("Lax") => Some(CookieSameSite::Lax),
+                    Some("None") => Some(CookieSameSite::None),
+                    _ => None,
+                };
+                p
+            })
+            .collect();
+        self.browser
+            .set_cookies(params)
+            .await
+            .map_err(|e| Error::new(ErrorKind::BrowserUnavailable, e))?;
+        info!(count, "session cookies imported");
+        // Pages loaded before the import show the old session.
+        self.pool.cool_all();
+        let (_, bot) = self.models.resolve(None)?;
+        let mut tab = match self.pool.acquire(&bot)? {
+            Acquired::Now(tab) => tab,
+            Acquired::Queued(ticket) => ticket.wait().await?,
+        };
+        let checked = self.driver.open_chat(&mut tab, &bot).await;
+        self.note_account(checked.as_ref().err());
+        self.pool.release(tab);
+        let state = lock(&self.account).state.clone();
+        Ok((count, state))
+    }
+
     /// Marks the daemon as stopping: requests cancelled from now on end as `shutting_down`.
     pub fn begin_shutdown(&self) {
         self.stopping
@@ -483,17 +551,69 @@ impl Engine {
         let mut out = String::new();
         out.push_str("# HELP poed_requests_total Finished completion requests by outcome (ok or an error kind).\n# TYPE poed_requests_total counter\n");
         for (outcome, n) in &status.requests {
-            out.push_str(&format!("poed_requests_total{{outcome=\"{outcome}\"}} {n}\n"));
+            out.push_str(&format!(
+                "poed_requests_total{{outcome=\"{outcome}\"}} {n}\n"
+            ));
         }
-        render_value(&mut out, "poed_requests_in_flight", "gauge", "Completion requests running or queued.", self.in_flight.load(std::sync::atomic::Ordering::Relaxed));
-        render_value(&mut out, "poed_requests_queued", "gauge", "Requests waiting for a tab.", status.pool.queued);
-        render_value(&mut out, "poed_tabs", "gauge", "Tabs in the pool.", status.pool.tabs);
-        render_value(&mut out, "poed_tabs_idle", "gauge", "Idle tabs.", status.pool.idle);
-        render_value(&mut out, "poed_browser_up", "gauge", "1 when the browser is up.", u8::from(status.browser.state == "up"));
-        render_value(&mut out, "poed_browser_restarts_total", "counter", "Browser relaunches after a crash.", status.browser.restarts);
-        render_value(&mut out, "poed_signed_in", "gauge", "1 when the profile is known to be signed in.", u8::from(status.account.state == "signed_in"));
-        lock(&self.first_token_hist).render(&mut out, "poed_time_to_first_token_seconds", "Time from request to the first text of the reply.");
-        lock(&self.duration_hist).render(&mut out, "poed_request_duration_seconds", "Time from request to the complete reply.");
+        render_value(
+            &mut out,
+            "poed_requests_in_flight",
+            "gauge",
+            "Completion requests running or queued.",
+            self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        render_value(
+            &mut out,
+            "poed_requests_queued",
+            "gauge",
+            "Requests waiting for a tab.",
+            status.pool.queued,
+        );
+        render_value(
+            &mut out,
+            "poed_tabs",
+            "gauge",
+            "Tabs in the pool.",
+            status.pool.tabs,
+        );
+        render_value(
+            &mut out,
+            "poed_tabs_idle",
+            "gauge",
+            "Idle tabs.",
+            status.pool.idle,
+        );
+        render_value(
+            &mut out,
+            "poed_browser_up",
+            "gauge",
+            "1 when the browser is up.",
+            u8::from(status.browser.state == "up"),
+        );
+        render_value(
+            &mut out,
+            "poed_browser_restarts_total",
+            "counter",
+            "Browser relaunches after a crash.",
+            status.browser.restarts,
+        );
+        render_value(
+            &mut out,
+            "poed_signed_in",
+            "gauge",
+            "1 when the profile is known to be signed in.",
+            u8::from(status.account.state == "signed_in"),
+        );
+        lock(&self.first_token_hist).render(
+            &mut out,
+            "poed_time_to_first_token_seconds",
+            "Time from request to the first text of the reply.",
+        );
+        lock(&self.duration_hist).render(
+            &mut out,
+            "poed_request_duration_seconds",
+            "Time from request to the complete reply.",
+        );
         out
     }
 

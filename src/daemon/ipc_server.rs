@@ -186,6 +186,17 @@ impl Connection {
                 };
                 let _ = tx.send(line(Some(id), event)).await;
             }
+            Request::ImportCookies { cookies } => {
+                let engine = self.engine.clone();
+                let tx = tx.clone();
+                self.tasks.spawn(async move {
+                    let event = match engine.import_cookies(cookies).await {
+                        Ok((count, account)) => Event::CookiesImported { count, account },
+                        Err(e) => Event::error(&e),
+                    };
+                    let _ = tx.send(line(Some(id), event)).await;
+                });
+            }
             Request::Complete(params) => {
                 let token = self.cancel.child_token();
                 let duplicate = {
@@ -265,7 +276,10 @@ impl RequestTask {
             };
             // Waiting here is what lets the engine merge deltas for a slow reader.
             let send = self.tx.send(line(Some(self.id.clone()), event));
-            if !matches!(tokio::time::timeout(FINAL_WRITE_LIMIT, send).await, Ok(Ok(()))) {
+            if !matches!(
+                tokio::time::timeout(FINAL_WRITE_LIMIT, send).await,
+                Ok(Ok(()))
+            ) {
                 warn!(id = %self.id, "client does not read its replies; dropping the connection");
                 self.conn_cancel.cancel();
                 break;

@@ -25,7 +25,6 @@ use crate::browser::supervisor;
 use crate::config::{secs, Config};
 use engine::Engine;
 
-
 /// Runs the daemon on an already bound `listener` until `shutdown` is cancelled.
 /// `on_ready` is called once the browser is up and clients are being served.
 pub async fn run(
@@ -106,7 +105,10 @@ pub async fn run(
     })
     .await;
     if drained.is_err() {
-        warn!(?grace, "running requests did not finish within the grace period; stopping them");
+        warn!(
+            ?grace,
+            "running requests did not finish within the grace period; stopping them"
+        );
         engine.begin_shutdown();
         requests.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;

@@ -29,7 +29,10 @@ pub fn notify(message: &str) {
 
 /// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this process), if any.
 pub fn watchdog_interval() -> Option<std::time::Duration> {
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok()) {
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
         if pid != std::process::id() {
             return None;
         }

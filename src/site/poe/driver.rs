@@ -208,7 +208,9 @@ impl Driver {
         tokio::pin!(idle);
         let mut tracker = ReplyTracker::new();
         // Set once the page lost its update stream: reads the finished reply from the page.
-        let mut recovery: Option<futures::future::BoxFuture<'_, Result<Option<String>, CdpFailure>>> = None;
+        let mut recovery: Option<
+            futures::future::BoxFuture<'_, Result<Option<String>, CdpFailure>>,
+        > = None;
         let sel = &self.site.selectors;
         loop {
             tokio::select! {
