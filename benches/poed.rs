@@ -62,7 +62,10 @@ impl Series {
             percentile(&self.values, 50.0),
             percentile(&self.values, 90.0),
             self.values.iter().cloned().fold(f64::INFINITY, f64::min),
-            self.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            self.values
+                .iter()
+                .cloned()
+                .fold(f64::NEG_INFINITY, f64::max),
         ) + unit
     }
 }
@@ -94,7 +97,11 @@ async fn timed_request(client: &Client, prompt: &str) -> (Instant, Option<Instan
 }
 
 fn kib_of(pid: u32, field: &str) -> u64 {
-    let file = if field == "Pss:" { "smaps_rollup" } else { "status" };
+    let file = if field == "Pss:" {
+        "smaps_rollup"
+    } else {
+        "status"
+    };
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
@@ -121,7 +128,11 @@ fn descendants(root: u32) -> Vec<u32> {
             let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
                 continue;
             };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+            if let Some(ppid) = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+            {
                 parent_of.push((pid, ppid));
             }
         }
@@ -193,9 +204,15 @@ async fn eval_json(page: &chromiumoxide::Page, expr: &str) -> serde_json::Value 
 
 /// One request the original way on `browser`: new page, injected wrapper, poll every 100 ms.
 /// Returns (first text, complete) instants.
-async fn baseline_request(browser: &Browser, url: &str, prompt: &str) -> (Option<Instant>, Instant) {
+async fn baseline_request(
+    browser: &Browser,
+    url: &str,
+    prompt: &str,
+) -> (Option<Instant>, Instant) {
     let page = browser.new_page("about:blank").await.expect("page");
-    page.evaluate_on_new_document(WS_WRAPPER).await.expect("inject");
+    page.evaluate_on_new_document(WS_WRAPPER)
+        .await
+        .expect("inject");
     page.goto(url).await.expect("goto");
     let sel = poed::config::Selectors::default();
     // Wait for the prompt box and the enabled send button, polling like the original.
@@ -248,7 +265,11 @@ fn main() {
     let runs: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .or_else(|| std::env::var("POED_BENCH_RUNS").ok().and_then(|v| v.parse().ok()))
+        .or_else(|| {
+            std::env::var("POED_BENCH_RUNS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(30);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -288,7 +309,9 @@ async fn bench(runs: usize) {
         let (sent, first, done) = timed_request(&client, &format!("{SHORT_PROMPT} #{i}")).await;
         let chats = double.chats();
         let chat = &chats[before];
-        submit.values.push(ms(chat.received_at.duration_since(sent)));
+        submit
+            .values
+            .push(ms(chat.received_at.duration_since(sent)));
         if let (Some(f), Some(frame)) = (first, chat.frame_times.first()) {
             relay_first.values.push(ms(f.duration_since(*frame)));
             ttft.values.push(ms(f.duration_since(sent)));
@@ -362,9 +385,12 @@ async fn bench(runs: usize) {
         for i in 0..runs {
             let before = double.chats().len();
             let sent = Instant::now();
-            let (first, done) = baseline_request(&browser, &bot_url, &format!("{SHORT_PROMPT} b{i}")).await;
+            let (first, done) =
+                baseline_request(&browser, &bot_url, &format!("{SHORT_PROMPT} b{i}")).await;
             let chats = double.chats();
-            b_submit.values.push(ms(chats[before].received_at.duration_since(sent)));
+            b_submit
+                .values
+                .push(ms(chats[before].received_at.duration_since(sent)));
             if let Some(f) = first {
                 b_ttft.values.push(ms(f.duration_since(sent)));
             }
@@ -383,9 +409,12 @@ async fn bench(runs: usize) {
         let before = double.chats().len();
         let sent = Instant::now();
         let (browser, handler) = launch_browser(dir.path()).await;
-        let (first, done) = baseline_request(&browser, &bot_url, &format!("{SHORT_PROMPT} a{i}")).await;
+        let (first, done) =
+            baseline_request(&browser, &bot_url, &format!("{SHORT_PROMPT} a{i}")).await;
         let chats = double.chats();
-        a_submit.values.push(ms(chats[before].received_at.duration_since(sent)));
+        a_submit
+            .values
+            .push(ms(chats[before].received_at.duration_since(sent)));
         if let Some(f) = first {
             a_ttft.values.push(ms(f.duration_since(sent)));
         }
@@ -399,7 +428,19 @@ async fn bench(runs: usize) {
     println!("## poed benchmark ({runs} runs; the double streams a short reply in ~5 frames, 20 ms apart)\n");
     println!("| measure | n | median ms | p90 ms | min ms | max ms |");
     println!("|---|---|---|---|---|---|");
-    for s in [&submit, &relay_first, &relay_last, &ttft, &total, &b_submit, &b_ttft, &b_total, &a_submit, &a_ttft, &a_total] {
+    for s in [
+        &submit,
+        &relay_first,
+        &relay_last,
+        &ttft,
+        &total,
+        &b_submit,
+        &b_ttft,
+        &b_total,
+        &a_submit,
+        &a_ttft,
+        &a_total,
+    ] {
         println!("{}", s.row(""));
     }
     println!("\n| concurrent clients (3 tabs) | median wall ms | p90 wall ms | replies/s |");
@@ -409,19 +450,46 @@ async fn bench(runs: usize) {
     }
     let one = conc_rows[0].1;
     let three = conc_rows[1].1;
-    println!("\n3 clients / 1 client wall time: {:.2}x (target < 1.3x)", three / one);
+    println!(
+        "\n3 clients / 1 client wall time: {:.2}x (target < 1.3x)",
+        three / one
+    );
     println!("\n| memory | idle | under load (8 clients) |");
     println!("|---|---|---|");
-    println!("| poed RSS | {:.1} MiB | {:.1} MiB |", idle.poed_rss_kib as f64 / 1024.0, loaded.poed_rss_kib as f64 / 1024.0);
-    println!("| Chromium RSS, all processes summed | {:.0} MiB | {:.0} MiB |", idle.chromium_rss_kib as f64 / 1024.0, loaded.chromium_rss_kib as f64 / 1024.0);
-    println!("| Chromium PSS, all processes summed | {:.0} MiB | {:.0} MiB |", idle.chromium_pss_kib as f64 / 1024.0, loaded.chromium_pss_kib as f64 / 1024.0);
+    println!(
+        "| poed RSS | {:.1} MiB | {:.1} MiB |",
+        idle.poed_rss_kib as f64 / 1024.0,
+        loaded.poed_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "| Chromium RSS, all processes summed | {:.0} MiB | {:.0} MiB |",
+        idle.chromium_rss_kib as f64 / 1024.0,
+        loaded.chromium_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "| Chromium PSS, all processes summed | {:.0} MiB | {:.0} MiB |",
+        idle.chromium_pss_kib as f64 / 1024.0,
+        loaded.chromium_pss_kib as f64 / 1024.0
+    );
     let p = percentile(&total.values, 50.0);
     println!("\n| ratio of medians (short reply, total time) | value |");
     println!("|---|---|");
-    println!("| baseline (a) new browser per request / poed | {:.1}x |", percentile(&a_total.values, 50.0) / p);
-    println!("| baseline (b) wrapper + polling / poed | {:.1}x |", percentile(&b_total.values, 50.0) / p);
-    println!("| baseline (a) / poed, time to first token | {:.1}x |", percentile(&a_ttft.values, 50.0) / percentile(&ttft.values, 50.0));
-    println!("| baseline (b) / poed, time to first token | {:.1}x |", percentile(&b_ttft.values, 50.0) / percentile(&ttft.values, 50.0));
+    println!(
+        "| baseline (a) new browser per request / poed | {:.1}x |",
+        percentile(&a_total.values, 50.0) / p
+    );
+    println!(
+        "| baseline (b) wrapper + polling / poed | {:.1}x |",
+        percentile(&b_total.values, 50.0) / p
+    );
+    println!(
+        "| baseline (a) / poed, time to first token | {:.1}x |",
+        percentile(&a_ttft.values, 50.0) / percentile(&ttft.values, 50.0)
+    );
+    println!(
+        "| baseline (b) / poed, time to first token | {:.1}x |",
+        percentile(&b_ttft.values, 50.0) / percentile(&ttft.values, 50.0)
+    );
 }
 
 /// Waits until `n` tabs are idle and warm (the pool re-warms tabs in the background).

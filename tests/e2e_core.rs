@@ -66,7 +66,10 @@ async fn poectl_streams_answers_byte_for_byte_several_in_a_row() {
     // What the site received is exactly what was asked, each in a fresh chat.
     let chats = double.chats();
     assert_eq!(chats.len(), 4);
-    assert_eq!(chats[3].prompt, "Two\nlines with \"quotes\" and \\ backslash 😀");
+    assert_eq!(
+        chats[3].prompt,
+        "Two\nlines with \"quotes\" and \\ backslash 😀"
+    );
     let mut ids: Vec<_> = chats.iter().map(|c| c.chat_id.clone()).collect();
     ids.dedup();
     assert_eq!(ids.len(), 4, "every request gets a fresh chat");
@@ -76,11 +79,19 @@ async fn poectl_streams_answers_byte_for_byte_several_in_a_row() {
     cmd.stdin(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all("from stdin ✓".as_bytes()).await.expect("write");
+    stdin
+        .write_all("from stdin ✓".as_bytes())
+        .await
+        .expect("write");
     drop(stdin);
-    let out = within(STEP, "poectl", child.wait_with_output()).await.expect("output");
+    let out = within(STEP, "poectl", child.wait_with_output())
+        .await
+        .expect("output");
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), expected_reply("GPT-4", "from stdin ✓"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        expected_reply("GPT-4", "from stdin ✓")
+    );
     assert_eq!(double.chats()[4].bot, "GPT-4");
 
     let status = daemon.stop().await;
@@ -110,9 +121,17 @@ async fn rewrites_missed_messages_and_json_events() {
     let expected = expected_reply("GPT-3.5-Turbo", prompt);
     assert_eq!(streamed, expected);
     match done {
-        Event::Done { text, model, bot, timings } => {
+        Event::Done {
+            text,
+            model,
+            bot,
+            timings,
+        } => {
             assert_eq!(text, expected);
-            assert_eq!((model.as_str(), bot.as_str()), ("gpt-3.5-turbo", "GPT-3.5-Turbo"));
+            assert_eq!(
+                (model.as_str(), bot.as_str()),
+                ("gpt-3.5-turbo", "GPT-3.5-Turbo")
+            );
             assert!(timings.first_token_ms.is_some());
             assert!(timings.total_ms >= timings.first_token_ms.unwrap_or(0));
         }
@@ -146,7 +165,10 @@ async fn request_errors_have_stable_kinds_and_the_daemon_keeps_serving() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("unknown_model"), "{}", out.stderr);
     assert!(out.stderr.contains("gpt-4"), "{}", out.stderr);
-    assert!(double.chats().is_empty(), "nothing was sent for an unknown model");
+    assert!(
+        double.chats().is_empty(),
+        "nothing was sent for an unknown model"
+    );
 
     let client = daemon.client().await;
     // error_* state -> site_error carrying the state.
@@ -186,7 +208,10 @@ async fn request_errors_have_stable_kinds_and_the_daemon_keeps_serving() {
         .expect_err("stalled");
     assert_eq!(err.kind(), Some(ErrorKind::Stalled));
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
 
     // Still serving after all that.
     let ok = client
@@ -196,7 +221,9 @@ async fn request_errors_have_stable_kinds_and_the_daemon_keeps_serving() {
         .finish()
         .await
         .expect("answer");
-    assert!(matches!(ok, Event::Done { ref text, .. } if *text == expected_reply("GPT-3.5-Turbo", "still there?")));
+    assert!(
+        matches!(ok, Event::Done { ref text, .. } if *text == expected_reply("GPT-3.5-Turbo", "still there?"))
+    );
 
     // poectl status and models work and report what happened.
     let out = run(daemon.poectl(&["status", "--json"])).await;
@@ -222,7 +249,11 @@ async fn logged_out_and_daily_limit_have_their_own_kinds() {
     let out = run(daemon.poectl(&["ask", "hi"])).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not_logged_in"), "{}", out.stderr);
-    assert!(out.stderr.contains("sign in"), "the message says how: {}", out.stderr);
+    assert!(
+        out.stderr.contains("sign in"),
+        "the message says how: {}",
+        out.stderr
+    );
 
     double.set_logged_in(true);
     double.set_daily_limit(true);
@@ -241,21 +272,19 @@ async fn logged_out_and_daily_limit_have_their_own_kinds() {
 async fn bad_lines_get_error_replies_on_a_connection_that_stays_usable() {
     let double = Double::start(fast()).await.expect("double");
     let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
-    let stream = tokio::net::UnixStream::connect(&daemon.socket).await.expect("connect");
+    let stream = tokio::net::UnixStream::connect(&daemon.socket)
+        .await
+        .expect("connect");
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    let mut next = || async {
-        let line = within(Duration::from_secs(10), "reply line", lines.next_line())
-            .await
-            .expect("read")
-            .expect("line");
-        serde_json::from_str::<serde_json::Value>(&line).expect("json")
-    };
-    let hello = next().await;
+    let hello = next_json(&mut lines).await;
     assert_eq!(hello["event"], "hello");
     assert_eq!(hello["protocol"], 1);
 
-    let huge = format!("{{\"id\":1,\"type\":\"status\",\"pad\":\"{}\"}}\n", "x".repeat(2 << 20));
+    let huge = format!(
+        "{{\"id\":1,\"type\":\"status\",\"pad\":\"{}\"}}\n",
+        "x".repeat(2 << 20)
+    );
     let garbage = "this is not json\n{\"id\":2}\n{\"id\":3,\"type\":\"launch\"}\n";
     write.write_all(huge.as_bytes()).await.expect("write");
     write.write_all(garbage.as_bytes()).await.expect("write");
@@ -264,29 +293,61 @@ async fn bad_lines_get_error_replies_on_a_connection_that_stays_usable() {
         .await
         .expect("write");
 
-    let e = next().await;
-    assert_eq!((e["event"].as_str(), e["kind"].as_str()), (Some("error"), Some("request_too_large")));
-    let e = next().await;
+    let e = next_json(&mut lines).await;
+    assert_eq!(
+        (e["event"].as_str(), e["kind"].as_str()),
+        (Some("error"), Some("request_too_large"))
+    );
+    let e = next_json(&mut lines).await;
     assert_eq!(e["kind"], "bad_request");
     assert!(e.get("id").is_none());
-    let e = next().await;
-    assert_eq!((e["id"].as_i64(), e["kind"].as_str()), (None, Some("bad_request")));
-    let e = next().await;
-    assert_eq!((e["id"].as_i64(), e["kind"].as_str()), (Some(3), Some("bad_request")));
+    let e = next_json(&mut lines).await;
+    assert_eq!(
+        (e["id"].as_i64(), e["kind"].as_str()),
+        (Some(2), Some("bad_request"))
+    );
+    assert!(e["message"].as_str().unwrap_or("").contains("type"));
+    let e = next_json(&mut lines).await;
+    assert_eq!(
+        (e["id"].as_i64(), e["kind"].as_str()),
+        (Some(3), Some("bad_request"))
+    );
     // The remaining three answer in any order (4 runs in a task).
     let mut rest: Vec<serde_json::Value> = Vec::new();
     for _ in 0..3 {
-        rest.push(next().await);
+        rest.push(next_json(&mut lines).await);
     }
     rest.sort_by_key(|v| v["id"].as_i64());
-    assert_eq!((rest[0]["id"].as_i64(), rest[0]["kind"].as_str()), (Some(4), Some("bad_request")));
-    assert_eq!((rest[1]["id"].as_i64(), rest[1]["kind"].as_str()), (Some(5), Some("not_found")));
-    assert_eq!((rest[2]["id"].as_i64(), rest[2]["event"].as_str()), (Some(6), Some("status")));
+    assert_eq!(
+        (rest[0]["id"].as_i64(), rest[0]["kind"].as_str()),
+        (Some(4), Some("bad_request"))
+    );
+    assert_eq!(
+        (rest[1]["id"].as_i64(), rest[1]["kind"].as_str()),
+        (Some(5), Some("not_found"))
+    );
+    assert_eq!(
+        (rest[2]["id"].as_i64(), rest[2]["event"].as_str()),
+        (Some(6), Some("status"))
+    );
 
     // The daemon still answers questions, on a new connection too.
     let out = run(daemon.poectl(&["ask", "after the garbage"])).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout, expected_reply("GPT-3.5-Turbo", "after the garbage"));
+    assert_eq!(
+        out.stdout,
+        expected_reply("GPT-3.5-Turbo", "after the garbage")
+    );
+}
+
+async fn next_json(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+) -> serde_json::Value {
+    let line = within(Duration::from_secs(10), "reply line", lines.next_line())
+        .await
+        .expect("read")
+        .expect("line");
+    serde_json::from_str(&line).expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,5 +364,9 @@ async fn poectl_without_a_daemon_says_how_to_start_it() {
     })
     .await;
     assert_eq!(out.code, 3);
-    assert!(out.stderr.contains("not running") && out.stderr.contains("systemctl --user start poed"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not running") && out.stderr.contains("systemctl --user start poed"),
+        "{}",
+        out.stderr
+    );
 }

@@ -23,7 +23,11 @@ pub fn notify(message: &str) {
         sock.send_to(message.as_bytes(), &path)
     };
     if let Err(e) = result {
-        tracing::warn!(error = %e, "cannot notify systemd");
+        // Said once: a notify socket that went away stays away.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
     }
 }
 

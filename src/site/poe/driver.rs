@@ -126,63 +126,72 @@ impl Driver {
         cancel: &CancellationToken,
     ) -> Result<String, Error> {
         let sel = &self.site.selectors;
+        // A warm page may be stale (signed out or limited since it loaded): on trouble it is
+        // reopened once before the problem counts.
+        let mut reopened = false;
         if tab.warm_for.as_deref() != Some(bot) {
             self.open_chat(tab, bot).await?;
+            reopened = true;
         }
         // From here on the chat is used: whatever happens, it is not fresh any more.
         tab.warm_for = None;
         let mut sub = tab.subscribe();
-        let focused = cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
-            .await
-            .map_err(|e| browser_error("focusing the prompt box", e))?;
-        if !focused {
-            // The warm page went stale (navigated, signed out): start over once.
-            self.open_chat(tab, bot).await?;
-            tab.warm_for = None;
-            if !cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
+        let send = loop {
+            let focused = cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
                 .await
-                .map_err(|e| browser_error("focusing the prompt box", e))?
-            {
-                return Err(self.not_logged_in());
+                .map_err(|e| browser_error("focusing the prompt box", e))?;
+            if !focused {
+                if reopened {
+                    return Err(self.not_logged_in());
+                }
+                self.open_chat(tab, bot).await?;
+                tab.warm_for = None;
+                reopened = true;
+                continue;
             }
-        }
-        cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT)
+            cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT)
+                .await
+                .map_err(|e| browser_error("entering the prompt", e))?;
+            let send = cdp::wait_for_first(
+                &tab.page,
+                &[
+                    Wanted {
+                        selector: &sel.send_button,
+                        enabled: true,
+                    },
+                    Wanted {
+                        selector: &sel.daily_limit,
+                        enabled: false,
+                    },
+                ],
+                secs(self.timeouts.send_button_secs),
+            )
             .await
-            .map_err(|e| browser_error("entering the prompt", e))?;
-        let send = cdp::wait_for_first(
-            &tab.page,
-            &[
-                Wanted {
-                    selector: &sel.send_button,
-                    enabled: true,
-                },
-                Wanted {
-                    selector: &sel.daily_limit,
-                    enabled: false,
-                },
-            ],
-            secs(self.timeouts.send_button_secs),
-        )
-        .await
-        .map_err(|e| browser_error("waiting for the send button", e))?;
-        match send.index {
-            Some(0) => {}
-            Some(_) => {
-                return Err(Error::new(
-                    ErrorKind::DailyLimit,
-                    format!("the daily message limit for bot {bot} is reached on this account; try another model or wait until tomorrow"),
-                ))
+            .map_err(|e| browser_error("waiting for the send button", e))?;
+            match send.index {
+                Some(0) => break send,
+                Some(_) if !reopened => {
+                    self.open_chat(tab, bot).await?;
+                    tab.warm_for = None;
+                    reopened = true;
+                }
+                Some(_) => {
+                    return Err(Error::new(
+                        ErrorKind::DailyLimit,
+                        format!("the daily message limit for bot {bot} is reached on this account; try another model or wait until tomorrow"),
+                    ))
+                }
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::SiteError,
+                        format!(
+                            "the send button stayed disabled for {}s after the prompt was entered; the page may have changed (check site.selectors.send_button)",
+                            self.timeouts.send_button_secs
+                        ),
+                    ))
+                }
             }
-            None => {
-                return Err(Error::new(
-                    ErrorKind::SiteError,
-                    format!(
-                        "the send button stayed disabled for {}s after the prompt was entered; the page may have changed (check site.selectors.send_button)",
-                        self.timeouts.send_button_secs
-                    ),
-                ))
-            }
-        }
+        };
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
