@@ -63,6 +63,8 @@ pub struct Client {
     stream: Arc<Stream>,
     /// Serialises writers so request lines never interleave.
     write_lock: tokio::sync::Mutex<()>,
+    /// Routes incoming events; aborted on drop, which closes the connection.
+    reader: tokio::task::JoinHandle<()>,
     routes: Routes,
     next_id: AtomicI64,
     protocol: u32,
@@ -153,7 +155,7 @@ impl Client {
         };
         let routes: Routes = Arc::default();
         let reader_routes = routes.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(text)) = lines.next_line().await {
                 // Unknown event types (a newer daemon) do not parse and are skipped.
                 let Ok(line) = serde_json::from_str::<EventLine>(&text) else {
@@ -178,6 +180,7 @@ impl Client {
         Ok(Client {
             stream,
             write_lock: tokio::sync::Mutex::new(()),
+            reader,
             routes,
             next_id: AtomicI64::new(1),
             protocol,
@@ -258,6 +261,14 @@ impl Client {
 
     pub async fn models(&self) -> Result<Event, ClientError> {
         self.send(Request::Models).await?.finish().await
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The reader task holds the other reference to the stream: ending it closes the
+        // connection, which tells the daemon to cancel this client's running requests.
+        self.reader.abort();
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use chromiumoxide::browser::{Browser, BrowserConfig as CdpConfig};
 use chromiumoxide::cdp::browser_protocol::browser::GetVersionParams;
 use chromiumoxide::cdp::browser_protocol::network::CookieParam;
+use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
 use chromiumoxide::{Handler, Page};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -372,7 +373,14 @@ async fn serve(
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(Command::NewPage(reply)) => {
-                    let result = tokio::time::timeout(Duration::from_secs(10), inst.browser.new_page("about:blank"))
+                    // Each tab in a window of its own: a background tab gets no frames, and
+                    // input sent to it waits for one (seconds). Own windows all render.
+                    let params = CreateTargetParams::builder()
+                        .url("about:blank")
+                        .new_window(true)
+                        .build()
+                        .unwrap_or_else(|_| CreateTargetParams::new("about:blank"));
+                    let result = tokio::time::timeout(Duration::from_secs(10), inst.browser.new_page(params))
                         .await
                         .map_err(|_| "the browser did not open a tab within 10s".to_string())
                         .and_then(|r| r.map_err(|e| format!("cannot open a tab: {e}")));

@@ -106,6 +106,14 @@ impl Pending {
     }
 }
 
+/// A request that passed its checks and holds a tab or a place in the queue.
+struct Admitted {
+    model: String,
+    bot: String,
+    prompt: String,
+    slot: Acquired,
+}
+
 /// A finished completion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
@@ -293,6 +301,8 @@ impl Engine {
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         let guard = cancel.clone().drop_guard();
         let engine = self.clone();
+        let t0 = Instant::now();
+        let admitted = self.admit(&request);
         tokio::spawn(async move {
             let mut pending: Option<Pending> = None;
             let tx_updates = tx.clone();
@@ -317,7 +327,7 @@ impl Engine {
                     };
                 }
             };
-            let result = engine.complete(&request, &mut on_update, &cancel).await;
+            let result = engine.finish(admitted, t0, &mut on_update, &cancel).await;
             let mut finals = Vec::new();
             if let (Ok(_), Some(p)) = (&result, pending) {
                 finals.push(p.event());
@@ -350,10 +360,24 @@ impl Engine {
         updates: &mut (dyn FnMut(Update) + Send),
         cancel: &CancellationToken,
     ) -> Result<Completion, Error> {
+        let admitted = self.admit(request);
+        self.finish(admitted, Instant::now(), updates, cancel).await
+    }
+
+    /// Runs an admitted request and keeps the counters.
+    async fn finish(
+        self: &Arc<Self>,
+        admitted: Result<Admitted, Error>,
+        t0: Instant,
+        updates: &mut (dyn FnMut(Update) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<Completion, Error> {
         use std::sync::atomic::Ordering::Relaxed;
-        let t0 = Instant::now();
         self.in_flight.fetch_add(1, Relaxed);
-        let mut result = self.run(request, updates, cancel, t0).await;
+        let mut result = match admitted {
+            Ok(a) => self.run(a, updates, cancel, t0).await,
+            Err(e) => Err(e),
+        };
         self.in_flight.fetch_sub(1, Relaxed);
         if let Err(e) = &mut result {
             if e.kind == ErrorKind::Cancelled && self.stopping.load(Relaxed) {
@@ -377,13 +401,9 @@ impl Engine {
         result
     }
 
-    async fn run(
-        self: &Arc<Self>,
-        request: &CompleteRequest,
-        updates: &mut (dyn FnMut(Update) + Send),
-        cancel: &CancellationToken,
-        t0: Instant,
-    ) -> Result<Completion, Error> {
+    /// The synchronous part of a request: checks, then a tab or a place in the queue. Done
+    /// in arrival order, before any task is spawned, so the queue is FIFO by arrival.
+    fn admit(&self, request: &CompleteRequest) -> Result<Admitted, Error> {
         let (model, bot) = self.models.resolve(request.model.as_deref())?;
         if request.messages.is_empty() {
             return Err(Error::new(
@@ -395,7 +415,29 @@ impl Engine {
         if prompt.trim().is_empty() {
             return Err(Error::new(ErrorKind::BadRequest, "the prompt is empty"));
         }
-        let mut tab = match self.pool.acquire(&bot)? {
+        let slot = self.pool.acquire(&bot)?;
+        Ok(Admitted {
+            model,
+            bot,
+            prompt,
+            slot,
+        })
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        admitted: Admitted,
+        updates: &mut (dyn FnMut(Update) + Send),
+        cancel: &CancellationToken,
+        t0: Instant,
+    ) -> Result<Completion, Error> {
+        let Admitted {
+            model,
+            bot,
+            prompt,
+            slot,
+        } = admitted;
+        let mut tab = match slot {
             Acquired::Now(tab) => tab,
             Acquired::Queued(ticket) => {
                 updates(Update::Queued {

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::daemon::engine::{Engine, ReplyEvent};
+use crate::daemon::engine::{Engine, ReplyEvent, ReplyStream};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::{
-    parse_request, read_line_capped, CompleteRequest, Event, EventLine, LineRead, Request,
-    RequestId, PROTOCOL_VERSION,
+    parse_request, read_line_capped, Event, EventLine, LineRead, Request, RequestId,
+    PROTOCOL_VERSION,
 };
 
 /// Lines queued for one connection's writer before deltas start to merge.
@@ -217,15 +217,16 @@ impl Connection {
                         return;
                     }
                 }
+                let stream_text = params.stream;
+                // Submitted here, in the read loop, so requests queue in arrival order.
+                let reply = self.engine.submit(params, token);
                 let task = RequestTask {
                     id,
-                    engine: self.engine.clone(),
                     tx: tx.clone(),
-                    cancel: token,
                     conn_cancel: self.cancel.clone(),
                     inflight: inflight.clone(),
                 };
-                self.tasks.spawn(task.run(params));
+                self.tasks.spawn(task.run(reply, stream_text));
             }
         }
     }
@@ -248,17 +249,13 @@ async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::Receiver<String>, gone: C
 /// One `complete` request of a connection: relays the engine's events as lines.
 struct RequestTask {
     id: RequestId,
-    engine: Arc<Engine>,
     tx: mpsc::Sender<String>,
-    cancel: CancellationToken,
     conn_cancel: CancellationToken,
     inflight: InFlight,
 }
 
 impl RequestTask {
-    async fn run(self, params: CompleteRequest) {
-        let stream_text = params.stream;
-        let mut reply = self.engine.submit(params, self.cancel.clone());
+    async fn run(self, mut reply: ReplyStream, stream_text: bool) {
         while let Some(event) = reply.next().await {
             let event = match event {
                 ReplyEvent::Queued { position } => Event::Queued { position },

@@ -121,6 +121,22 @@ impl Daemon {
         .expect("connect to poed")
     }
 
+    /// Waits until `n` tabs sit idle and warm. The daemon has no push event for this, so it
+    /// asks `status` every 50 ms (bounded).
+    pub async fn wait_warm(&self, n: usize) {
+        let client = self.client().await;
+        within(STEP, "warm tabs", async {
+            loop {
+                let s = client.status().await.expect("status");
+                if s.pool.warm >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
     /// `poectl` pointed at this daemon.
     pub fn poectl(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_poectl"));

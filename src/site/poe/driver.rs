@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::browser::cdp::{self, CdpFailure, Wanted};
 use crate::browser::tab::{Tab, TabSignal};
@@ -149,9 +149,11 @@ impl Driver {
                 reopened = true;
                 continue;
             }
+            trace!(tab = tab.id, "prompt box focused");
             cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT)
                 .await
                 .map_err(|e| browser_error("entering the prompt", e))?;
+            trace!(tab = tab.id, "prompt entered");
             let send = cdp::wait_for_first(
                 &tab.page,
                 &[
@@ -195,6 +197,7 @@ impl Driver {
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
+        trace!(tab = tab.id, "send button enabled");
         cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
             .await
             .map_err(|e| browser_error("clicking send", e))?;

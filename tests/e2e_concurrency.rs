@@ -1,0 +1,312 @@
+//! Tabs, queue, cancellation and slow readers, end to end on the double with real Chromium.
+
+mod common;
+mod double;
+
+use std::time::Duration;
+
+use common::{run, within, Daemon, STEP};
+use double::{expected_reply, Double, DoubleOptions};
+use poed::protocol::{ChatMessage, CompleteRequest, Event};
+use poed::ErrorKind;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+fn ask(prompt: &str) -> CompleteRequest {
+    CompleteRequest {
+        model: None,
+        messages: vec![ChatMessage::new("user", prompt)],
+        stream: true,
+    }
+}
+
+async fn double(chunk_delay_ms: u64) -> Double {
+    Double::start(DoubleOptions {
+        chunk_delay_ms,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double")
+}
+
+/// Collects a reply's events; returns (events, streamed text).
+async fn collect(mut reply: poed::client::Reply) -> (Vec<Event>, String) {
+    let mut events = Vec::new();
+    let mut text = String::new();
+    while let Some(e) = within(STEP, "event", reply.next()).await {
+        match &e {
+            Event::Delta { text: d } => text.push_str(d),
+            Event::Replace { text: t } => text.clone_from(t),
+            _ => {}
+        }
+        let last = e.is_final();
+        events.push(e);
+        if last {
+            break;
+        }
+    }
+    (events, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_parallel_answers_are_correct_and_not_mixed() {
+    let double = double(40).await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "3"]).await;
+    daemon.wait_warm(3).await;
+    let client = daemon.client().await;
+    let prompts = ["first question", "second question ✓", "third question"];
+    let mut replies = Vec::new();
+    for p in prompts {
+        replies.push(client.complete(ask(p)).await.expect("send"));
+    }
+    let results = futures::future::join_all(replies.into_iter().map(collect)).await;
+    for (prompt, (events, text)) in prompts.iter().zip(results) {
+        let expected = expected_reply("GPT-3.5-Turbo", prompt);
+        assert_eq!(text, expected, "streamed text of {prompt:?}");
+        assert!(matches!(events.last(), Some(Event::Done { text, .. }) if *text == expected));
+    }
+    let chats = double.chats();
+    assert_eq!(chats.len(), 3);
+    let mut ids: Vec<_> = chats.iter().map(|c| c.chat_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three different chats (tabs)");
+    // They really ran at the same time: every prompt arrived before any reply finished.
+    let first_end = chats
+        .iter()
+        .filter_map(|c| c.frame_times.last().copied())
+        .min()
+        .expect("frames");
+    let t0 = chats[0].received_at;
+    let report: Vec<_> = chats
+        .iter()
+        .map(|c| (c.received_at - t0, c.frame_times.last().map(|f| *f - t0)))
+        .collect();
+    assert!(
+        chats.iter().all(|c| c.received_at < first_end),
+        "replies overlapped: {report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_is_fifo_reports_positions_and_answers_busy_when_full() {
+    let double = double(20).await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1", "--queue", "2"]).await;
+    let client = daemon.client().await;
+
+    let mut a = client.complete(ask("[[slow]] A")).await.expect("send");
+    let chats = double.wait_for_chats(1, STEP).await;
+    let a_chat = chats[0].chat_id.clone();
+    let mut b = client.complete(ask("B waits")).await.expect("send");
+    let mut c = client.complete(ask("C waits")).await.expect("send");
+    assert_eq!(
+        within(STEP, "b queued", b.next()).await,
+        Some(Event::Queued { position: 1 })
+    );
+    assert_eq!(
+        within(STEP, "c queued", c.next()).await,
+        Some(Event::Queued { position: 2 })
+    );
+    // The queue is full: an immediate `busy`, not a hang.
+    let err = within(Duration::from_secs(5), "busy", async {
+        client
+            .complete(ask("D"))
+            .await
+            .expect("send")
+            .finish()
+            .await
+    })
+    .await
+    .expect_err("busy");
+    assert_eq!(err.kind(), Some(ErrorKind::Busy));
+
+    // Cancelling the running request presses stop on the site and frees the tab for B.
+    client.cancel(&a.id).await.expect("cancel acknowledged");
+    assert!(
+        double.wait_for_stop(&a_chat, STEP).await,
+        "the double saw the stop"
+    );
+    let (events, _) = collect_rest(&mut a).await;
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::Error {
+                kind: ErrorKind::Cancelled,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    let (b_events, b_text) = collect(b).await;
+    assert_eq!(
+        b_text,
+        expected_reply("GPT-3.5-Turbo", "B waits"),
+        "{b_events:?}"
+    );
+    let (_, c_text) = collect(c).await;
+    assert_eq!(c_text, expected_reply("GPT-3.5-Turbo", "C waits"));
+    let order: Vec<String> = double.chats().iter().map(|c| c.prompt.clone()).collect();
+    assert_eq!(order, ["[[slow]] A", "B waits", "C waits"]);
+}
+
+async fn collect_rest(reply: &mut poed::client::Reply) -> (Vec<Event>, ()) {
+    let mut events = Vec::new();
+    while let Some(e) = within(STEP, "event", reply.next()).await {
+        let last = e.is_final();
+        events.push(e);
+        if last {
+            break;
+        }
+    }
+    (events, ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_that_is_cancelled_just_leaves_the_queue() {
+    let double = double(20).await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    let client = daemon.client().await;
+    let a = client
+        .complete(ask("[[slow]] running"))
+        .await
+        .expect("send");
+    double.wait_for_chats(1, STEP).await;
+    let mut b = client
+        .complete(ask("queued then cancelled"))
+        .await
+        .expect("send");
+    assert_eq!(
+        within(STEP, "queued", b.next()).await,
+        Some(Event::Queued { position: 1 })
+    );
+    client.cancel(&b.id).await.expect("cancel");
+    let (events, _) = collect_rest(&mut b).await;
+    assert!(matches!(
+        events.last(),
+        Some(Event::Error {
+            kind: ErrorKind::Cancelled,
+            ..
+        })
+    ));
+    client.cancel(&a.id).await.expect("cancel a");
+    // The next request runs; the cancelled one never reached the site.
+    let (_, text) = collect(client.complete(ask("after")).await.expect("send")).await;
+    assert_eq!(text, expected_reply("GPT-3.5-Turbo", "after"));
+    let prompts: Vec<String> = double.chats().iter().map(|c| c.prompt.clone()).collect();
+    assert_eq!(prompts, ["[[slow]] running", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_stops_the_reply_and_the_tab_serves_the_next() {
+    let double = double(20).await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    {
+        let client = daemon.client().await;
+        let mut reply = client
+            .complete(ask("[[slow]] then hang up"))
+            .await
+            .expect("send");
+        // Wait until text streams, then drop the connection.
+        loop {
+            if let Some(Event::Delta { .. }) = within(STEP, "delta", reply.next()).await {
+                break;
+            }
+        }
+    }
+    let chat = double.chats()[0].chat_id.clone();
+    assert!(
+        double.wait_for_stop(&chat, STEP).await,
+        "disconnect pressed stop on the site"
+    );
+    let out = run(daemon.poectl(&["ask", "next one"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, expected_reply("GPT-3.5-Turbo", "next one"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poectl_cancels_on_ctrl_c() {
+    let double = double(20).await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    let child = daemon
+        .poectl(&["ask", "[[slow]] interrupted"])
+        .spawn()
+        .expect("poectl");
+    let chats = double.wait_for_chats(1, STEP).await;
+    let pid = child.id().expect("pid") as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = within(STEP, "poectl exit", child.wait_with_output())
+        .await
+        .expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(double.wait_for_stop(&chats[0].chat_id, STEP).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_blocks_nobody_and_still_gets_the_exact_text() {
+    let double = double(5).await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "2"]).await;
+    // A raw client that asks for the 100 KB reply and does not read while it streams.
+    let stream = tokio::net::UnixStream::connect(&daemon.socket)
+        .await
+        .expect("connect");
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(b"{\"id\":1,\"type\":\"complete\",\"messages\":[{\"role\":\"user\",\"content\":\"[[long]] slow reader\"}]}\n")
+        .await
+        .expect("write");
+    double.wait_for_chats(1, STEP).await;
+    // Meanwhile another client is served normally.
+    let out = run(daemon.poectl(&["ask", "meanwhile"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, expected_reply("GPT-3.5-Turbo", "meanwhile"));
+    // Wait until the site finished the long reply, then read everything.
+    let long_chat = double.chats()[0].chat_id.clone();
+    within(STEP, "long reply finished", async {
+        loop {
+            let done = double
+                .chats()
+                .iter()
+                .any(|c| c.chat_id == long_chat && c.final_state.is_some());
+            if done {
+                break;
+            }
+            double
+                .wait_for_chats(usize::MAX, Duration::from_millis(200))
+                .await;
+        }
+    })
+    .await;
+    let mut lines = BufReader::new(read).lines();
+    let mut text = String::new();
+    let mut deltas = 0;
+    loop {
+        let line = within(STEP, "line", lines.next_line())
+            .await
+            .expect("read")
+            .expect("line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        match v["event"].as_str() {
+            Some("delta") => {
+                deltas += 1;
+                text.push_str(v["text"].as_str().expect("text"));
+            }
+            Some("replace") => text = v["text"].as_str().expect("text").to_owned(),
+            Some("done") => {
+                assert_eq!(v["text"].as_str(), Some(text.as_str()));
+                break;
+            }
+            Some("error") => panic!("{v}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        text,
+        expected_reply("GPT-3.5-Turbo", "[[long]] slow reader")
+    );
+    assert!(deltas >= 1);
+}
