@@ -48,5 +48,6 @@ async fn main() -> std::io::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    double.shutdown().await;
     Ok(())
 }

@@ -60,6 +60,9 @@ struct Args {
     /// Minimum milliseconds between two sends of the account (0 = off).
     #[arg(long, value_name = "MS")]
     min_send_interval_ms: Option<u64>,
+    /// Seconds running replies get to finish on SIGTERM/SIGINT before they are stopped.
+    #[arg(long, value_name = "SECS")]
+    shutdown_grace: Option<f64>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -122,6 +125,9 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     if let Some(v) = args.reply_timeout {
         config.timeouts.reply_secs = v;
     }
+    if let Some(v) = args.shutdown_grace {
+        config.timeouts.shutdown_grace_secs = v;
+    }
     if let Some(v) = args.prompt_timeout {
         config.timeouts.prompt_box_secs = v;
     }
@@ -154,7 +160,7 @@ fn main() -> anyhow::Result<()> {
     }
     init_logging(args.verbose);
     // Read (and clear) socket activation's variables before any thread exists.
-    let activated = poed::daemon::notify::activated_listener();
+    let activated = poed::daemon::notify::activated_fd();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,14 +168,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(serve(config, activated))
 }
 
-async fn serve(
-    config: Config,
-    activated: Option<Result<interprocess::local_socket::tokio::Listener, String>>,
-) -> anyhow::Result<()> {
+async fn serve(config: Config, activated: Option<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
     let listener = match activated {
-        Some(listener) => {
+        Some(fd) => {
             tracing::info!("using the socket passed by systemd");
-            listener.map_err(anyhow::Error::msg)?
+            poed::daemon::notify::activated_listener(fd).map_err(anyhow::Error::msg)?
         }
         None => poed::daemon::socket::bind(&config.socket)
             .await

@@ -46,8 +46,9 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
 }
 
 /// The listening socket passed by systemd socket activation (`LISTEN_FDS`, fd 3), if any.
-/// The variables are removed so that Chromium does not inherit them.
-pub fn activated_listener() -> Option<Result<interprocess::local_socket::tokio::Listener, String>> {
+/// The variables are removed so that Chromium does not inherit them. Call before the
+/// runtime starts; turn the fd into a listener with [`activated_listener`] inside it.
+pub fn activated_fd() -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::{FromRawFd, OwnedFd};
     let pid_matches = std::env::var("LISTEN_PID")
         .ok()
@@ -66,9 +67,14 @@ pub fn activated_listener() -> Option<Result<interprocess::local_socket::tokio::
     let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
     // SAFETY: fcntl on an fd we own.
     unsafe { libc::fcntl(SD_LISTEN_FDS_START, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Some(
-        interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)
-            .map(Into::into)
-            .map_err(|e| format!("the socket passed by systemd (LISTEN_FDS) is unusable: {e}")),
-    )
+    Some(fd)
+}
+
+/// The listener for a socket-activation fd (needs the Tokio runtime).
+pub fn activated_listener(
+    fd: std::os::fd::OwnedFd,
+) -> Result<interprocess::local_socket::tokio::Listener, String> {
+    interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)
+        .map(Into::into)
+        .map_err(|e| format!("the socket passed by systemd (LISTEN_FDS) is unusable: {e}"))
 }

@@ -1,43 +1,50 @@
 //! The local Poe double: a faithful copy of Poe's chat page and its update WebSocket, as
 //! described in `shared/poe-web.md`, for the end-to-end tests, the benchmark and the offline
-//! demo (the machine running them cannot reach poe.com).
+//! demo (the machines running them cannot reach poe.com, and the real site must not be
+//! hammered by tests).
 //!
-//! It serves bot pages whose prompt box appears late, whose send button only real input
-//! enables, with a stop button while a reply streams; the human echo and the bot's
-//! cumulative text on the update socket, batched `messages[]` entries and noise
-//! subscriptions, plus a second noise socket; a logged-out and a daily-limit mode; and
-//! deterministic replies ([`expected_reply`]) with trigger words for the site's misbehaviour:
-//! `[[long]]`, `[[unicode]]`, `[[rewrite]]`, `[[error]]`, `[[cancelled]]`, `[[stall]]`,
-//! `[[missed]]`, `[[missed-stop]]`, `[[refetch]]`, `[[slow]]`. It records every send and stop
-//! it receives ([`Double::chats`]), which tests and the benchmark compare with what the
-//! client saw.
+//! It serves bot pages (`page.html`) whose prompt box appears late, whose send button only
+//! real (trusted) input enables, with a stop button while a reply streams; on the update
+//! socket the human echo and the bot's cumulative text, batched `messages[]` entries and noise
+//! subscriptions, plus a second socket carrying nothing but noise; a logged-out mode with a
+//! cookie sign-in (`/login`) and a daily-limit mode; and deterministic replies
+//! ([`expected_reply`]) with trigger words for the site's misbehaviour: `[[long]]`,
+//! `[[unicode]]`, `[[rewrite]]`, `[[error]]`, `[[cancelled]]`, `[[stall]]`, `[[missed]]`,
+//! `[[missed-stop]]`, `[[refetch]]`, `[[slow]]`. It records every send and stop it receives
+//! ([`Double::chats`]), which tests and the benchmark compare with what the client saw.
+//!
+//! Routes: `GET /{bot}` (a new chat per load), `GET|POST /login`, `POST /api/gql_POST`
+//! (`sendMessageMutation`, `stopMessage`), `GET /api/chat/{chatId}` (the page's refetch),
+//! `GET /up/{box}/updates` (update socket), `GET /noise/socket`, and for scripts steering a
+//! separately started double `GET /__double/chats` and `POST /__double/mode`.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// How the double behaves.
 #[derive(Debug, Clone)]
 pub struct DoubleOptions {
-    /// When false, pages show the logged-out view unless the request has a `p-b` cookie.
+    /// When false, pages show the logged-out view unless the request has a non-empty `p-b`
+    /// cookie (set by the double's `/login`).
     pub logged_in: bool,
     /// The send button never enables and a tooltip says the free messages are used up.
     pub daily_limit: bool,
     /// The prompt box appears this long after `load`, like the real single-page app.
     pub textarea_delay_ms: u64,
-    /// Delay between two streamed updates of a reply.
+    /// Delay between two streamed updates of a reply (`[[slow]]` ignores it).
     pub chunk_delay_ms: u64,
 }
 
@@ -52,7 +59,7 @@ impl Default for DoubleOptions {
     }
 }
 
-/// What the double received for one chat.
+/// What the double received and sent for one send (one prompt) of a chat.
 #[derive(Clone, Debug)]
 pub struct ChatRecord {
     pub chat_id: String,
@@ -60,13 +67,199 @@ pub struct ChatRecord {
     pub bot: String,
     /// Exactly the text the page sent.
     pub prompt: String,
-    /// When the send reached the server.
+    /// When the send (the POST) reached the server.
     pub received_at: Instant,
-    /// When each frame carrying this chat's bot message was written to the socket.
+    /// When each update frame carrying this chat's bot message was written to the socket
+    /// (taken as the write starts).
     pub frame_times: Vec<Instant>,
+    /// When a stop for this chat arrived (also set if it came after the reply ended).
     pub stopped_at: Option<Instant>,
     /// `complete`, `cancelled`, `error_...`; `None` while streaming or stalled.
     pub final_state: Option<String>,
+}
+
+/// A running double. Dropping it (or [`Double::shutdown`]) stops the server, its sockets and
+/// its streams.
+pub struct Double {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Double {
+    /// Starts the double on a free loopback port.
+    pub async fn start(opts: DoubleOptions) -> std::io::Result<Double> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
+    }
+
+    /// Starts the double on `addr` (port 0 picks a free one).
+    pub async fn start_on(addr: SocketAddr, opts: DoubleOptions) -> std::io::Result<Double> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            logged_in: AtomicBool::new(opts.logged_in),
+            daily_limit: AtomicBool::new(opts.daily_limit),
+            textarea_delay_ms: opts.textarea_delay_ms,
+            chunk_delay: Duration::from_millis(opts.chunk_delay_ms),
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+            next_seq: AtomicU64::new(1),
+            state: Mutex::new(ServerState::default()),
+            changed: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+        });
+        let app = Router::new()
+            .route("/", get(home))
+            .route("/favicon.ico", get(|| async { StatusCode::NOT_FOUND }))
+            .route("/login", get(login_page).post(login))
+            .route("/api/gql_POST", post(gql))
+            .route("/api/chat/{chat_id}", get(chat_state))
+            .route("/up/{box_name}/updates", get(update_socket))
+            .route("/noise/socket", get(noise_socket))
+            .route("/__double/chats", get(chats_json))
+            .route("/__double/mode", post(set_mode))
+            .route("/{bot}", get(bot_page))
+            .with_state(shared.clone());
+        let mut stop = shared.shutdown.subscribe();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shut_down(&mut stop).await });
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "poe double server failed");
+            }
+        });
+        Ok(Double {
+            addr,
+            shared,
+            server: Some(server),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Pages loaded from now on show the logged-in (or logged-out) view.
+    pub fn set_logged_in(&self, v: bool) {
+        self.shared.logged_in.store(v, Ordering::SeqCst);
+    }
+
+    /// Pages loaded from now on are (or are not) at the daily limit.
+    pub fn set_daily_limit(&self, v: bool) {
+        self.shared.daily_limit.store(v, Ordering::SeqCst);
+    }
+
+    /// Every send received, in arrival order.
+    pub fn chats(&self) -> Vec<ChatRecord> {
+        self.shared.lock().records.clone()
+    }
+
+    /// Waits until at least `n` sends were received, or `timeout`; returns what there is.
+    pub async fn wait_for_chats(&self, n: usize, timeout: Duration) -> Vec<ChatRecord> {
+        self.wait_until(timeout, |s| s.records.len() >= n).await;
+        self.chats()
+    }
+
+    /// Waits until a stop for `chat_id` arrived; false after `timeout`.
+    pub async fn wait_for_stop(&self, chat_id: &str, timeout: Duration) -> bool {
+        self.wait_until(timeout, |s| s.stops_seen.contains(chat_id))
+            .await
+    }
+
+    async fn wait_until(&self, timeout: Duration, cond: impl Fn(&ServerState) -> bool) -> bool {
+        let mut changed = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Marks the current version seen before checking, so no change is missed.
+            changed.borrow_and_update();
+            if cond(&self.shared.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return cond(&self.shared.lock());
+            }
+        }
+    }
+
+    /// Stops the server and waits (bounded) for it to close its connections.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.send_replace(true);
+        if let Some(server) = self.server.take() {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Double {
+    fn drop(&mut self) {
+        // Graceful: the server stops accepting, open connections close, sockets and streams end.
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+/// Resolves once the double shuts down (or its state is gone).
+async fn shut_down(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Server state
+
+struct Shared {
+    logged_in: AtomicBool,
+    daily_limit: AtomicBool,
+    textarea_delay_ms: u64,
+    chunk_delay: Duration,
+    started: Instant,
+    /// Chat ids, message ids and socket ids.
+    next_id: AtomicU64,
+    /// `min_seq` of the outer update frames: increasing.
+    next_seq: AtomicU64,
+    state: Mutex<ServerState>,
+    /// Bumped on every change of `state`, so waiters wake without polling.
+    changed: watch::Sender<u64>,
+    /// Set once when the double stops; every task of the double watches it.
+    shutdown: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct ServerState {
+    records: Vec<ChatRecord>,
+    /// Server-side state of each chat, by chat id.
+    chats: HashMap<String, Chat>,
+    /// The connected update socket of each channel.
+    sockets: HashMap<String, SocketHandle>,
+    /// Chats a stop request arrived for.
+    stops_seen: HashSet<String>,
+}
+
+#[derive(Default)]
+struct Chat {
+    /// What `/api/chat/{id}` returns: every message of the chat, latest state.
+    messages: Vec<StoredMessage>,
+    /// Streams of this chat still running, each with its stop signal.
+    streams: Vec<(usize, Arc<Notify>)>,
+}
+
+struct SocketHandle {
+    id: u64,
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// A frame for an update socket; `record` is the send whose bot message it carries.
+struct Outgoing {
+    frame: String,
+    record: Option<usize>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -79,157 +272,71 @@ struct StoredMessage {
     state: String,
 }
 
-struct Shared {
-    logged_in: AtomicBool,
-    daily_limit: AtomicBool,
-    textarea_delay_ms: u64,
-    chunk_delay_ms: u64,
-    started: Instant,
-    next_chat: AtomicU64,
-    next_message: AtomicU64,
-    min_seq: AtomicU64,
-    chats: Mutex<Vec<ChatRecord>>,
-    /// Bumped on every change of `chats`, so waiters are woken (no polling).
-    version: watch::Sender<u64>,
-    /// Update socket of each channel.
-    channels: Mutex<HashMap<String, mpsc::UnboundedSender<String>>>,
-    channel_version: watch::Sender<u64>,
-    /// Stop requests, per chat.
-    stops: Mutex<HashMap<String, Arc<AtomicBool>>>,
-    /// Server-side state of each chat, for the page's refetch.
-    messages: Mutex<HashMap<String, Vec<StoredMessage>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
-    fn bump(&self) {
-        self.version.send_modify(|v| *v += 1);
+    fn lock(&self) -> MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn with_chat(&self, chat_id: &str, f: impl FnOnce(&mut ChatRecord)) {
-        if let Some(c) = lock(&self.chats)
-            .iter_mut()
-            .rev()
-            .find(|c| c.chat_id == chat_id)
-        {
-            f(c);
+    /// Runs `f` on the state and wakes every waiter.
+    fn update<T>(&self, f: impl FnOnce(&mut ServerState) -> T) -> T {
+        let out = f(&mut self.lock());
+        self.changed.send_modify(|v| *v += 1);
+        out
+    }
+
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn message(&self, author: &str, text: &str, state: &str) -> StoredMessage {
+        let n = self.id();
+        StoredMessage {
+            id: format!("TWVzc2FnZTo{n}"),
+            message_id: n,
+            author: author.into(),
+            text: text.into(),
+            state: state.into(),
         }
-        self.bump();
-    }
-}
-
-/// A running double; dropping it stops the server.
-pub struct Double {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Double {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Double {
-    /// Starts the double on a free loopback port.
-    pub async fn start(opts: DoubleOptions) -> std::io::Result<Double> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
     }
 
-    pub async fn start_on(addr: SocketAddr, opts: DoubleOptions) -> std::io::Result<Double> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            logged_in: AtomicBool::new(opts.logged_in),
-            daily_limit: AtomicBool::new(opts.daily_limit),
-            textarea_delay_ms: opts.textarea_delay_ms,
-            chunk_delay_ms: opts.chunk_delay_ms,
-            started: Instant::now(),
-            next_chat: AtomicU64::new(1),
-            next_message: AtomicU64::new(1000),
-            min_seq: AtomicU64::new(1),
-            chats: Mutex::new(Vec::new()),
-            version: watch::channel(0).0,
-            channels: Mutex::new(HashMap::new()),
-            channel_version: watch::channel(0).0,
-            stops: Mutex::new(HashMap::new()),
-            messages: Mutex::new(HashMap::new()),
+    fn store(&self, chat_id: &str, m: &StoredMessage) {
+        self.update(|s| {
+            let list = &mut s.chats.entry(chat_id.to_owned()).or_default().messages;
+            match list.iter_mut().find(|x| x.message_id == m.message_id) {
+                Some(x) => *x = m.clone(),
+                None => list.push(m.clone()),
+            }
         });
-        let app = Router::new()
-            .route("/login", get(login_page).post(login))
-            .route("/api/gql_POST", post(gql))
-            .route("/api/chat/{chat_id}", get(chat_state))
-            .route("/up/{box_name}/updates", get(update_socket))
-            .route("/noise/socket", get(noise_socket))
-            .route("/__double/chats", get(chats_json))
-            .route("/__double/mode", post(set_mode))
-            .route("/{bot}", get(bot_page))
-            .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Double {
-            addr,
-            shared,
-            server,
-        })
     }
 
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// Queues `frame` on `channel`'s socket; a frame for a closed page is lost, as on the site.
+    fn emit(&self, channel: &str, frame: String, record: Option<usize>) {
+        if let Some(socket) = self.lock().sockets.get(channel) {
+            let _ = socket.tx.send(Outgoing { frame, record });
+        }
     }
 
-    pub fn set_logged_in(&self, v: bool) {
-        self.shared.logged_in.store(v, Ordering::SeqCst);
-    }
-
-    pub fn set_daily_limit(&self, v: bool) {
-        self.shared.daily_limit.store(v, Ordering::SeqCst);
-    }
-
-    /// Every send received, in arrival order.
-    pub fn chats(&self) -> Vec<ChatRecord> {
-        lock(&self.shared.chats).clone()
-    }
-
-    /// Waits until at least `n` sends were received, or `timeout`; returns what there is.
-    pub async fn wait_for_chats(&self, n: usize, timeout: Duration) -> Vec<ChatRecord> {
-        self.wait_until(timeout, |chats| chats.len() >= n).await;
-        self.chats()
-    }
-
-    /// Waits until a stop for `chat_id` arrived; false after `timeout`.
-    pub async fn wait_for_stop(&self, chat_id: &str, timeout: Duration) -> bool {
-        self.wait_until(timeout, |chats| {
-            chats
-                .iter()
-                .any(|c| c.chat_id == chat_id && c.stopped_at.is_some())
-        })
-        .await
-    }
-
-    async fn wait_until(&self, timeout: Duration, cond: impl Fn(&[ChatRecord]) -> bool) -> bool {
-        let mut rx = self.shared.version.subscribe();
+    /// Waits (bounded) until `channel` has a socket: a send can beat the page's socket.
+    async fn wait_for_socket(&self, channel: &str, timeout: Duration) {
+        let mut changed = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if cond(&lock(&self.shared.chats)) {
-                return true;
+            changed.borrow_and_update();
+            if self.lock().sockets.contains_key(channel) {
+                return;
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
+            if tokio::time::timeout_at(deadline, changed.changed())
                 .await
                 .is_err()
             {
-                return cond(&lock(&self.shared.chats));
+                return;
             }
         }
     }
 
-    pub async fn shutdown(self) {
-        drop(self);
+    fn outer(&self, entries: Vec<String>) -> String {
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        json!({"messages": entries, "min_seq": seq}).to_string()
     }
 }
 
@@ -250,139 +357,106 @@ fn long_text() -> String {
     s
 }
 
-fn slow_text() -> String {
-    (1..=200).map(|i| format!("word{i} ")).collect()
-}
-
-/// The steps of a reply: cumulative texts, streamed `incomplete`, then how it ends.
-struct Script {
-    steps: Vec<String>,
-    end: End,
-    delay: Option<Duration>,
-}
-
-enum End {
-    /// Final frame with state `complete` and this text.
-    Complete(String),
-    /// Final frame with this state and the last step's text.
-    State(&'static str),
-    /// No more frames.
-    Stall,
-    /// A lost-updates signal after the steps, then the rest streams normally.
-    MissedThenComplete(String),
-    /// A lost-updates signal (outer `missed_messages` or inner `refetchChannel`), then no
-    /// frames; the chat completes server-side (visible through the page's refetch).
-    LostThenSilent { text: String, refetch_channel: bool },
-}
-
-/// Cumulative prefixes of `text` in `n` growing steps, split on char boundaries.
+/// `n` growing cumulative prefixes of `text`, the last one being `text`; split on char
+/// boundaries (fewer steps for very short texts).
 fn prefixes(text: &str, n: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
-    let n = n.max(1).min(chars.len().max(1));
+    let n = n.clamp(1, chars.len().max(1));
     (1..=n)
         .map(|k| chars[..chars.len() * k / n].iter().collect())
         .collect()
 }
 
+/// How a scripted reply ends after its `incomplete` steps.
+enum Ending {
+    /// A last frame with this text and state.
+    Final(String, &'static str),
+    /// No more frames (until a stop).
+    Stall,
+    /// An outer `missed_messages` frame, then these steps and the complete text stream on.
+    MissedThen(Vec<String>, String),
+    /// The reply completes server-side with this text, then the socket signals lost updates
+    /// (outer `missed_messages`, or an inner `refetchChannel` when the flag is set) and falls
+    /// silent: only the page's refetch shows the end.
+    LostThenSilent(String, bool),
+}
+
+/// A reply: cumulative `incomplete` texts, then its ending; streamed `delay` apart
+/// (`None`: the double's `chunk_delay_ms`).
+struct Script {
+    steps: Vec<String>,
+    ending: Ending,
+    delay: Option<Duration>,
+}
+
 fn script(bot: &str, prompt: &str) -> Script {
-    let t = |s: &str| s.to_owned();
-    if prompt.contains("[[long]]") {
-        let text = long_text();
-        return Script {
-            steps: prefixes(&text, 25),
-            end: End::Complete(text),
+    let text = |s: &str| s.to_owned();
+    let normal = |full: String, n: usize| {
+        let mut steps = prefixes(&full, n);
+        steps.pop();
+        Script {
+            steps,
+            ending: Ending::Final(full, "complete"),
             delay: None,
-        };
-    }
-    if prompt.contains("[[unicode]]") {
-        return Script {
-            steps: prefixes(UNICODE_TEXT, 4),
-            end: End::Complete(t(UNICODE_TEXT)),
-            delay: None,
-        };
-    }
-    if prompt.contains("[[rewrite]]") {
-        return Script {
-            steps: vec![t("Here is **bold"), t("Here is **bold text*")],
-            end: End::Complete(t("Here is bold text, rewritten.")),
-            delay: None,
-        };
-    }
+        }
+    };
     let echo = format!("Echo from {bot}: {prompt}");
-    let first_two = |text: &str| prefixes(text, 5).into_iter().take(2).collect::<Vec<_>>();
-    if prompt.contains("[[error]]") {
-        return Script {
-            steps: first_two(&echo),
-            end: End::State("error_user_message_too_long"),
-            delay: None,
-        };
-    }
-    if prompt.contains("[[cancelled]]") {
-        return Script {
-            steps: first_two(&echo),
-            end: End::State("cancelled"),
-            delay: None,
-        };
-    }
-    if prompt.contains("[[stall]]") {
-        return Script {
-            steps: first_two(&echo),
-            end: End::Stall,
-            delay: None,
-        };
-    }
-    if prompt.contains("[[missed-stop]]") {
-        return Script {
-            steps: first_two(&echo),
-            end: End::LostThenSilent {
-                text: echo,
-                refetch_channel: false,
-            },
-            delay: None,
-        };
-    }
-    if prompt.contains("[[refetch]]") {
-        return Script {
-            steps: first_two(&echo),
-            end: End::LostThenSilent {
-                text: echo,
-                refetch_channel: true,
-            },
-            delay: None,
-        };
-    }
-    if prompt.contains("[[missed]]") {
-        return Script {
-            steps: first_two(&echo),
-            end: End::MissedThenComplete(echo),
-            delay: None,
-        };
-    }
-    if prompt.contains("[[slow]]") {
-        let text = slow_text();
-        return Script {
-            steps: prefixes(&text, 200),
-            end: End::Complete(text),
-            delay: Some(Duration::from_millis(50)),
-        };
-    }
-    Script {
-        steps: prefixes(&echo, 5),
-        end: End::Complete(echo),
+    let two = || prefixes(&echo, 5).into_iter().take(2).collect::<Vec<_>>();
+    let with_end = |ending: Ending| Script {
+        steps: two(),
+        ending,
         delay: None,
+    };
+    let last_of_two = || two().pop().unwrap_or_default();
+    if prompt.contains("[[long]]") {
+        normal(long_text(), 25)
+    } else if prompt.contains("[[unicode]]") {
+        normal(text(UNICODE_TEXT), 5)
+    } else if prompt.contains("[[rewrite]]") {
+        Script {
+            steps: vec![text("Here is **bold"), text("Here is **bold text*")],
+            ending: Ending::Final(text("Here is bold text, rewritten."), "complete"),
+            delay: None,
+        }
+    } else if prompt.contains("[[error]]") {
+        with_end(Ending::Final(last_of_two(), "error_user_message_too_long"))
+    } else if prompt.contains("[[cancelled]]") {
+        with_end(Ending::Final(last_of_two(), "cancelled"))
+    } else if prompt.contains("[[stall]]") {
+        with_end(Ending::Stall)
+    } else if prompt.contains("[[missed-stop]]") {
+        with_end(Ending::LostThenSilent(echo.clone(), false))
+    } else if prompt.contains("[[refetch]]") {
+        with_end(Ending::LostThenSilent(echo.clone(), true))
+    } else if prompt.contains("[[missed]]") {
+        let mut rest: Vec<String> = prefixes(&echo, 5).into_iter().skip(2).collect();
+        rest.pop();
+        with_end(Ending::MissedThen(rest, echo.clone()))
+    } else if prompt.contains("[[slow]]") {
+        let words: Vec<String> = (1..=200).map(|i| format!("word{i}")).collect();
+        let steps = (1..200).map(|k| words[..k].join(" ")).collect();
+        Script {
+            steps,
+            ending: Ending::Final(words.join(" "), "complete"),
+            delay: Some(Duration::from_millis(50)),
+        }
+    } else {
+        normal(echo, 5)
     }
 }
 
-/// The final text the double produces for `prompt` sent to `bot` (the bot message's last
-/// `text`; for `[[error]]`/`[[cancelled]]`/`[[stall]]` the text when it stopped).
+/// The final text the double produces for `prompt` sent to `bot`: the bot message's last
+/// `text` (for `[[error]]`, `[[cancelled]]` and `[[stall]]` the text it stopped at; for
+/// `[[missed-stop]]` and `[[refetch]]` the text only the page's refetch shows).
 pub fn expected_reply(bot: &str, prompt: &str) -> String {
     let s = script(bot, prompt);
-    match s.end {
-        End::Complete(t) | End::MissedThenComplete(t) | End::LostThenSilent { text: t, .. } => t,
-        End::State(_) | End::Stall => s.steps.last().cloned().unwrap_or_default(),
+    match s.ending {
+        Ending::Final(t, _) | Ending::MissedThen(_, t) | Ending::LostThenSilent(t, _) => t,
+        Ending::Stall => s.steps.last().cloned().unwrap_or_default(),
     }
 }
 
+/// The bot's codename, the `author` of its messages.
 fn codename(bot: &str) -> &'static str {
     match bot {
         "GPT-3.5-Turbo" => "chinchilla",
@@ -404,185 +478,209 @@ fn inner_message(chat_id: &str, m: &StoredMessage) -> String {
     .to_string()
 }
 
-fn inner_noise(name: &str, chat_id: &str) -> String {
+/// A subscription entry readers must ignore.
+fn inner_noise(name: &str, chat_id: &str, bot_message: &StoredMessage) -> String {
+    let data = match name {
+        "chatTitleUpdated" => json!({"id": chat_id, "title": "Chat with the double"}),
+        "messageStateUpdated" => json!({"id": bot_message.id,
+            "messageId": bot_message.message_id, "state": bot_message.state}),
+        _ => json!({"id": "Vmlld2VyOjE=", "messagePointsDisplay": {"remaining": 42}}),
+    };
     json!({"message_type": "subscriptionUpdate", "payload": {
         "subscription_name": name, "unique_id": format!("{name}:{chat_id}"),
-        "data": {name: {"chatId": chat_id, "title": "Chat with the double"}}}})
+        "data": {name: data}}})
     .to_string()
 }
 
-fn outer(shared: &Shared, entries: Vec<String>) -> String {
-    let seq = shared.min_seq.fetch_add(1, Ordering::SeqCst);
-    json!({"messages": entries, "min_seq": seq}).to_string()
-}
-
-/// Sends a frame on `channel`'s update socket, waiting (bounded) for the socket to connect.
-async fn send_frame(shared: &Shared, channel: &str, frame: String) -> bool {
-    let mut rx = shared.channel_version.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(tx) = lock(&shared.channels).get(channel) {
-            return tx.send(frame).is_ok();
-        }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
-            return false;
-        }
-    }
-}
-
-async fn stream_reply(
+/// One send being answered: the human echo, then the bot message streamed on the channel.
+struct Stream {
     shared: Arc<Shared>,
     chat_id: String,
     channel: String,
-    bot: String,
-    prompt: String,
-) {
-    let stop = Arc::new(AtomicBool::new(false));
-    lock(&shared.stops).insert(chat_id.clone(), stop.clone());
-    let human = StoredMessage {
-        id: format!("TWVzc2FnZTo{}", shared.next_message.load(Ordering::SeqCst)),
-        message_id: shared.next_message.fetch_add(1, Ordering::SeqCst),
-        author: "human".into(),
-        text: prompt.clone(),
-        state: "complete".into(),
-    };
-    let mut reply = StoredMessage {
-        id: format!("TWVzc2FnZTo{}", shared.next_message.load(Ordering::SeqCst)),
-        message_id: shared.next_message.fetch_add(1, Ordering::SeqCst),
-        author: codename(&bot).into(),
-        text: String::new(),
-        state: "incomplete".into(),
-    };
-    lock(&shared.messages).insert(chat_id.clone(), vec![human.clone()]);
-    let store = |shared: &Shared, reply: &StoredMessage| {
-        if let Some(list) = lock(&shared.messages).get_mut(&chat_id) {
-            list.truncate(1);
-            list.push(reply.clone());
+    /// Index of this send in the records.
+    record: usize,
+    reply: StoredMessage,
+    stop: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Why a stream ended early.
+enum Interrupt {
+    Stop,
+    Shutdown,
+}
+
+impl Stream {
+    /// Waits `delay`, unless a stop or the shutdown comes first.
+    async fn pause(&mut self, delay: Duration) -> Result<(), Interrupt> {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = self.stop.notified() => Err(Interrupt::Stop),
+            _ = shut_down(&mut self.shutdown) => Err(Interrupt::Shutdown),
         }
-    };
-    let script = script(&bot, &prompt);
-    let delay = script
-        .delay
-        .unwrap_or(Duration::from_millis(shared.chunk_delay_ms));
-    // The echo, batched with a noise subscription.
-    send_frame(
-        &shared,
-        &channel,
-        outer(
-            &shared,
-            vec![
-                inner_message(&chat_id, &human),
-                inner_noise("chatTitleUpdated", &chat_id),
-            ],
-        ),
-    )
-    .await;
-    let bot_frame = |shared: &Shared, reply: &StoredMessage, extra: Option<&str>| {
-        let mut entries = vec![inner_message(&chat_id, reply)];
-        if let Some(name) = extra {
-            entries.push(inner_noise(name, &chat_id));
-        }
-        outer(shared, entries)
-    };
-    let sent = |shared: &Shared| shared.with_chat(&chat_id, |c| c.frame_times.push(Instant::now()));
-    let stopped = |shared: &Shared, reply: &mut StoredMessage| {
-        reply.state = "cancelled".into();
-        let frame = bot_frame(shared, reply, None);
-        (frame, ())
-    };
-    for (i, text) in script.steps.iter().enumerate() {
-        if i > 0 {
-            tokio::time::sleep(delay).await;
-        }
-        if stop.load(Ordering::SeqCst) {
-            let (frame, ()) = stopped(&shared, &mut reply);
-            store(&shared, &reply);
-            send_frame(&shared, &channel, frame).await;
-            sent(&shared);
-            shared.with_chat(&chat_id, |c| c.final_state = Some("cancelled".into()));
-            return;
-        }
-        reply.text.clone_from(text);
-        store(&shared, &reply);
-        let extra = match i {
-            0 => Some("viewerStateUpdated"),
-            2 => Some("messageStateUpdated"),
-            _ => None,
-        };
-        send_frame(&shared, &channel, bot_frame(&shared, &reply, extra)).await;
-        sent(&shared);
     }
-    tokio::time::sleep(delay).await;
-    if stop.load(Ordering::SeqCst) {
-        let (frame, ()) = stopped(&shared, &mut reply);
-        store(&shared, &reply);
-        send_frame(&shared, &channel, frame).await;
-        sent(&shared);
-        shared.with_chat(&chat_id, |c| c.final_state = Some("cancelled".into()));
-        return;
+
+    /// Sets the bot message, stores it server-side and sends a frame with it (plus `extra`
+    /// entries after it); records the final state when it is one.
+    fn bot(&mut self, text: &str, state: &str, before: Vec<String>, noise: Option<&str>) {
+        self.reply.text = text.to_owned();
+        self.reply.state = state.to_owned();
+        self.shared.store(&self.chat_id, &self.reply);
+        self.finish_if_final();
+        let mut entries = before;
+        entries.push(inner_message(&self.chat_id, &self.reply));
+        if let Some(name) = noise {
+            entries.push(inner_noise(name, &self.chat_id, &self.reply));
+        }
+        let frame = self.shared.outer(entries);
+        self.shared.emit(&self.channel, frame, Some(self.record));
     }
-    let finish = |shared: &Shared, reply: &mut StoredMessage, text: String, state: &str| {
-        reply.text = text;
-        reply.state = state.into();
-        store(shared, reply);
-        shared.with_chat(&chat_id, |c| c.final_state = Some(state.into()));
-    };
-    match script.end {
-        End::Complete(text) => {
-            finish(&shared, &mut reply, text, "complete");
-            send_frame(&shared, &channel, bot_frame(&shared, &reply, None)).await;
-            sent(&shared);
+
+    fn finish_if_final(&self) {
+        if self.reply.state != "incomplete" {
+            let (record, state) = (self.record, self.reply.state.clone());
+            self.shared.update(|s| {
+                if let Some(r) = s.records.get_mut(record) {
+                    r.final_state = Some(state);
+                }
+            });
         }
-        End::State(state) => {
-            let text = reply.text.clone();
-            finish(&shared, &mut reply, text, state);
-            send_frame(&shared, &channel, bot_frame(&shared, &reply, None)).await;
-            sent(&shared);
-        }
-        End::Stall => {}
-        End::MissedThenComplete(text) => {
-            send_frame(
-                &shared,
-                &channel,
-                json!({"error": "missed_messages"}).to_string(),
-            )
-            .await;
-            for step in prefixes(&text, 5).into_iter().skip(2) {
-                tokio::time::sleep(delay).await;
-                reply.text = step;
-                store(&shared, &reply);
-                send_frame(&shared, &channel, bot_frame(&shared, &reply, None)).await;
-                sent(&shared);
+    }
+
+    fn noise_frame(&self, name: &str) {
+        let frame = self
+            .shared
+            .outer(vec![inner_noise(name, &self.chat_id, &self.reply)]);
+        self.shared.emit(&self.channel, frame, None);
+    }
+
+    async fn run(mut self, human: StoredMessage, script: Script) {
+        let delay = script.delay.unwrap_or(self.shared.chunk_delay);
+        let ended = self.play(&human, script, delay).await;
+        if let Err(Interrupt::Stop) = ended {
+            if self.reply.state == "incomplete" {
+                let text = self.reply.text.clone();
+                self.bot(&text, "cancelled", Vec::new(), None);
             }
-            tokio::time::sleep(delay).await;
-            finish(&shared, &mut reply, text, "complete");
-            send_frame(&shared, &channel, bot_frame(&shared, &reply, None)).await;
-            sent(&shared);
         }
-        End::LostThenSilent {
-            text,
-            refetch_channel,
-        } => {
-            // The reply completes on the server, but the socket never says so.
-            finish(&shared, &mut reply, text, "complete");
-            let signal = if refetch_channel {
-                outer(
-                    &shared,
-                    vec![json!({"message_type": "refetchChannel", "payload": {}}).to_string()],
-                )
-            } else {
-                json!({"error": "missed_messages"}).to_string()
-            };
-            send_frame(&shared, &channel, signal).await;
-        }
+        let (chat_id, record) = (self.chat_id.clone(), self.record);
+        self.shared.update(|s| {
+            if let Some(chat) = s.chats.get_mut(&chat_id) {
+                chat.streams.retain(|(r, _)| *r != record);
+            }
+        });
     }
+
+    async fn play(
+        &mut self,
+        human: &StoredMessage,
+        script: Script,
+        delay: Duration,
+    ) -> Result<(), Interrupt> {
+        let echo = inner_message(&self.chat_id, human);
+        let title = inner_noise("chatTitleUpdated", &self.chat_id, &self.reply);
+        let mut steps = script.steps.iter();
+        // The first frame batches the echo, a noise entry and the bot's first update.
+        match steps.next() {
+            Some(first) => self.bot(first, "incomplete", vec![echo, title], None),
+            None => {
+                let frame = self.shared.outer(vec![echo, title]);
+                self.shared.emit(&self.channel, frame, None);
+            }
+        }
+        for (i, text) in steps.enumerate() {
+            self.pause(delay).await?;
+            match i {
+                0 => {
+                    self.noise_frame("viewerStateUpdated");
+                    self.bot(text, "incomplete", Vec::new(), None);
+                }
+                1 => self.bot(text, "incomplete", Vec::new(), Some("messageStateUpdated")),
+                _ => self.bot(text, "incomplete", Vec::new(), None),
+            }
+        }
+        self.pause(delay).await?;
+        match script.ending {
+            Ending::Final(text, state) => self.bot(&text, state, Vec::new(), None),
+            Ending::Stall => {
+                // Nothing more, ever; a stop still cancels it.
+                tokio::select! {
+                    _ = self.stop.notified() => return Err(Interrupt::Stop),
+                    _ = shut_down(&mut self.shutdown) => return Err(Interrupt::Shutdown),
+                }
+            }
+            Ending::MissedThen(rest, text) => {
+                let frame = json!({"error": "missed_messages"}).to_string();
+                self.shared.emit(&self.channel, frame, None);
+                for step in rest {
+                    self.pause(delay).await?;
+                    self.bot(&step, "incomplete", Vec::new(), None);
+                }
+                self.pause(delay).await?;
+                self.bot(&text, "complete", Vec::new(), None);
+            }
+            Ending::LostThenSilent(text, refetch_channel) => {
+                self.reply.text = text;
+                self.reply.state = "complete".into();
+                self.shared.store(&self.chat_id, &self.reply);
+                self.finish_if_final();
+                let frame = if refetch_channel {
+                    let entry = json!({"message_type": "refetchChannel",
+                        "payload": {"channel": self.channel}});
+                    self.shared.outer(vec![entry.to_string()])
+                } else {
+                    json!({"error": "missed_messages"}).to_string()
+                };
+                self.shared.emit(&self.channel, frame, None);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Answers one send: registers the chat's messages, then streams on `channel`.
+fn start_stream(shared: Arc<Shared>, record: usize, chat_id: String, channel: String) {
+    let (bot, prompt) = {
+        let s = shared.lock();
+        match s.records.get(record) {
+            Some(r) => (r.bot.clone(), r.prompt.clone()),
+            None => return,
+        }
+    };
+    let human = shared.message("human", &prompt, "complete");
+    let reply = shared.message(codename(&bot), "", "incomplete");
+    let stop = Arc::new(Notify::new());
+    shared.store(&chat_id, &human);
+    shared.update(|s| {
+        s.chats
+            .entry(chat_id.clone())
+            .or_default()
+            .streams
+            .push((record, stop.clone()))
+    });
+    let stream = Stream {
+        shutdown: shared.shutdown.subscribe(),
+        shared,
+        chat_id,
+        channel,
+        record,
+        reply,
+        stop,
+    };
+    tokio::spawn(async move {
+        let script = script(&bot, &prompt);
+        stream
+            .shared
+            .wait_for_socket(&stream.channel, Duration::from_secs(5))
+            .await;
+        stream.run(human, script).await;
+    });
 }
 
 // ---------------------------------------------------------------------------------------
 // HTTP handlers
+
+type St = AxumState<Arc<Shared>>;
 
 fn has_session_cookie(headers: &HeaderMap) -> bool {
     headers
@@ -605,12 +703,11 @@ fn html_text(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-async fn bot_page(
-    State(shared): State<Arc<Shared>>,
-    Path(bot): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let chat_id = format!("chat-{}", shared.next_chat.fetch_add(1, Ordering::SeqCst));
+const LOGGED_OUT: &str = r#"<div class="LoggedOutBotInfoPage_container__Ab3x1"><p>Talk to bot</p><p>Sign in to chat with this bot.</p><a href="/login"><button class="LoggedOutBotInfoPage_appButton__UO6NU">Sign in</button></a></div>"#;
+
+/// A bot's chat page; every load is a new chat.
+async fn bot_page(AxumState(shared): St, Path(bot): Path<String>, headers: HeaderMap) -> Response {
+    let chat_id = format!("chat-{}", shared.id());
     let logged_in = shared.logged_in.load(Ordering::SeqCst) || has_session_cookie(&headers);
     let config = json!({
         "chatId": chat_id, "bot": bot, "loggedIn": logged_in,
@@ -619,136 +716,198 @@ async fn bot_page(
     });
     let page = include_str!("page.html")
         .replace("__BOT_TITLE__", &html_text(&bot))
+        .replace("__LOGGED_OUT__", if logged_in { "" } else { LOGGED_OUT })
         .replace("__CONFIG__", &script_json(&config));
-    Html(page).into_response()
+    ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
+}
+
+async fn home() -> Html<&'static str> {
+    Html(concat!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Poe double</title></head><body>",
+        "<h1>Poe double</h1><ul><li><a href=\"/GPT-3.5-Turbo\">GPT-3.5-Turbo</a></li>",
+        "<li><a href=\"/GPT-4\">GPT-4</a></li></ul></body></html>"
+    ))
 }
 
 async fn login_page() -> Html<&'static str> {
     Html(concat!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign in - Poe</title></head><body>",
         "<h1>Sign in to the Poe double</h1>",
-        "<form method=\"post\" action=\"/login\"><button class=\"LoginButton\" type=\"submit\">Sign in</button></form>",
+        "<form method=\"post\" action=\"/login\">",
+        "<button class=\"LoginButton\" type=\"submit\">Sign in</button></form>",
         "</body></html>"
     ))
 }
 
 async fn login() -> Response {
     let mut response = Redirect::to("/GPT-3.5-Turbo").into_response();
-    let headers = response.headers_mut();
     for cookie in [
         "p-b=double-session; Path=/; Max-Age=31536000",
         "p-lat=double-lat; Path=/; Max-Age=31536000",
     ] {
-        if let Ok(v) = cookie.parse() {
-            headers.append(header::SET_COOKIE, v);
-        }
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, header::HeaderValue::from_static(cookie));
     }
     response
 }
 
-async fn gql(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, msg).into_response()
+}
+
+async fn gql(AxumState(shared): St, Json(body): Json<Value>) -> Response {
+    let received_at = Instant::now();
     let vars = &body["variables"];
-    let text = |k: &str| vars[k].as_str().unwrap_or_default().to_owned();
+    let var = |k: &str| vars[k].as_str().map(str::to_owned);
     match body["queryName"].as_str() {
         Some("sendMessageMutation") => {
-            let chat_id = text("chatId");
-            let record = ChatRecord {
-                chat_id: chat_id.clone(),
-                bot: text("bot"),
-                prompt: text("query"),
-                received_at: Instant::now(),
-                frame_times: Vec::new(),
-                stopped_at: None,
-                final_state: None,
+            let (Some(chat_id), Some(prompt)) = (var("chatId"), var("query")) else {
+                return bad_request("sendMessageMutation needs chatId and query".into());
             };
-            lock(&shared.chats).push(record);
-            shared.bump();
-            tokio::spawn(stream_reply(
-                shared.clone(),
-                chat_id,
-                text("channel"),
-                text("bot"),
-                text("query"),
-            ));
-            Json(json!({"data": {"messageEdgeCreate": {"status": "success"}}})).into_response()
+            let bot = var("bot").unwrap_or_default();
+            let channel = var("channel").unwrap_or_else(|| format!("poe-chan5-{chat_id}"));
+            let record = shared.update(|s| {
+                s.records.push(ChatRecord {
+                    chat_id: chat_id.clone(),
+                    bot,
+                    prompt,
+                    received_at,
+                    frame_times: Vec::new(),
+                    stopped_at: None,
+                    final_state: None,
+                });
+                s.records.len() - 1
+            });
+            start_stream(shared, record, chat_id.clone(), channel);
+            Json(json!({"data": {"messageEdgeCreate": {"status": "success",
+                "chat": {"chatId": chat_id}}}}))
+            .into_response()
         }
         Some("stopMessage") => {
-            let chat_id = text("chatId");
-            if let Some(flag) = lock(&shared.stops).get(&chat_id) {
-                flag.store(true, Ordering::SeqCst);
-            }
-            shared.with_chat(&chat_id, |c| {
-                c.stopped_at.get_or_insert_with(Instant::now);
+            let Some(chat_id) = var("chatId") else {
+                return bad_request("stopMessage needs chatId".into());
+            };
+            shared.update(|s| {
+                s.stops_seen.insert(chat_id.clone());
+                let streams: Vec<(usize, Arc<Notify>)> = s
+                    .chats
+                    .get(&chat_id)
+                    .map(|c| c.streams.clone())
+                    .unwrap_or_default();
+                let mut marked: Vec<usize> = streams.iter().map(|(r, _)| *r).collect();
+                if marked.is_empty() {
+                    // Nothing streams: the stop still arrived, note it on the chat's last send.
+                    marked.extend(s.records.iter().rposition(|r| r.chat_id == chat_id));
+                }
+                for i in marked {
+                    if let Some(r) = s.records.get_mut(i) {
+                        r.stopped_at.get_or_insert(received_at);
+                    }
+                }
+                for (_, stop) in streams {
+                    stop.notify_one();
+                }
             });
             Json(json!({"data": {"stopMessage": {"success": true}}})).into_response()
         }
-        other => (
-            StatusCode::BAD_REQUEST,
-            format!("unknown queryName {other:?}"),
-        )
-            .into_response(),
+        other => bad_request(format!("unknown queryName {other:?}")),
     }
 }
 
-async fn chat_state(State(shared): State<Arc<Shared>>, Path(chat_id): Path<String>) -> Json<Value> {
-    let messages = lock(&shared.messages)
+/// The page's refetch after lost updates: the chat's messages as the server has them.
+async fn chat_state(AxumState(shared): St, Path(chat_id): Path<String>) -> Json<Value> {
+    let messages = shared
+        .lock()
+        .chats
         .get(&chat_id)
-        .cloned()
+        .map(|c| c.messages.clone())
         .unwrap_or_default();
     Json(json!({"chatId": chat_id, "messages": messages}))
 }
 
 async fn update_socket(
-    State(shared): State<Arc<Shared>>,
+    AxumState(shared): St,
     Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let channel = query.get("channel").cloned().unwrap_or_default();
-    ws.on_upgrade(move |socket| async move {
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        lock(&shared.channels).insert(channel.clone(), tx);
-        shared.channel_version.send_modify(|v| *v += 1);
-        let mut socket: WebSocket = socket;
-        loop {
-            tokio::select! {
-                frame = rx.recv() => match frame {
-                    Some(text) => if socket.send(Message::Text(text.into())).await.is_err() { break },
-                    None => break,
-                },
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(_)) => {}
-                    _ => break,
-                },
-            }
-        }
-        lock(&shared.channels).remove(&channel);
-    })
+    ws.on_upgrade(move |socket| serve_updates(shared, channel, socket))
 }
 
-async fn noise_socket(ws: WebSocketUpgrade) -> Response {
+/// Writes the channel's frames to its socket, noting when each bot frame is written.
+async fn serve_updates(shared: Arc<Shared>, channel: String, mut socket: WebSocket) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let id = shared.id();
+    shared.update(|s| s.sockets.insert(channel.clone(), SocketHandle { id, tx }));
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                // None: a newer socket took the channel over.
+                let Some(out) = out else { break };
+                // Noted as the write starts, so the record is complete when a reader has the frame.
+                if let Some(record) = out.record {
+                    let now = Instant::now();
+                    shared.update(|s| {
+                        if let Some(r) = s.records.get_mut(record) {
+                            r.frame_times.push(now);
+                        }
+                    });
+                }
+                if socket.send(Message::Text(out.frame.into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            _ = shut_down(&mut shutdown) => break,
+        }
+    }
+    shared.update(|s| {
+        if s.sockets.get(&channel).is_some_and(|h| h.id == id) {
+            s.sockets.remove(&channel);
+        }
+    });
+}
+
+/// The page's second socket: heartbeats, a non-JSON text and a binary frame, never an update.
+async fn noise_socket(AxumState(shared): St, ws: WebSocketUpgrade) -> Response {
+    let mut shutdown = shared.shutdown.subscribe();
     ws.on_upgrade(|mut socket: WebSocket| async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut n = 0u64;
+        let started = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    n += 1;
-                    let msg = match n % 3 {
-                        0 => Message::Text(json!({"type": "heartbeat", "ts": n}).to_string().into()),
-                        1 => Message::Text("ping".into()),
-                        _ => Message::Binary(vec![0u8, 1, 2, 255].into()),
-                    };
-                    if socket.send(msg).await.is_err() { break; }
+                    let ts = started.elapsed().as_millis() as u64;
+                    let frames = [
+                        Message::Text(json!({"type": "heartbeat", "ts": ts}).to_string().into()),
+                        Message::Text("ping".into()),
+                        Message::Binary(vec![0u8, 1, 2, 255].into()),
+                    ];
+                    for frame in frames {
+                        if socket.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
                 }
-                incoming = socket.recv() => if !matches!(incoming, Some(Ok(_))) { break },
+                incoming = socket.recv() => if !matches!(incoming, Some(Ok(m)) if !matches!(m, Message::Close(_))) {
+                    return;
+                },
+                _ = shut_down(&mut shutdown) => return,
             }
         }
     })
 }
 
-async fn chats_json(State(shared): State<Arc<Shared>>) -> Json<Value> {
+async fn chats_json(AxumState(shared): St) -> Json<Value> {
     let ms = |t: Instant| t.duration_since(shared.started).as_secs_f64() * 1000.0;
-    let chats: Vec<Value> = lock(&shared.chats)
+    let chats: Vec<Value> = shared
+        .lock()
+        .records
         .iter()
         .map(|c| {
             json!({"chat_id": c.chat_id, "bot": c.bot, "prompt": c.prompt,
@@ -760,7 +919,7 @@ async fn chats_json(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(Value::Array(chats))
 }
 
-async fn set_mode(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Json<Value> {
+async fn set_mode(AxumState(shared): St, Json(body): Json<Value>) -> Json<Value> {
     if let Some(v) = body["logged_in"].as_bool() {
         shared.logged_in.store(v, Ordering::SeqCst);
     }

@@ -1,0 +1,391 @@
+//! Never down for long: browser crashes, lost updates, shutdown, second instances, stale
+//! files, and systemd's socket activation and readiness, with the real binaries and Chromium.
+
+mod common;
+mod double;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{run, within, Daemon, STEP};
+use double::{expected_reply, Double, DoubleOptions};
+use poed::protocol::{ChatMessage, CompleteRequest, Event};
+use poed::ErrorKind;
+
+fn ask(prompt: &str) -> CompleteRequest {
+    CompleteRequest {
+        model: None,
+        messages: vec![ChatMessage::new("user", prompt)],
+        stream: true,
+    }
+}
+
+async fn fast_double() -> Double {
+    Double::start(DoubleOptions {
+        chunk_delay_ms: 10,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double")
+}
+
+/// Processes whose command line mentions `needle` (e.g. a profile path).
+fn processes_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        if cmd.contains(needle) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The main Chromium process of a daemon: the child of poed running on its profile.
+fn chromium_main(daemon: &Daemon) -> i32 {
+    let poed = daemon.pid().expect("poed pid") as i32;
+    let profile = daemon.profile.display().to_string();
+    processes_with(&profile)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned))
+                })
+                .flatten()
+                .and_then(|p| p.parse::<i32>().ok())
+                == Some(poed)
+        })
+        .expect("chromium main process")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_killed_mid_reply_ten_times_costs_only_those_requests() {
+    let double = fast_double().await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    let client = daemon.client().await;
+    for round in 0..10 {
+        let mut reply = client
+            .complete(ask(&format!("[[slow]] round {round}")))
+            .await
+            .expect("send");
+        loop {
+            match within(STEP, "first delta", reply.next()).await {
+                Some(Event::Delta { .. }) => break,
+                Some(e) if e.is_final() => {
+                    panic!("round {round}: ended early: {e:?}\n{}", daemon.log())
+                }
+                _ => {}
+            }
+        }
+        let victim = chromium_main(&daemon);
+        // SAFETY: killing a process of this test's own daemon.
+        unsafe { libc::kill(victim, libc::SIGKILL) };
+        let killed = Instant::now();
+        let last = loop {
+            let e = within(Duration::from_secs(5), "crash error", reply.next())
+                .await
+                .expect("event");
+            if e.is_final() {
+                break e;
+            }
+        };
+        assert!(
+            matches!(
+                last,
+                Event::Error {
+                    kind: ErrorKind::BrowserCrashed,
+                    ..
+                }
+            ),
+            "round {round}: {last:?}"
+        );
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "round {round}: took {:?}",
+            killed.elapsed()
+        );
+        // The next request waits for the relaunched browser and succeeds.
+        let prompt = format!("after crash {round}");
+        let done = within(STEP, "answer after crash", async {
+            client
+                .complete(ask(&prompt))
+                .await
+                .expect("send")
+                .finish()
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", daemon.log()));
+        assert!(
+            matches!(done, Event::Done { ref text, .. } if *text == expected_reply("GPT-3.5-Turbo", &prompt))
+        );
+    }
+    let status = client.status().await.expect("status");
+    assert_eq!(status.browser.state, "up");
+    assert_eq!(status.browser.restarts, 10);
+    assert!(status.browser.last_error.is_some());
+    let out = run(daemon.poectl(&["status"])).await;
+    assert!(out.stdout.contains("restarts 10"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_updates_are_recovered_from_the_page_never_resent() {
+    let double = fast_double().await;
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    let client = daemon.client().await;
+    for prompt in ["[[missed-stop]] recover me", "[[refetch]] recover me too"] {
+        let done = client
+            .complete(ask(prompt))
+            .await
+            .expect("send")
+            .finish()
+            .await;
+        match done {
+            Ok(Event::Done { text, .. }) => {
+                assert_eq!(text, expected_reply("GPT-3.5-Turbo", prompt))
+            }
+            other => panic!("{prompt}: {other:?}\n{}", daemon.log()),
+        }
+    }
+    // A plain stall is `stalled`, and nothing was sent twice.
+    let err = client
+        .complete(ask("[[stall]] x"))
+        .await
+        .expect("send")
+        .finish()
+        .await
+        .expect_err("stalled");
+    assert_eq!(err.kind(), Some(ErrorKind::Stalled));
+    let prompts: Vec<String> = double.chats().iter().map(|c| c.prompt.clone()).collect();
+    assert_eq!(
+        prompts.len(),
+        3,
+        "each prompt sent exactly once: {prompts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_reply_exits_cleanly_within_the_grace_period() {
+    let double = fast_double().await;
+    let daemon = Daemon::start(&double.base_url(), &["--shutdown-grace", "1"]).await;
+    let client = daemon.client().await;
+    let mut reply = client
+        .complete(ask("[[slow]] long story"))
+        .await
+        .expect("send");
+    loop {
+        if let Some(Event::Delta { .. }) = within(STEP, "delta", reply.next()).await {
+            break;
+        }
+    }
+    let profile = daemon.profile.display().to_string();
+    let socket = daemon.socket.clone();
+    let dir = daemon.dir.path().to_owned();
+    let stopping = Instant::now();
+    let stop = tokio::spawn(daemon.stop());
+    let last = loop {
+        let e = within(STEP, "final event", reply.next())
+            .await
+            .expect("event");
+        if e.is_final() {
+            break e;
+        }
+    };
+    assert!(
+        matches!(
+            last,
+            Event::Error {
+                kind: ErrorKind::ShuttingDown,
+                ..
+            }
+        ),
+        "{last:?}"
+    );
+    let status = stop.await.expect("join");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        stopping.elapsed()
+    );
+    assert!(!socket.exists(), "socket removed");
+    assert!(
+        processes_with(&profile).is_empty(),
+        "no Chromium left behind"
+    );
+    assert!(
+        double
+            .wait_for_stop(&double.chats()[0].chat_id, Duration::from_secs(1))
+            .await
+    );
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_refuses_and_stale_files_are_replaced() {
+    let double = fast_double().await;
+    let first = Daemon::start(&double.base_url(), &[]).await;
+    let poed = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_poed"));
+        cmd.args(["--config", "/dev/null", "--base-url", &double.base_url()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    // Same socket: refused at once.
+    let other_profile = first.dir.path().join("other-profile");
+    let out = run(poed(&[
+        "--socket",
+        first.socket.to_str().expect("utf8"),
+        "--profile",
+        other_profile.to_str().expect("utf8"),
+    ]))
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("already running"), "{}", out.stderr);
+    // Same profile, other socket: refused, naming the process that holds it.
+    let other_socket = first.dir.path().join("other.sock");
+    let out = run(poed(&[
+        "--socket",
+        other_socket.to_str().expect("utf8"),
+        "--profile",
+        first.profile.to_str().expect("utf8"),
+    ]))
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("in use by process"), "{}", out.stderr);
+    assert!(
+        !other_socket.exists(),
+        "the refused instance cleaned up its socket"
+    );
+    // The first one still serves.
+    let ok = run(first.poectl(&["ask", "still here"])).await;
+    assert_eq!(ok.stdout, expected_reply("GPT-3.5-Turbo", "still here"));
+    drop(first);
+
+    // A stale socket file (nobody listening) and a stale profile lock (dead owner).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("run").join("poed.sock");
+    std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    assert!(socket.exists());
+    let profile = dir.path().join("profile");
+    std::fs::create_dir_all(&profile).expect("profile");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    std::os::unix::fs::symlink(
+        format!("{}-2147483000", host.trim()),
+        profile.join("SingletonLock"),
+    )
+    .expect("lock");
+    let daemon = Daemon::start_in(dir, profile, socket, &double.base_url(), &[]).await;
+    let out = run(daemon.poectl(&["ask", "fresh start"])).await;
+    assert_eq!(
+        out.stdout,
+        expected_reply("GPT-3.5-Turbo", "fresh start"),
+        "{}",
+        out.stderr
+    );
+    assert!(daemon.log().contains("stale socket"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("stale profile lock"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_and_readiness_like_systemd() {
+    let double = fast_double().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("poed.sock");
+    // What systemd does for poed.socket: bind, listen, pass as fd 3 with LISTEN_FDS/LISTEN_PID.
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).expect("notify");
+    let fd = listener.as_raw_fd();
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_poed"))
+        .args(["--config", "/dev/null", "--base-url", &double.base_url()])
+        .arg("--profile")
+        .arg(dir.path().join("profile"))
+        .arg("--socket")
+        .arg(dir.path().join("unused.sock"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("log")).expect("log"),
+        ))
+        .kill_on_drop(true);
+    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    drop(listener);
+    // READY=1 comes only once the browser is up; a STATUS line comes with it.
+    let mut buf = vec![0u8; 4096];
+    let ready = within(STEP, "READY=1", async {
+        loop {
+            let n = notify.recv(&mut buf).await.expect("recv");
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if msg.lines().any(|l| l == "READY=1") {
+                return msg;
+            }
+        }
+    })
+    .await;
+    assert!(ready.contains("STATUS="), "{ready}");
+    assert!(
+        !dir.path().join("unused.sock").exists(),
+        "the passed socket was used, not --socket"
+    );
+    let client = poed::client::Client::connect(&socket)
+        .await
+        .expect("connect through the activated socket");
+    let done = client
+        .complete(ask("activated"))
+        .await
+        .expect("send")
+        .finish()
+        .await
+        .expect("answer");
+    assert!(
+        matches!(done, Event::Done { ref text, .. } if *text == expected_reply("GPT-3.5-Turbo", "activated"))
+    );
+    drop(client);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().expect("pid") as i32, libc::SIGTERM) };
+    let status = within(Duration::from_secs(20), "exit", child.wait())
+        .await
+        .expect("wait");
+    assert!(status.success());
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(log.contains("socket passed by systemd"), "{log}");
+    let _ = Path::new("");
+}
