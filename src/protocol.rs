@@ -218,8 +218,19 @@ pub struct PoolStatus {
 pub struct AccountStatus {
     /// `signed_in`, `signed_out` or `unknown` (nothing has been seen yet).
     pub state: String,
+    /// Bots whose daily limit the site showed, and when (until a reply from them succeeds).
+    #[serde(default)]
+    pub daily_limits: Vec<DailyLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_site_error: Option<String>,
+}
+
+/// A daily limit the site showed for a bot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyLimit {
+    pub bot: String,
+    /// Seconds since the Unix epoch when it was seen.
+    pub seen_at: u64,
 }
 
 /// Answer to `status`.

@@ -221,6 +221,16 @@ async fn main() -> ExitCode {
                             .map(|e| format!(", last site error: {e}"))
                             .unwrap_or_default()
                     );
+                    for limit in &s.account.daily_limits {
+                        let ago = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs().saturating_sub(limit.seen_at))
+                            .unwrap_or(0);
+                        println!(
+                            "         daily limit reached for {} (seen {ago}s ago)",
+                            limit.bot
+                        );
+                    }
                     let counts: Vec<String> =
                         s.requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
                     println!(

@@ -143,6 +143,14 @@ pub struct Engine {
     duration_hist: Mutex<Histogram>,
 }
 
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -159,7 +167,7 @@ impl Engine {
             outcomes: Mutex::new(BTreeMap::new()),
             account: Arc::new(Mutex::new(AccountStatus {
                 state: "unknown".into(),
-                last_site_error: None,
+                ..AccountStatus::default()
             })),
             last_send: tokio::sync::Mutex::new(None),
             next_tab_id: std::sync::atomic::AtomicUsize::new(1),
@@ -244,9 +252,9 @@ impl Engine {
                 return;
             }
             match engine.driver.open_chat(&mut tab, &bot).await {
-                Ok(()) => engine.note_account(None),
+                Ok(()) => engine.note_account(&bot, None),
                 Err(e) => {
-                    engine.note_account(Some(&e));
+                    engine.note_account(&bot, Some(&e));
                     warn!(tab = tab.id, error = %e, "could not prepare a fresh chat");
                 }
             }
@@ -254,11 +262,23 @@ impl Engine {
         });
     }
 
-    fn note_account(&self, error: Option<&Error>) {
+    /// Updates the account state from what a page showed for `bot`.
+    fn note_account(&self, bot: &str, error: Option<&Error>) {
         let mut a = lock(&self.account);
         match error {
-            None => a.state = "signed_in".into(),
+            None => {
+                a.state = "signed_in".into();
+            }
             Some(e) if e.kind == ErrorKind::NotLoggedIn => a.state = "signed_out".into(),
+            Some(e) if e.kind == ErrorKind::DailyLimit => {
+                a.state = "signed_in".into();
+                a.daily_limits.retain(|d| d.bot != bot);
+                a.daily_limits.push(crate::protocol::DailyLimit {
+                    bot: bot.to_owned(),
+                    seen_at: unix_now(),
+                });
+                a.last_site_error = Some(e.to_string());
+            }
             Some(e)
                 if matches!(
                     e.kind,
@@ -483,7 +503,11 @@ impl Engine {
                 }
             }
         };
-        self.note_account(result.as_ref().err());
+        self.note_account(&bot, result.as_ref().err());
+        if result.is_ok() {
+            // The bot answered: whatever limit was seen for it has passed.
+            lock(&self.account).daily_limits.retain(|d| d.bot != bot);
+        }
         if let Err(e) = &result {
             info!(tab = tab.id, kind = %e.kind, "request failed");
         }
@@ -574,7 +598,7 @@ impl Engine {
             Acquired::Queued(ticket) => ticket.wait().await?,
         };
         let checked = self.driver.open_chat(&mut tab, &bot).await;
-        self.note_account(checked.as_ref().err());
+        self.note_account(&bot, checked.as_ref().err());
         self.pool.release(tab);
         let state = lock(&self.account).state.clone();
         Ok((count, state))
