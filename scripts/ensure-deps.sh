@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs what poed's tests and demo need on a fresh Debian machine: Chromium (and socat,
-# used by the protocol examples). Does nothing when they are present.
+# Installs what poed's tests and demo need on a fresh Debian machine: Chromium, Xvfb (the
+# visible-window sign-in test), curl and python3-venv (the HTTP tests' real clients), socat
+# (the protocol examples). Does nothing when they are present.
 set -euo pipefail
 
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

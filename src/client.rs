@@ -259,6 +259,11 @@ impl Client {
         }
     }
 
+    /// Starts `login`: the events are `login_started` (the sign-in URL), then `logged_in`.
+    pub async fn login(&self, timeout_secs: Option<f64>) -> Result<Reply, ClientError> {
+        self.send(Request::Login { timeout_secs }).await
+    }
+
     pub async fn models(&self) -> Result<Event, ClientError> {
         self.send(Request::Models).await?.finish().await
     }

@@ -119,6 +119,8 @@ pub struct SiteConfig {
     pub models: BTreeMap<String, String>,
     /// Frames are read only from WebSockets whose URL contains this (other sockets are noise).
     pub update_socket_contains: String,
+    /// The sign-in page, relative to `base_url` (`poectl login` opens it).
+    pub login_path: String,
     pub selectors: Selectors,
 }
 
@@ -197,6 +199,7 @@ impl Default for SiteConfig {
             default_model: DEFAULT_MODEL.into(),
             models: BTreeMap::new(),
             update_socket_contains: "/updates".into(),
+            login_path: "/login".into(),
             selectors: Selectors::default(),
         }
     }

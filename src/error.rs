@@ -36,6 +36,8 @@ pub enum ErrorKind {
     BrowserUnavailable,
     /// The browser died while the request was running.
     BrowserCrashed,
+    /// A visible browser window was asked for, but there is no display.
+    NoDisplay,
     /// The daemon is shutting down.
     ShuttingDown,
     /// A `cancel` named a request that this connection does not have in flight.
@@ -61,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::BrowserUnavailable => "browser_unavailable",
             ErrorKind::BrowserCrashed => "browser_crashed",
+            ErrorKind::NoDisplay => "no_display",
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Internal => "internal",

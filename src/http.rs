@@ -109,7 +109,7 @@ impl ApiError {
 fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     use ErrorKind::*;
     match kind {
-        BadRequest | RequestTooLarge | NotFound => {
+        BadRequest | RequestTooLarge | NotFound | NoDisplay => {
             (StatusCode::BAD_REQUEST, "invalid_request_error")
         }
         UnknownModel => (StatusCode::NOT_FOUND, "invalid_request_error"),

@@ -93,6 +93,12 @@ pub enum Request {
     ImportCookies {
         cookies: Vec<crate::cookies::Cookie>,
     },
+    /// Open the site's sign-in page in a visible window and wait until the user signed in.
+    Login {
+        /// How long to wait for the user (default 600 s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<f64>,
+    },
 }
 
 /// A request line as written on the wire: `{"id": ..., "type": ..., ...}`.
@@ -111,7 +117,14 @@ pub struct RequestError {
 }
 
 /// The request types this daemon knows.
-pub const REQUEST_TYPES: [&str; 5] = ["complete", "models", "status", "cancel", "import_cookies"];
+pub const REQUEST_TYPES: [&str; 6] = [
+    "complete",
+    "models",
+    "status",
+    "cancel",
+    "import_cookies",
+    "login",
+];
 
 /// Parses one request line (without its newline).
 pub fn parse_request(line: &[u8]) -> Result<RequestLine, RequestError> {
@@ -295,6 +308,10 @@ pub enum Event {
     Ok,
     /// Answer to `import_cookies`: how many were stored and the account state after.
     CookiesImported { count: usize, account: String },
+    /// `login`: the sign-in page is open at `url` in a visible window; waiting for the user.
+    LoginStarted { url: String },
+    /// `login` finished: the account state after it.
+    LoggedIn { account: String },
 }
 
 impl Event {
@@ -307,6 +324,7 @@ impl Event {
                 | Event::Started { .. }
                 | Event::Delta { .. }
                 | Event::Replace { .. }
+                | Event::LoginStarted { .. }
         )
     }
 

@@ -65,6 +65,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign the daemon's profile in: a browser window opens on the sign-in page.
+    Login {
+        /// Seconds to wait for you to sign in.
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+    },
     /// Manage the session cookies of the daemon's browser profile.
     Cookies {
         #[command(subcommand)]
@@ -156,6 +162,7 @@ async fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::Login { timeout } => login(&client, timeout).await,
         Command::Models { json } => match client.models().await {
             Ok(Event::Models { default, models }) => {
                 if json {
@@ -247,6 +254,30 @@ async fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
     }
+}
+
+async fn login(client: &Client, timeout: f64) -> ExitCode {
+    let mut reply = match client.login(Some(timeout)).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    while let Some(event) = reply.next().await {
+        match event {
+            Event::LoginStarted { url } => {
+                eprintln!("poectl: sign in in the browser window that opened at {url}; waiting…")
+            }
+            Event::LoggedIn { account } => {
+                println!("account: {account}");
+                return ExitCode::from(exit::OK);
+            }
+            Event::Error { kind, message, .. } => {
+                eprintln!("poectl: {kind}: {message}");
+                return ExitCode::from(exit::REQUEST_FAILED);
+            }
+            _ => {}
+        }
+    }
+    fail(&ClientError::Closed)
 }
 
 async fn ask(

@@ -37,6 +37,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 enum Command {
     NewPage(oneshot::Sender<Result<Page, String>>),
     SetCookies(Vec<CookieParam>, oneshot::Sender<Result<(), String>>),
+    /// Close the browser and launch it again on the same profile, headless or with a window.
+    Relaunch(bool, oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -93,6 +95,19 @@ impl BrowserHandle {
     /// A receiver that sees every change of generation or up/down state.
     pub fn watch(&self) -> watch::Receiver<Generation> {
         self.generation.clone()
+    }
+
+    /// Closes the launched browser and starts it again on the same profile, headless or
+    /// with a visible window (for signing in). Running requests on it fail; the engine
+    /// rebuilds the tab pool on the new browser.
+    pub async fn relaunch(&self, headless: bool) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Relaunch(headless, tx))
+            .await
+            .map_err(|_| "the browser supervisor has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the browser supervisor has stopped".to_string())?
     }
 
     /// Closes the browser (a launched Chromium exits; an attached one is left running).
@@ -254,11 +269,12 @@ pub fn chromium_config(cfg: &BrowserConfig) -> Result<CdpConfig, String> {
 /// Why the serving loop ended.
 enum Ended {
     Died(String),
+    Relaunch(bool, oneshot::Sender<Result<(), String>>),
     Shutdown(Option<oneshot::Sender<()>>),
 }
 
 async fn supervise(
-    cfg: BrowserConfig,
+    mut cfg: BrowserConfig,
     first: Instance,
     mut commands: mpsc::Receiver<Command>,
     generation: watch::Sender<Generation>,
@@ -283,6 +299,7 @@ async fn supervise(
                     cmd = commands.recv() => match cmd {
                         Some(Command::NewPage(reply)) => { let _ = reply.send(Err("the browser is restarting".into())); }
                         Some(Command::SetCookies(_, reply)) => { let _ = reply.send(Err("the browser is restarting; try again shortly".into())); }
+                        Some(Command::Relaunch(_, reply)) => { let _ = reply.send(Err("the browser is restarting; try again shortly".into())); }
                         Some(Command::Shutdown(done)) => { lock(&status).state = "stopped".into(); let _ = done.send(()); return; }
                         None => return,
                     },
@@ -330,6 +347,38 @@ async fn supervise(
                     let _ = done.send(());
                 }
                 return;
+            }
+            Ended::Relaunch(headless, reply) => {
+                info!(headless, "relaunching the browser on request");
+                close(&mut inst.browser).await;
+                inst.handler.abort();
+                let current = generation.borrow().clone();
+                current.gone.cancel();
+                generation.send_replace(Generation {
+                    up: false,
+                    ..current
+                });
+                let before = cfg.headless;
+                cfg.headless = headless;
+                match open(&cfg).await {
+                    Ok(new) => {
+                        lock(&status).version.clone_from(&new.version);
+                        lock(&status).state = "up".into();
+                        generation.send_replace(Generation {
+                            number: current.number + 1,
+                            up: true,
+                            gone: CancellationToken::new(),
+                        });
+                        instance = Some(new);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        // Back to the previous mode through the ordinary relaunch path.
+                        cfg.headless = before;
+                        lock(&status).state = "restarting".into();
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Ended::Died(why) => {
                 warn!(reason = %why, "browser is down; relaunching");
@@ -392,6 +441,13 @@ async fn serve(
                         .map_err(|_| "the browser did not store the cookies within 10s".to_string())
                         .and_then(|r| r.map(|_| ()).map_err(|e| format!("the browser refused the cookies: {e}")));
                     let _ = reply.send(result);
+                }
+                Some(Command::Relaunch(headless, reply)) => {
+                    if inst.browser.get_mut_child().is_none() {
+                        let _ = reply.send(Err("poed is attached to your own browser (--connect); it cannot relaunch it".into()));
+                    } else {
+                        return Ended::Relaunch(headless, reply);
+                    }
                 }
                 Some(Command::Shutdown(done)) => return Ended::Shutdown(Some(done)),
                 None => return Ended::Shutdown(None),

@@ -604,6 +604,117 @@ impl Engine {
         Ok((count, state))
     }
 
+    /// Signs the profile in with the user's help: relaunches the browser with a visible
+    /// window (unless attached with `--connect`, where the user's own browser is used),
+    /// opens the sign-in page, waits until the session cookie appears and a bot page shows
+    /// its prompt box, then goes back to headless. `started` hears the sign-in URL.
+    pub async fn login(
+        self: &Arc<Self>,
+        timeout: Duration,
+        started: impl FnOnce(String),
+    ) -> Result<String, Error> {
+        use chromiumoxide::cdp::browser_protocol::page::{
+            EventFrameNavigated, EventNavigatedWithinDocument,
+        };
+        use futures::StreamExt;
+        let connected = self.config.browser.connect.is_some();
+        let relaunch = !connected && self.config.browser.headless;
+        if relaunch {
+            let display = ["DISPLAY", "WAYLAND_DISPLAY"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()));
+            if !display {
+                return Err(Error::new(
+                    ErrorKind::NoDisplay,
+                    "there is no display to show a browser window on (DISPLAY is not set): import cookies from a signed-in browser with `poectl cookies import FILE`, or run poed with --connect to your own browser (README, \"Signing in\")",
+                ));
+            }
+            self.browser
+                .relaunch(false)
+                .await
+                .map_err(|e| Error::new(ErrorKind::BrowserUnavailable, e))?;
+        }
+        let result = async {
+            let tab = Tab::open(
+                &self.browser,
+                0,
+                self.config.site.update_socket_contains.clone(),
+            )
+            .await
+            .map_err(|e| Error::new(ErrorKind::BrowserUnavailable, e))?;
+            let listen = |e: chromiumoxide::error::CdpError| {
+                Error::new(
+                    ErrorKind::BrowserUnavailable,
+                    format!("cannot watch the sign-in page: {e}"),
+                )
+            };
+            let navigated = tab
+                .page
+                .event_listener::<EventFrameNavigated>()
+                .await
+                .map_err(listen)?;
+            let within_doc = tab
+                .page
+                .event_listener::<EventNavigatedWithinDocument>()
+                .await
+                .map_err(listen)?;
+            let mut navigations =
+                futures::stream::select(navigated.map(|_| ()), within_doc.map(|_| ()));
+            let url = format!(
+                "{}{}",
+                self.config.site.base_url.trim_end_matches('/'),
+                self.config.site.login_path
+            );
+            crate::browser::cdp::goto(&tab.page, &url, secs(self.config.timeouts.navigation_secs))
+                .await
+                .map_err(|e| Error::new(ErrorKind::SiteError, format!("cannot open {url}: {e}")))?;
+            started(url);
+            let (_, bot) = self.models.resolve(None)?;
+            let waited = tokio::time::timeout(timeout, async {
+                // Checked after every navigation of the sign-in tab: no polling.
+                loop {
+                    let cookies = tab.page.get_cookies().await.unwrap_or_default();
+                    if cookies
+                        .iter()
+                        .any(|c| c.name == "p-b" && !c.value.is_empty())
+                    {
+                        return;
+                    }
+                    if navigations.next().await.is_none() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if waited.is_err() {
+                tab.close().await;
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "nobody signed in within {}s; run `poectl login` again",
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            let mut tab = tab;
+            let checked = self.driver.open_chat(&mut tab, &bot).await;
+            tab.close().await;
+            checked
+        }
+        .await;
+        if relaunch {
+            if let Err(e) = self.browser.relaunch(true).await {
+                warn!(error = %e, "could not go back to headless after signing in");
+            }
+        }
+        let (_, bot) = self.models.resolve(None)?;
+        self.note_account(&bot, result.as_ref().err());
+        self.pool.cool_all();
+        result?;
+        info!("signed in");
+        Ok(lock(&self.account).state.clone())
+    }
+
     /// Marks the daemon as stopping: requests cancelled from now on end as `shutting_down`.
     pub fn begin_shutdown(&self) {
         self.stopping

@@ -197,6 +197,28 @@ impl Connection {
                     let _ = tx.send(line(Some(id), event)).await;
                 });
             }
+            Request::Login { timeout_secs } => {
+                let engine = self.engine.clone();
+                let tx = tx.clone();
+                self.tasks.spawn(async move {
+                    let limit = std::time::Duration::from_secs_f64(
+                        timeout_secs.unwrap_or(600.0).clamp(1.0, 86_400.0),
+                    );
+                    let started_tx = tx.clone();
+                    let started_id = id.clone();
+                    let event = match engine
+                        .login(limit, move |url| {
+                            let _ = started_tx
+                                .try_send(line(Some(started_id), Event::LoginStarted { url }));
+                        })
+                        .await
+                    {
+                        Ok(account) => Event::LoggedIn { account },
+                        Err(e) => Event::error(&e),
+                    };
+                    let _ = tx.send(line(Some(id), event)).await;
+                });
+            }
             Request::Complete(params) => {
                 let token = self.cancel.child_token();
                 let duplicate = {

@@ -64,7 +64,19 @@ impl Daemon {
         base_url: &str,
         extra: &[&str],
     ) -> Daemon {
-        let (child, log, notify) = spawn(dir.path(), &profile, &socket, base_url, extra);
+        Self::start_with_env(dir, profile, socket, base_url, extra, &[]).await
+    }
+
+    /// Like [`Daemon::start_in`] with extra environment variables (e.g. `DISPLAY`).
+    pub async fn start_with_env(
+        dir: tempfile::TempDir,
+        profile: PathBuf,
+        socket: PathBuf,
+        base_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let (child, log, notify) = spawn(dir.path(), &profile, &socket, base_url, extra, env);
         let mut daemon = Daemon {
             child: Some(child),
             socket,
@@ -194,6 +206,7 @@ fn spawn(
     socket: &Path,
     base_url: &str,
     extra: &[&str],
+    env: &[(&str, &str)],
 ) -> (Child, PathBuf, UnixDatagram) {
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&notify_path);
@@ -219,6 +232,10 @@ fn spawn(
         .env("NOTIFY_SOCKET", &notify_path)
         .env("RUST_LOG", "poed=debug,warn")
         .env_remove("POED_SOCKET")
+        // Tests decide whether there is a display.
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log_file))
