@@ -13,4 +13,4 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 # Each end-to-end test runs its own Chromium: two at a time suits a 2-core machine.
-cargo test --locked -- --test-threads=2
+cargo test --locked --no-fail-fast -- --test-threads=2

@@ -310,3 +310,23 @@ async fn a_slow_reader_blocks_nobody_and_still_gets_the_exact_text() {
     );
     assert!(deltas >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_of_the_account_keep_the_minimum_interval() {
+    let double = double(10).await;
+    let daemon = Daemon::start(
+        &double.base_url(),
+        &["--tabs", "2", "--min-send-interval-ms", "700"],
+    )
+    .await;
+    daemon.wait_warm(2).await;
+    let client = daemon.client().await;
+    let a = client.complete(ask("one")).await.expect("send");
+    let b = client.complete(ask("two")).await.expect("send");
+    let (ra, rb) = futures::future::join(a.finish(), b.finish()).await;
+    ra.expect("a");
+    rb.expect("b");
+    let chats = double.chats();
+    let gap = chats[1].received_at.duration_since(chats[0].received_at);
+    assert!(gap >= Duration::from_millis(600), "sends {gap:?} apart");
+}

@@ -48,6 +48,16 @@ async fn collect(mut reply: poed::client::Reply) -> (String, Event) {
 async fn poectl_streams_answers_byte_for_byte_several_in_a_row() {
     let double = Double::start(fast()).await.expect("double");
     let daemon = Daemon::start(&double.base_url(), &[]).await;
+    // Only the user may talk to the daemon.
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&daemon.socket), 0o600, "socket mode");
+    assert_eq!(
+        mode(daemon.socket.parent().expect("dir")),
+        0o700,
+        "socket directory mode"
+    );
 
     for prompt in [
         "Hello there",

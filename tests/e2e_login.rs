@@ -8,7 +8,6 @@ mod double;
 use std::process::Stdio;
 use std::time::Duration;
 
-use chromiumoxide::Browser;
 use common::{run, within, Daemon, STEP};
 use double::{expected_reply, Double, DoubleOptions};
 use futures::StreamExt;
@@ -36,6 +35,51 @@ fn chromium_cmdline(daemon: &Daemon) -> String {
         }
     }
     panic!("no chromium under poed");
+}
+
+/// The user, acting in the browser window: finds the sign-in page among the browser's tabs
+/// (DevTools' `/json/list` at `host_port`) and clicks its button through that tab's own
+/// DevTools socket. The tab may not be listed or loaded yet, so it tries again until the
+/// click lands.
+async fn sign_in_as_the_user(host_port: &str) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let click = serde_json::json!({"id": 1, "method": "Runtime.evaluate", "params": {
+        "expression": "(() => { const b = document.querySelector('button'); if (!b) return false; b.click(); return true; })()",
+        "returnByValue": true}});
+    within(STEP, "clicking sign in", async {
+        loop {
+            let listed = Command::new("curl")
+                .args(["-s", "-m", "5", &format!("http://{host_port}/json/list")])
+                .output()
+                .await
+                .expect("curl");
+            let json = String::from_utf8_lossy(&listed.stdout).to_string();
+            let targets: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
+            let login = targets.iter().find(|t| {
+                t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.ends_with("/login"))
+            });
+            if let Some(ws_url) = login.and_then(|t| t["webSocketDebuggerUrl"].as_str()) {
+                if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(ws_url).await {
+                    ws.send(Message::Text(click.to_string().into()))
+                        .await
+                        .expect("send");
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let Ok(text) = msg.into_text() else { continue };
+                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                        if v["id"] == 1 {
+                            if v["result"]["result"]["value"] == true {
+                                return;
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,42 +171,12 @@ async fn login_in_a_visible_window_under_xvfb_then_headless_again() {
     let port =
         std::fs::read_to_string(profile.join("DevToolsActivePort")).expect("DevToolsActivePort");
     let port = port.lines().next().expect("port").trim().to_owned();
-    let (mut user, mut handler) = Browser::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("connect as the user");
-    let driver = tokio::spawn(async move { while let Some(Ok(())) = handler.next().await {} });
-    let page = within(STEP, "the sign-in page", async {
-        loop {
-            let _ = user.fetch_targets().await;
-            for page in user.pages().await.unwrap_or_default() {
-                if page
-                    .url()
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|u| u.ends_with("/login"))
-                {
-                    return page;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    page.find_element("button")
-        .await
-        .expect("sign-in button")
-        .click()
-        .await
-        .expect("click");
-
+    sign_in_as_the_user(&format!("127.0.0.1:{port}")).await;
     let out = within(STEP, "poectl login", login.wait_with_output())
         .await
         .expect("wait");
     assert_eq!(out.status.code(), Some(0), "{}", daemon.log());
     assert!(String::from_utf8_lossy(&out.stdout).contains("account: signed_in"));
-    driver.abort();
-    drop(user);
 
     // Back to headless, signed in through the profile's cookies.
     assert!(chromium_cmdline(&daemon).contains("--headless"));
@@ -170,4 +184,93 @@ async fn login_in_a_visible_window_under_xvfb_then_headless_again() {
     assert_eq!(out.code, 0, "{}\n{}", out.stderr, daemon.log());
     assert_eq!(out.stdout, expected_reply("GPT-3.5-Turbo", "after login"));
     let _ = xvfb.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_the_users_own_browser_sign_in_there_and_leave_it_running() {
+    let double = Double::start(DoubleOptions {
+        logged_in: false,
+        chunk_delay_ms: 10,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double");
+    // The user's own Chromium, with remote debugging on.
+    let user_dir = tempfile::tempdir().expect("tempdir");
+    let mut own = Command::new("/usr/bin/chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", user_dir.path().display()))
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromium");
+    // Chromium says where DevTools listens on stderr once it does.
+    let mut err = BufReader::new(own.stderr.take().expect("stderr")).lines();
+    let ws = within(STEP, "DevTools listening", async {
+        loop {
+            let line = err
+                .next_line()
+                .await
+                .expect("read")
+                .expect("chromium exited");
+            if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                return url.trim().to_owned();
+            }
+        }
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
+
+    let daemon = Daemon::start(&double.base_url(), &["--connect", &ws]).await;
+    let status = daemon.client().await.status().await.expect("status");
+    assert_eq!(status.browser.mode, "connected");
+
+    // `login` opens the sign-in page as a tab of the user's browser; the user signs in there.
+    let mut login = daemon
+        .poectl(&["login", "--timeout", "60"])
+        .spawn()
+        .expect("poectl login");
+    let mut said = BufReader::new(login.stderr.take().expect("stderr")).lines();
+    let line = within(STEP, "login started", said.next_line())
+        .await
+        .expect("read")
+        .expect("line");
+    assert!(line.contains("/login"), "{line}");
+    let host_port = ws
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .to_owned();
+    sign_in_as_the_user(&host_port).await;
+    let out = within(STEP, "poectl login", login.wait_with_output())
+        .await
+        .expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", daemon.log());
+
+    let out = run(daemon.poectl(&["ask", "through your browser"])).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, daemon.log());
+    assert_eq!(
+        out.stdout,
+        expected_reply("GPT-3.5-Turbo", "through your browser")
+    );
+    assert!(daemon.stop().await.success());
+    // poed leaves the user's browser running.
+    assert!(
+        own.try_wait().expect("try_wait").is_none(),
+        "the user's Chromium still runs"
+    );
+    let _ = own.kill().await;
 }

@@ -323,7 +323,7 @@ async fn socket_activation_and_readiness_like_systemd() {
     let fd = listener.as_raw_fd();
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 WATCHDOG_PID=$$ WATCHDOG_USEC=1000000 exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_poed"))
         .args(["--config", "/dev/null", "--base-url", &double.base_url()])
         .arg("--profile")
@@ -361,6 +361,19 @@ async fn socket_activation_and_readiness_like_systemd() {
     })
     .await;
     assert!(ready.contains("STATUS="), "{ready}");
+    // WatchdogSec: the watchdog is petted (every half interval) while the engine answers.
+    within(Duration::from_secs(5), "WATCHDOG=1", async {
+        loop {
+            let n = notify.recv(&mut buf).await.expect("recv");
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "WATCHDOG=1")
+            {
+                return;
+            }
+        }
+    })
+    .await;
     assert!(
         !dir.path().join("unused.sock").exists(),
         "the passed socket was used, not --socket"
@@ -388,4 +401,74 @@ async fn socket_activation_and_readiness_like_systemd() {
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
     assert!(log.contains("socket passed by systemd"), "{log}");
     let _ = Path::new("");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_page_costs_only_its_request() {
+    let double = fast_double().await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    let client = daemon.client().await;
+    let mut reply = client.complete(ask("[[slow]] doomed")).await.expect("send");
+    loop {
+        if let Some(Event::Delta { .. }) = within(STEP, "delta", reply.next()).await {
+            break;
+        }
+    }
+    // Kill the renderers (the pages), not the browser.
+    let profile = daemon.profile.display().to_string();
+    let renderers: Vec<i32> = processes_with(&profile)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("--type=renderer"))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(!renderers.is_empty(), "renderer processes");
+    for pid in renderers {
+        // SAFETY: killing processes of this test's own daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let killed = Instant::now();
+    let last = loop {
+        let e = within(Duration::from_secs(5), "final", reply.next())
+            .await
+            .expect("event");
+        if e.is_final() {
+            break e;
+        }
+    };
+    assert!(
+        matches!(
+            last,
+            Event::Error {
+                kind: ErrorKind::BrowserCrashed,
+                ..
+            }
+        ),
+        "{last:?}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        killed.elapsed()
+    );
+    let done = client
+        .complete(ask("next page"))
+        .await
+        .expect("send")
+        .finish()
+        .await;
+    assert!(
+        matches!(done, Ok(Event::Done { ref text, .. }) if *text == expected_reply("GPT-3.5-Turbo", "next page")),
+        "{done:?}\n{}",
+        daemon.log()
+    );
+    let status = client.status().await.expect("status");
+    assert_eq!(
+        (status.browser.state.as_str(), status.browser.restarts),
+        ("up", 0),
+        "the browser itself survived"
+    );
+    assert_eq!(status.pool.tabs, 1);
 }

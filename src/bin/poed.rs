@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Serves completions from a logged-in Poe web session over a local socket.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Args {
     /// Config file (TOML). Default: $XDG_CONFIG_HOME/poed/config.toml, if it exists.
     #[arg(long, value_name = "PATH")]

@@ -2,14 +2,16 @@
 //!
 //! chromiumoxide has no wait-for-selector, and `Element::type_str` cannot type newlines or
 //! non-ASCII text. Waiting is one `Runtime.evaluate` of a MutationObserver promise (one round
-//! trip, no polling); text goes in with `Input.insertText`; clicks are real mouse events at
-//! the element's centre. Everything is bounded by our own timeouts.
+//! trip, no polling); text goes in with `Input.insertText`; clicks are real (trusted) mouse
+//! press and release events at the element's centre. Everything is bounded by our own
+//! timeouts.
 
 use std::time::Duration;
 
-use chromiumoxide::cdp::browser_protocol::input::InsertTextParams;
+use chromiumoxide::cdp::browser_protocol::input::{
+    DispatchMouseEventParams, DispatchMouseEventType, InsertTextParams, MouseButton,
+};
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
-use chromiumoxide::layout::Point;
 use chromiumoxide::Page;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -123,12 +125,26 @@ pub async fn insert_text(page: &Page, text: &str, limit: Duration) -> Result<(),
     Ok(())
 }
 
-/// A real left click (mouse move, press, release) at `(x, y)`.
+/// A real left click (press and release) at `(x, y)`: two round trips.
 pub async fn click_at(page: &Page, x: f64, y: f64, limit: Duration) -> Result<(), CdpFailure> {
-    tokio::time::timeout(limit, page.click(Point { x, y }))
-        .await
-        .map_err(|_| CdpFailure::Timeout(limit))?
-        .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    for kind in [
+        DispatchMouseEventType::MousePressed,
+        DispatchMouseEventType::MouseReleased,
+    ] {
+        let event = DispatchMouseEventParams::builder()
+            .r#type(kind)
+            .x(x)
+            .y(y)
+            .button(MouseButton::Left)
+            .buttons(1)
+            .click_count(1)
+            .build()
+            .map_err(CdpFailure::Command)?;
+        tokio::time::timeout(limit, page.execute(event))
+            .await
+            .map_err(|_| CdpFailure::Timeout(limit))?
+            .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    }
     Ok(())
 }
 

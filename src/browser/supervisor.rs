@@ -35,7 +35,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 enum Command {
-    NewPage(oneshot::Sender<Result<Page, String>>),
+    /// A new tab, with the token of the browser generation it lives in.
+    NewPage(oneshot::Sender<Result<(Page, CancellationToken), String>>),
     SetCookies(Vec<CookieParam>, oneshot::Sender<Result<(), String>>),
     /// Close the browser and launch it again on the same profile, headless or with a window.
     Relaunch(bool, oneshot::Sender<Result<(), String>>),
@@ -61,8 +62,9 @@ pub struct BrowserHandle {
 }
 
 impl BrowserHandle {
-    /// Opens a new `about:blank` tab in the current browser.
-    pub async fn new_page(&self) -> Result<Page, String> {
+    /// Opens a new `about:blank` tab in the current browser; the token is cancelled when
+    /// that browser is found dead.
+    pub async fn new_page(&self) -> Result<(Page, CancellationToken), String> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::NewPage(tx))
@@ -332,13 +334,15 @@ async fn supervise(
             }
             continue;
         };
-        match serve(&mut inst, &mut commands, children.as_mut()).await {
+        let gone = generation.borrow().gone.clone();
+        match serve(&mut inst, &gone, &mut commands, children.as_mut()).await {
             Ended::Shutdown(done) => {
+                // Tabs learn first that this browser is going, then it goes.
+                let current = generation.borrow().clone();
+                current.gone.cancel();
                 close(&mut inst.browser).await;
                 inst.handler.abort();
                 lock(&status).state = "stopped".into();
-                let current = generation.borrow().clone();
-                current.gone.cancel();
                 generation.send_replace(Generation {
                     up: false,
                     ..current
@@ -350,10 +354,10 @@ async fn supervise(
             }
             Ended::Relaunch(headless, reply) => {
                 info!(headless, "relaunching the browser on request");
-                close(&mut inst.browser).await;
-                inst.handler.abort();
                 let current = generation.borrow().clone();
                 current.gone.cancel();
+                close(&mut inst.browser).await;
+                inst.handler.abort();
                 generation.send_replace(Generation {
                     up: false,
                     ..current
@@ -406,6 +410,7 @@ async fn supervise(
 /// Serves commands for one live browser until it dies or shutdown is asked.
 async fn serve(
     inst: &mut Instance,
+    gone: &CancellationToken,
     commands: &mut mpsc::Receiver<Command>,
     mut children: Option<&mut tokio::signal::unix::Signal>,
 ) -> Ended {
@@ -432,7 +437,8 @@ async fn serve(
                     let result = tokio::time::timeout(Duration::from_secs(10), inst.browser.new_page(params))
                         .await
                         .map_err(|_| "the browser did not open a tab within 10s".to_string())
-                        .and_then(|r| r.map_err(|e| format!("cannot open a tab: {e}")));
+                        .and_then(|r| r.map_err(|e| format!("cannot open a tab: {e}")))
+                        .map(|page| (page, gone.clone()));
                     let _ = reply.send(result);
                 }
                 Some(Command::SetCookies(cookies, reply)) => {

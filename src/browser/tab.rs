@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
+use chromiumoxide::cdp::browser_protocol::inspector::{
+    EnableParams as InspectorEnableParams, EventTargetCrashed,
+};
 use chromiumoxide::cdp::browser_protocol::network::{
     EventWebSocketClosed, EventWebSocketCreated, EventWebSocketFrameReceived,
 };
@@ -33,7 +36,7 @@ pub enum TabSignal {
     Updates(Vec<Update>),
     /// The update socket closed.
     SocketClosed,
-    /// The tab's event streams ended: the tab or the browser is gone.
+    /// The tab's page crashed, or its event streams ended (the tab or the browser is gone).
     Gone,
 }
 
@@ -93,6 +96,8 @@ enum Raw {
     Created(Arc<EventWebSocketCreated>),
     Frame(Arc<EventWebSocketFrameReceived>),
     Closed(Arc<EventWebSocketClosed>),
+    /// The tab's renderer crashed.
+    Crashed,
 }
 
 impl Tab {
@@ -103,8 +108,7 @@ impl Tab {
         id: usize,
         update_socket_contains: String,
     ) -> Result<Tab, String> {
-        let browser_gone = browser.generation().gone;
-        let page = browser.new_page().await?;
+        let (page, browser_gone) = browser.new_page().await?;
         let listen =
             |e: chromiumoxide::error::CdpError| format!("cannot listen to tab events: {e}");
         let created = page
@@ -119,10 +123,19 @@ impl Tab {
             .event_listener::<EventWebSocketClosed>()
             .await
             .map_err(listen)?;
+        // `Inspector.targetCrashed` needs the Inspector domain, which chromiumoxide leaves off.
+        let crashed = page
+            .event_listener::<EventTargetCrashed>()
+            .await
+            .map_err(listen)?;
+        page.execute(InspectorEnableParams::default())
+            .await
+            .map_err(listen)?;
         let merged: BoxStream<'static, Raw> = futures::stream::select_all([
             created.map(Raw::Created).boxed(),
             frames.map(Raw::Frame).boxed(),
             closed.map(Raw::Closed).boxed(),
+            crashed.map(|_| Raw::Crashed).boxed(),
         ])
         .boxed();
         let relay = Arc::new(Relay::default());
@@ -152,6 +165,11 @@ impl Tab {
     /// Whether the tab's event streams ended (tab closed, renderer or browser gone).
     pub fn is_gone(&self) -> bool {
         self.relay.gone.load(Ordering::Relaxed) || self.browser_gone.is_cancelled()
+    }
+
+    /// Marks the tab as unusable (its page hung): the pool replaces it.
+    pub fn crash(&self) {
+        self.relay.gone.store(true, Ordering::Relaxed);
     }
 
     /// Closes the tab in the browser.
@@ -187,6 +205,10 @@ async fn pump(
                     debug!(tab, "update socket closed");
                     relay.send(TabSignal::SocketClosed);
                 }
+            }
+            Raw::Crashed => {
+                tracing::warn!(tab, "the tab's page crashed");
+                break;
             }
             Raw::Frame(f) => {
                 // A socket whose creation we did not see is parsed anyway: non-updates are

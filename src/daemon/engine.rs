@@ -243,19 +243,56 @@ impl Engine {
 
     /// Makes `tab` warm for `bot` in the background, then returns it to the pool. A tab
     /// that cannot be made warm goes back cold; the next request on it opens the page itself.
-    fn prepare_and_release(self: &Arc<Self>, mut tab: Tab, bot: String) {
+    fn prepare_and_release(self: &Arc<Self>, tab: Tab, bot: String) {
         let engine = self.clone();
         tokio::spawn(async move {
-            if tab.is_gone() {
+            if tab.browser_gone.is_cancelled() {
+                // The browser died: the rebuilt pool replaces this tab.
                 engine.pool.unregister_tab();
-                warn!(tab = tab.id, "tab is gone; not returned to the pool");
                 return;
             }
-            match engine.driver.open_chat(&mut tab, &bot).await {
-                Ok(()) => engine.note_account(&bot, None),
-                Err(e) => {
-                    engine.note_account(&bot, Some(&e));
-                    warn!(tab = tab.id, error = %e, "could not prepare a fresh chat");
+            let mut tab = tab;
+            for attempt in 0..2 {
+                if !tab.is_gone() {
+                    match engine.driver.open_chat(&mut tab, &bot).await {
+                        Ok(()) => engine.note_account(&bot, None),
+                        // The browser went away meanwhile: the rebuilt pool replaces the tab.
+                        Err(_) if tab.browser_gone.is_cancelled() => {
+                            engine.pool.unregister_tab();
+                            return;
+                        }
+                        // A page that does not answer is treated like a crashed one.
+                        Err(e) if e.kind == ErrorKind::BrowserUnavailable => {
+                            warn!(tab = tab.id, error = %e, "the tab does not answer; replacing it");
+                            tab.crash();
+                        }
+                        Err(e) => {
+                            engine.note_account(&bot, Some(&e));
+                            warn!(tab = tab.id, error = %e, "could not prepare a fresh chat");
+                        }
+                    }
+                }
+                if !tab.is_gone() || attempt == 1 {
+                    break;
+                }
+                // The tab's page crashed (renderer gone) or hung: it costs only the request
+                // that was on it; a new tab takes its place.
+                let old = tab.id;
+                match engine.open_tab().await {
+                    Ok(new) if new.browser_gone.is_cancelled() => {
+                        engine.pool.unregister_tab();
+                        return;
+                    }
+                    Ok(new) => {
+                        info!(old, new = new.id, "replaced a crashed tab");
+                        let dead = std::mem::replace(&mut tab, new);
+                        tokio::spawn(dead.close());
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not replace a crashed tab");
+                        engine.pool.unregister_tab();
+                        return;
+                    }
                 }
             }
             engine.pool.release(tab);
@@ -671,7 +708,8 @@ impl Engine {
             started(url);
             let (_, bot) = self.models.resolve(None)?;
             let waited = tokio::time::timeout(timeout, async {
-                // Checked after every navigation of the sign-in tab: no polling.
+                // Checked after every navigation of the sign-in tab, and once a second in
+                // case the site signs in without navigating (a human-paced check).
                 loop {
                     let cookies = tab.page.get_cookies().await.unwrap_or_default();
                     if cookies
@@ -680,8 +718,9 @@ impl Engine {
                     {
                         return;
                     }
-                    if navigations.next().await.is_none() {
-                        return;
+                    tokio::select! {
+                        nav = navigations.next() => if nav.is_none() { return },
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
             })

@@ -520,8 +520,9 @@ impl Stream {
         }
     }
 
-    /// Sets the bot message, stores it server-side and sends a frame with it (plus `extra`
-    /// entries after it); records the final state when it is one.
+    /// Sets the bot message, stores it server-side and sends one frame: the `before` entries,
+    /// the bot message, then the `noise` subscription if any. Records a final state first, so
+    /// `chats()` has it by the time a reader sees the frame.
     fn bot(&mut self, text: &str, state: &str, before: Vec<String>, noise: Option<&str>) {
         self.reply.text = text.to_owned();
         self.reply.state = state.to_owned();

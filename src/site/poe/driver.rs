@@ -61,7 +61,7 @@ impl Driver {
         Error::new(
             ErrorKind::NotLoggedIn,
             format!(
-                "the browser profile is not signed in to {}: sign in once in a visible window (stop poed, run `poed --headful`, sign in on the page that opens, then start poed again), or see README \"Signing in\"",
+                "the browser profile is not signed in to {}: run `poectl login` to sign in in a browser window, or `poectl cookies import FILE` where there is no display (README, \"Signing in\")",
                 self.site.base_url
             ),
         )
@@ -198,11 +198,23 @@ impl Driver {
             return Err(cancelled());
         }
         trace!(tab = tab.id, "send button enabled");
-        cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
-            .await
-            .map_err(|e| browser_error("clicking send", e))?;
-        debug!(tab = tab.id, bot, "prompt sent");
-        self.read_reply(tab, &mut sub.rx, progress, cancel).await
+        // Read while clicking: the click's acknowledgement comes only after the page ran its
+        // handlers, and the first frames must not wait for it.
+        let click = async {
+            cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
+                .await
+                .map_err(|e| browser_error("clicking send", e))
+        };
+        let read = self.read_reply(tab, &mut sub.rx, progress, cancel);
+        tokio::pin!(read);
+        tokio::select! {
+            clicked = click => {
+                clicked?;
+                debug!(tab = tab.id, bot, "prompt sent");
+                read.await
+            }
+            reply = &mut read => reply,
+        }
     }
 
     async fn read_reply(
