@@ -206,11 +206,7 @@ async fn a_client_that_disconnects_stops_the_reply_and_the_tab_serves_the_next()
             .await
             .expect("send");
         // Wait until text streams, then drop the connection.
-        loop {
-            if let Some(Event::Delta { .. }) = within(STEP, "delta", reply.next()).await {
-                break;
-            }
-        }
+        common::until_text(&mut reply).await;
     }
     let chat = double.chats()[0].chat_id.clone();
     assert!(

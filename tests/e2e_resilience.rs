@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{run, within, Daemon, STEP};
+use common::{final_event, run, until_text, within, Daemon, STEP};
 use double::{expected_reply, Double, DoubleOptions};
 use poed::protocol::{ChatMessage, CompleteRequest, Event};
 use poed::ErrorKind;
@@ -83,27 +83,12 @@ async fn chromium_killed_mid_reply_ten_times_costs_only_those_requests() {
             .complete(ask(&format!("[[slow]] round {round}")))
             .await
             .expect("send");
-        loop {
-            match within(STEP, "first delta", reply.next()).await {
-                Some(Event::Delta { .. }) => break,
-                Some(e) if e.is_final() => {
-                    panic!("round {round}: ended early: {e:?}\n{}", daemon.log())
-                }
-                _ => {}
-            }
-        }
+        until_text(&mut reply).await;
         let victim = chromium_main(&daemon);
         // SAFETY: killing a process of this test's own daemon.
         unsafe { libc::kill(victim, libc::SIGKILL) };
         let killed = Instant::now();
-        let last = loop {
-            let e = within(Duration::from_secs(5), "crash error", reply.next())
-                .await
-                .expect("event");
-            if e.is_final() {
-                break e;
-            }
-        };
+        let last = final_event(&mut reply, Duration::from_secs(5)).await;
         assert!(
             matches!(
                 last,
@@ -188,24 +173,13 @@ async fn sigterm_during_a_reply_exits_cleanly_within_the_grace_period() {
         .complete(ask("[[slow]] long story"))
         .await
         .expect("send");
-    loop {
-        if let Some(Event::Delta { .. }) = within(STEP, "delta", reply.next()).await {
-            break;
-        }
-    }
+    until_text(&mut reply).await;
     let profile = daemon.profile.display().to_string();
     let socket = daemon.socket.clone();
     let dir = daemon.dir.path().to_owned();
     let stopping = Instant::now();
     let stop = tokio::spawn(daemon.stop());
-    let last = loop {
-        let e = within(STEP, "final event", reply.next())
-            .await
-            .expect("event");
-        if e.is_final() {
-            break e;
-        }
-    };
+    let last = final_event(&mut reply, STEP).await;
     assert!(
         matches!(
             last,
@@ -409,11 +383,7 @@ async fn a_crashed_page_costs_only_its_request() {
     let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
     let client = daemon.client().await;
     let mut reply = client.complete(ask("[[slow]] doomed")).await.expect("send");
-    loop {
-        if let Some(Event::Delta { .. }) = within(STEP, "delta", reply.next()).await {
-            break;
-        }
-    }
+    until_text(&mut reply).await;
     // Kill the renderers (the pages), not the browser.
     let profile = daemon.profile.display().to_string();
     let renderers: Vec<i32> = processes_with(&profile)
@@ -430,14 +400,7 @@ async fn a_crashed_page_costs_only_its_request() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let killed = Instant::now();
-    let last = loop {
-        let e = within(Duration::from_secs(5), "final", reply.next())
-            .await
-            .expect("event");
-        if e.is_final() {
-            break e;
-        }
-    };
+    let last = final_event(&mut reply, Duration::from_secs(5)).await;
     assert!(
         matches!(
             last,

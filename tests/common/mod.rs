@@ -26,6 +26,34 @@ pub async fn within<T>(
     }
 }
 
+/// Waits until the reply has streamed some text.
+pub async fn until_text(reply: &mut poed::client::Reply) {
+    use poed::protocol::Event;
+    loop {
+        match within(STEP, "first text", reply.next()).await {
+            Some(Event::Delta { .. } | Event::Replace { .. }) => return,
+            Some(e) if e.is_final() => panic!("the reply ended before any text: {e:?}"),
+            None => panic!("the connection closed before any text"),
+            _ => {}
+        }
+    }
+}
+
+/// Waits up to `limit` for the reply's final event (`done` or `error`).
+pub async fn final_event(
+    reply: &mut poed::client::Reply,
+    limit: Duration,
+) -> poed::protocol::Event {
+    loop {
+        let e = within(limit, "final event", reply.next())
+            .await
+            .expect("the connection closed before the final event");
+        if e.is_final() {
+            return e;
+        }
+    }
+}
+
 /// A running `poed` with its own socket, profile and log.
 pub struct Daemon {
     child: Option<Child>,
