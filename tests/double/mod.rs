@@ -9,7 +9,7 @@
 //! subscriptions, plus a second socket carrying nothing but noise; a logged-out mode with a
 //! cookie sign-in (`/login`) and a daily-limit mode; and deterministic replies
 //! ([`expected_reply`]) with trigger words for the site's misbehaviour: `[[long]]`,
-//! `[[unicode]]`, `[[rewrite]]`, `[[error]]`, `[[cancelled]]`, `[[stall]]`, `[[missed]]`,
+//! `[[unicode]]`, `[[rewrite]]`, `[[error]]`, `[[rate-limit]]`, `[[cancelled]]`, `[[stall]]`, `[[missed]]`,
 //! `[[missed-stop]]`, `[[refetch]]`, `[[slow]]`. It records every send and stop it receives
 //! ([`Double::chats`]), which tests and the benchmark compare with what the client saw.
 //!
@@ -420,6 +420,8 @@ fn script(bot: &str, prompt: &str) -> Script {
         }
     } else if prompt.contains("[[error]]") {
         with_end(Ending::Final(last_of_two(), "error_user_message_too_long"))
+    } else if prompt.contains("[[rate-limit]]") {
+        with_end(Ending::Final(last_of_two(), "error_rate_limit_exceeded"))
     } else if prompt.contains("[[cancelled]]") {
         with_end(Ending::Final(last_of_two(), "cancelled"))
     } else if prompt.contains("[[stall]]") {

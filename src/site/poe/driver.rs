@@ -289,8 +289,7 @@ impl Driver {
                                                 return Ok(text);
                                             }
                                             ReplyStep::Finished(Outcome::Failed { state, .. }) => {
-                                                return Err(Error::new(ErrorKind::SiteError, format!(
-                                                    "the site ended the reply with state {state:?}; see the state for why (e.g. a prompt that is too long)")).with_state(state));
+                                                return Err(site_failure(state));
                                             }
                                         }
                                     }
@@ -355,6 +354,22 @@ impl Driver {
         })
         .await;
     }
+}
+
+/// The error for a reply the site ended with a failure state.
+fn site_failure(state: String) -> Error {
+    if state.contains("rate_limit") {
+        return Error::new(
+            ErrorKind::RateLimited,
+            format!("the site refuses more messages for now (state {state:?}); wait a while, or raise pool.min_send_interval_ms"),
+        )
+        .with_state(state);
+    }
+    Error::new(
+        ErrorKind::SiteError,
+        format!("the site ended the reply with state {state:?}; see the state for why (e.g. a prompt that is too long)"),
+    )
+    .with_state(state)
 }
 
 /// Hands a reply read from the page to the client as the final text.
