@@ -278,18 +278,13 @@ impl Engine {
                 // The tab's page crashed (renderer gone) or hung: it costs only the request
                 // that was on it; a new tab takes its place.
                 let old = tab.id;
-                match engine.open_tab().await {
-                    Ok(new) if new.browser_gone.is_cancelled() => {
-                        engine.pool.unregister_tab();
-                        return;
-                    }
-                    Ok(new) => {
+                match engine.replacement_tab().await {
+                    Some(new) => {
                         info!(old, new = new.id, "replaced a crashed tab");
                         let dead = std::mem::replace(&mut tab, new);
                         tokio::spawn(dead.close());
                     }
-                    Err(e) => {
-                        warn!(error = %e, "could not replace a crashed tab");
+                    None => {
                         engine.pool.unregister_tab();
                         return;
                     }
@@ -297,6 +292,31 @@ impl Engine {
             }
             engine.pool.release(tab);
         });
+    }
+
+    /// A new tab in place of a crashed one. Chromium can be slow to give one right after
+    /// its renderers died, so this tries three times; if it still cannot, the browser is
+    /// wedged and is relaunched (the rebuilt pool then replaces the tab).
+    async fn replacement_tab(&self) -> Option<Tab> {
+        for attempt in 1..=3u32 {
+            match self.open_tab().await {
+                Ok(new) if new.browser_gone.is_cancelled() => return None,
+                Ok(new) => return Some(new),
+                Err(e) => {
+                    warn!(attempt, error = %e, "could not open a replacement tab");
+                    if !self.browser.generation().up {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                }
+            }
+        }
+        warn!("the browser cannot open tabs; relaunching it");
+        let headless = self.config.browser.headless;
+        if let Err(e) = self.browser.relaunch(headless).await {
+            warn!(error = %e, "relaunch failed");
+        }
+        None
     }
 
     /// Updates the account state from what a page showed for `bot`.
