@@ -429,18 +429,6 @@ impl Engine {
         }
     }
 
-    /// Runs one completion in the caller's task. `updates` must not block. Prefer
-    /// [`Engine::submit`]: a caller that drops this future mid-way loses the tab.
-    pub async fn complete(
-        self: &Arc<Self>,
-        request: &CompleteRequest,
-        updates: &mut (dyn FnMut(Update) + Send),
-        cancel: &CancellationToken,
-    ) -> Result<Completion, Error> {
-        let admitted = self.admit(request);
-        self.finish(admitted, Instant::now(), updates, cancel).await
-    }
-
     /// Runs an admitted request and keeps the counters.
     async fn finish(
         self: &Arc<Self>,
