@@ -22,6 +22,7 @@ use crate::metrics::Histogram;
 use crate::protocol::{AccountStatus, CompleteRequest, Event, Status, Timings};
 use crate::site::poe::driver::{Driver, Progress};
 use crate::site::poe::models::ModelTable;
+use crate::site::poe::pacer::Pacer;
 use crate::site::poe::prompt::format_prompt;
 
 /// What a front door hears while a completion runs.
@@ -132,7 +133,7 @@ pub struct Engine {
     started: Instant,
     outcomes: Mutex<BTreeMap<String, u64>>,
     account: Arc<Mutex<AccountStatus>>,
-    last_send: tokio::sync::Mutex<Option<Instant>>,
+    pacer: Pacer,
     next_tab_id: std::sync::atomic::AtomicUsize,
     in_flight: std::sync::atomic::AtomicUsize,
     /// Set when shutdown stops running requests: their error is `shutting_down`.
@@ -169,7 +170,7 @@ impl Engine {
                 state: "unknown".into(),
                 ..AccountStatus::default()
             })),
-            last_send: tokio::sync::Mutex::new(None),
+            pacer: Pacer::new(Duration::from_millis(config.pool.min_send_interval_ms)),
             next_tab_id: std::sync::atomic::AtomicUsize::new(1),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -348,24 +349,6 @@ impl Engine {
         }
     }
 
-    /// Waits until the account may send again (`pool.min_send_interval_ms`).
-    async fn send_slot(&self, cancel: &CancellationToken) -> Result<(), Error> {
-        let interval = Duration::from_millis(self.config.pool.min_send_interval_ms);
-        if interval.is_zero() {
-            return Ok(());
-        }
-        let mut last = self.last_send.lock().await;
-        if let Some(at) = *last {
-            let ready = at + interval;
-            tokio::select! {
-                _ = tokio::time::sleep_until(ready.into()) => {}
-                _ = cancel.cancelled() => return Err(Error::new(ErrorKind::Cancelled, "the request was cancelled")),
-            }
-        }
-        *last = Some(Instant::now());
-        Ok(())
-    }
-
     /// Starts a completion in its own task and returns its events. The task always runs to
     /// the end (so the tab always goes back to the pool); `cancel` or dropping the stream
     /// stops it early. Memory stays bounded for a slow reader: deltas merge while the
@@ -528,25 +511,20 @@ impl Engine {
             bot: bot.clone(),
         });
         let mut first_token: Option<u64> = None;
-        let result = match self.send_slot(cancel).await {
-            Err(e) => Err(e),
-            Ok(()) => {
-                let mut on_progress = |p: Progress| {
-                    first_token.get_or_insert_with(|| t0.elapsed().as_millis() as u64);
-                    updates(match p {
-                        Progress::Delta(d) => Update::Delta(d),
-                        Progress::Replace(t) => Update::Replace(t),
-                    });
-                };
-                let gone = tab.browser_gone.clone();
-                tokio::select! {
-                    r = self.driver.complete(&mut tab, &bot, &prompt, &mut on_progress, cancel) => r,
-                    _ = gone.cancelled() => Err(Error::new(
-                        ErrorKind::BrowserCrashed,
-                        "the browser died during the reply; poed is restarting it, retry the request",
-                    )),
-                }
-            }
+        let mut on_progress = |p: Progress| {
+            first_token.get_or_insert_with(|| t0.elapsed().as_millis() as u64);
+            updates(match p {
+                Progress::Delta(d) => Update::Delta(d),
+                Progress::Replace(t) => Update::Replace(t),
+            });
+        };
+        let gone = tab.browser_gone.clone();
+        let result = tokio::select! {
+            r = self.driver.complete(&mut tab, &bot, &prompt, &self.pacer, &mut on_progress, cancel) => r,
+            _ = gone.cancelled() => Err(Error::new(
+                ErrorKind::BrowserCrashed,
+                "the browser died during the reply; poed is restarting it, retry the request",
+            )),
         };
         self.note_account(&bot, result.as_ref().err());
         if result.is_ok() {

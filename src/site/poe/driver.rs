@@ -17,6 +17,7 @@ use crate::browser::tab::{Tab, TabSignal};
 use crate::config::{secs, SiteConfig, Timeouts};
 use crate::error::{Error, ErrorKind};
 use crate::site::poe::frames::{Outcome, ReplyStep, ReplyTracker, Update};
+use crate::site::poe::pacer::Pacer;
 
 /// A short limit for single DevTools commands that should answer at once.
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
@@ -122,6 +123,7 @@ impl Driver {
         tab: &mut Tab,
         bot: &str,
         prompt: &str,
+        pacer: &Pacer,
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &CancellationToken,
     ) -> Result<String, Error> {
@@ -194,9 +196,8 @@ impl Driver {
                 }
             }
         };
-        if cancel.is_cancelled() {
-            return Err(cancelled());
-        }
+        // The account's minimum interval holds between actual sends.
+        pacer.wait(cancel).await?;
         trace!(tab = tab.id, "send button enabled");
         // Read while clicking: the click's acknowledgement comes only after the page ran its
         // handlers, and the first frames must not wait for it.
