@@ -37,6 +37,21 @@ fn chromium_cmdline(daemon: &Daemon) -> String {
     panic!("no chromium under poed");
 }
 
+/// Starts `poectl login` and returns it with the first line it says on stderr (where to
+/// sign in).
+async fn start_login(daemon: &Daemon) -> (tokio::process::Child, String) {
+    let mut login = daemon
+        .poectl(&["login", "--timeout", "60"])
+        .spawn()
+        .expect("poectl login");
+    let mut lines = BufReader::new(login.stderr.take().expect("stderr")).lines();
+    let first = within(STEP, "login started", lines.next_line())
+        .await
+        .expect("read")
+        .expect("line");
+    (login, first)
+}
+
 /// The user, acting in the browser window: finds the sign-in page among the browser's tabs
 /// (DevTools' `/json/list` at `host_port`) and clicks its button through that tab's own
 /// DevTools socket. The tab may not be listed or loaded yet, so it tries again until the
@@ -148,15 +163,7 @@ async fn login_in_a_visible_window_under_xvfb_then_headless_again() {
     .await;
     assert!(chromium_cmdline(&daemon).contains("--headless"));
 
-    let mut login = daemon
-        .poectl(&["login", "--timeout", "60"])
-        .spawn()
-        .expect("poectl login");
-    let mut err_lines = BufReader::new(login.stderr.take().expect("stderr")).lines();
-    let said = within(STEP, "login started", err_lines.next_line())
-        .await
-        .expect("read")
-        .expect("line");
+    let (login, said) = start_login(&daemon).await;
     assert!(
         said.contains("sign in in the browser window") && said.contains("/login"),
         "{said}"
@@ -238,15 +245,7 @@ async fn connect_to_the_users_own_browser_sign_in_there_and_leave_it_running() {
     assert_eq!(status.browser.mode, "connected");
 
     // `login` opens the sign-in page as a tab of the user's browser; the user signs in there.
-    let mut login = daemon
-        .poectl(&["login", "--timeout", "60"])
-        .spawn()
-        .expect("poectl login");
-    let mut said = BufReader::new(login.stderr.take().expect("stderr")).lines();
-    let line = within(STEP, "login started", said.next_line())
-        .await
-        .expect("read")
-        .expect("line");
+    let (login, line) = start_login(&daemon).await;
     assert!(line.contains("/login"), "{line}");
     let host_port = ws
         .trim_start_matches("ws://")

@@ -640,6 +640,7 @@ impl Engine {
             EventFrameNavigated, EventNavigatedWithinDocument,
         };
         use futures::StreamExt;
+        let (_, bot) = self.models.resolve(None)?;
         let connected = self.config.browser.connect.is_some();
         let relaunch = !connected && self.config.browser.headless;
         if relaunch {
@@ -692,7 +693,6 @@ impl Engine {
                 .await
                 .map_err(|e| Error::new(ErrorKind::SiteError, format!("cannot open {url}: {e}")))?;
             started(url);
-            let (_, bot) = self.models.resolve(None)?;
             let waited = tokio::time::timeout(timeout, async {
                 // Checked after every navigation of the sign-in tab, and once a second in
                 // case the site signs in without navigating (a human-paced check).
@@ -732,7 +732,6 @@ impl Engine {
                 warn!(error = %e, "could not go back to headless after signing in");
             }
         }
-        let (_, bot) = self.models.resolve(None)?;
         self.note_account(&bot, result.as_ref().err());
         self.pool.cool_all();
         result?;
