@@ -44,6 +44,12 @@ pub enum ErrorKind {
     NotFound,
     /// Anything else: a bug or an unexpected browser answer.
     Internal,
+    /// The site refused the prompt as too long (`too_many_tokens`).
+    PromptTooLong,
+    /// The site does not let this account use the bot (`no_access`).
+    BotUnavailable,
+    /// The connecting process is not allowed to use this daemon (another user).
+    PermissionDenied,
 }
 
 impl ErrorKind {
@@ -67,6 +73,9 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Internal => "internal",
+            ErrorKind::PromptTooLong => "prompt_too_long",
+            ErrorKind::BotUnavailable => "bot_unavailable",
+            ErrorKind::PermissionDenied => "permission_denied",
         }
     }
 }

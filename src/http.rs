@@ -27,6 +27,7 @@ use tracing::info;
 use crate::daemon::engine::{Engine, ReplyEvent};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::{ChatMessage, CompleteRequest};
+use crate::reply::Chunk;
 
 struct HttpState {
     engine: Arc<Engine>,
@@ -109,10 +110,11 @@ impl ApiError {
 fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     use ErrorKind::*;
     match kind {
-        BadRequest | RequestTooLarge | NotFound | NoDisplay => {
+        BadRequest | RequestTooLarge | NotFound | NoDisplay | PromptTooLong => {
             (StatusCode::BAD_REQUEST, "invalid_request_error")
         }
         UnknownModel => (StatusCode::NOT_FOUND, "invalid_request_error"),
+        BotUnavailable | PermissionDenied => (StatusCode::FORBIDDEN, "permission_error"),
         NotLoggedIn => (StatusCode::UNAUTHORIZED, "authentication_error"),
         DailyLimit | RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
         Busy | BrowserUnavailable | ShuttingDown => {
@@ -313,13 +315,13 @@ fn async_stream(
                 }
                 Phase::Streaming => loop {
                     match reply.next().await {
-                        Some(ReplyEvent::Delta(text)) => {
+                        Some(ReplyEvent::Text(Chunk::Append(text))) => {
                             let e = chunk(json!({"content": text}), None);
                             return Some((Ok(e), (reply, Phase::Streaming, chunk)));
                         }
                         // OpenAI's stream cannot take back text: send the rewritten text in full
                         // after a newline (documented); non-streaming answers are always exact.
-                        Some(ReplyEvent::Replace(text)) => {
+                        Some(ReplyEvent::Text(Chunk::Replace(text))) => {
                             let e = chunk(json!({"content": format!("\n{text}")}), None);
                             return Some((Ok(e), (reply, Phase::Streaming, chunk)));
                         }

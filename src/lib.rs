@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod reply;
 pub mod site;
 
 pub use error::{Error, ErrorKind};

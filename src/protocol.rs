@@ -314,6 +314,15 @@ pub enum Event {
     LoggedIn { account: String },
 }
 
+impl From<crate::reply::Chunk> for Event {
+    fn from(chunk: crate::reply::Chunk) -> Self {
+        match chunk {
+            crate::reply::Chunk::Append(text) => Event::Delta { text },
+            crate::reply::Chunk::Replace(text) => Event::Replace { text },
+        }
+    }
+}
+
 impl Event {
     /// Whether no further events follow for the request.
     pub fn is_final(&self) -> bool {

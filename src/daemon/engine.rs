@@ -20,19 +20,11 @@ use crate::config::{secs, Config};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::Histogram;
 use crate::protocol::{AccountStatus, CompleteRequest, Event, Status, Timings};
-use crate::site::poe::driver::{Driver, Progress};
+use crate::reply::Chunk;
+use crate::site::poe::driver::Driver;
 use crate::site::poe::models::ModelTable;
 use crate::site::poe::pacer::Pacer;
 use crate::site::poe::prompt::format_prompt;
-
-/// What a front door hears while a completion runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Update {
-    Queued { position: usize },
-    Started { model: String, bot: String },
-    Delta(String),
-    Replace(String),
-}
 
 /// What a front door reads from a submitted request: progress, then one final event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +36,8 @@ pub enum ReplyEvent {
         model: String,
         bot: String,
     },
-    /// Text to append (consecutive deltas are merged when the reader is slow).
-    Delta(String),
-    /// Text that replaces everything received so far.
-    Replace(String),
+    /// The reply text changed (consecutive changes are merged when the reader is slow).
+    Text(Chunk),
     Done(Completion),
     Failed(Error),
 }
@@ -75,37 +65,6 @@ impl ReplyStream {
 const REPLY_QUEUE: usize = 32;
 /// How long a final event waits for a reader that does not read.
 const FINAL_WAIT: Duration = Duration::from_secs(30);
-
-/// Text not yet handed over because the reader is slow.
-enum Pending {
-    Append(String),
-    Replace(String),
-}
-
-impl Pending {
-    fn add(pending: Option<Pending>, update: Update) -> Option<Pending> {
-        Some(match (pending, update) {
-            (_, Update::Replace(t)) => Pending::Replace(t),
-            (None, Update::Delta(d)) => Pending::Append(d),
-            (Some(Pending::Append(mut s)), Update::Delta(d)) => {
-                s.push_str(&d);
-                Pending::Append(s)
-            }
-            (Some(Pending::Replace(mut s)), Update::Delta(d)) => {
-                s.push_str(&d);
-                Pending::Replace(s)
-            }
-            (p, _) => return p,
-        })
-    }
-
-    fn event(self) -> ReplyEvent {
-        match self {
-            Pending::Append(s) => ReplyEvent::Delta(s),
-            Pending::Replace(s) => ReplyEvent::Replace(s),
-        }
-    }
-}
 
 /// A request that passed its checks and holds a tab or a place in the queue.
 struct Admitted {
@@ -364,33 +323,27 @@ impl Engine {
         let t0 = Instant::now();
         let admitted = self.admit(&request);
         tokio::spawn(async move {
-            let mut pending: Option<Pending> = None;
+            let mut pending: Option<Chunk> = None;
             let tx_updates = tx.clone();
-            let mut on_update = |u: Update| {
-                let event = match u {
-                    Update::Queued { position } => ReplyEvent::Queued { position },
-                    Update::Started { model, bot } => ReplyEvent::Started { model, bot },
-                    text => {
-                        pending = Pending::add(pending.take(), text);
-                        match pending.take() {
-                            Some(p) => p.event(),
-                            None => return,
-                        }
-                    }
+            let mut on_update = |event: ReplyEvent| {
+                let event = match event {
+                    ReplyEvent::Text(chunk) => ReplyEvent::Text(match pending.take() {
+                        Some(p) => p.merge(chunk),
+                        None => chunk,
+                    }),
+                    other => other,
                 };
                 if let Err(mpsc::error::TrySendError::Full(back)) = tx_updates.try_send(event) {
                     // The reader is behind: keep the text to merge with what comes next.
-                    pending = match back {
-                        ReplyEvent::Delta(s) => Some(Pending::Append(s)),
-                        ReplyEvent::Replace(s) => Some(Pending::Replace(s)),
-                        _ => pending.take(),
-                    };
+                    if let ReplyEvent::Text(chunk) = back {
+                        pending = Some(chunk);
+                    }
                 }
             };
             let result = engine.finish(admitted, t0, &mut on_update, &cancel).await;
             let mut finals = Vec::new();
             if let (Ok(_), Some(p)) = (&result, pending) {
-                finals.push(p.event());
+                finals.push(ReplyEvent::Text(p));
             }
             finals.push(match result {
                 Ok(c) => ReplyEvent::Done(c),
@@ -417,7 +370,7 @@ impl Engine {
         self: &Arc<Self>,
         admitted: Result<Admitted, Error>,
         t0: Instant,
-        updates: &mut (dyn FnMut(Update) + Send),
+        updates: &mut (dyn FnMut(ReplyEvent) + Send),
         cancel: &CancellationToken,
     ) -> Result<Completion, Error> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -475,7 +428,7 @@ impl Engine {
     async fn run(
         self: &Arc<Self>,
         admitted: Admitted,
-        updates: &mut (dyn FnMut(Update) + Send),
+        updates: &mut (dyn FnMut(ReplyEvent) + Send),
         cancel: &CancellationToken,
         t0: Instant,
     ) -> Result<Completion, Error> {
@@ -488,7 +441,7 @@ impl Engine {
         let mut tab = match slot {
             Acquired::Now(tab) => tab,
             Acquired::Queued(ticket) => {
-                updates(Update::Queued {
+                updates(ReplyEvent::Queued {
                     position: ticket.position,
                 });
                 let limit = secs(self.config.timeouts.reply_secs);
@@ -506,17 +459,14 @@ impl Engine {
             }
         };
         let queued_ms = t0.elapsed().as_millis() as u64;
-        updates(Update::Started {
+        updates(ReplyEvent::Started {
             model: model.clone(),
             bot: bot.clone(),
         });
         let mut first_token: Option<u64> = None;
-        let mut on_progress = |p: Progress| {
+        let mut on_progress = |chunk: Chunk| {
             first_token.get_or_insert_with(|| t0.elapsed().as_millis() as u64);
-            updates(match p {
-                Progress::Delta(d) => Update::Delta(d),
-                Progress::Replace(t) => Update::Replace(t),
-            });
+            updates(ReplyEvent::Text(chunk));
         };
         let gone = tab.browser_gone.clone();
         let result = tokio::select! {

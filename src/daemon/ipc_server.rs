@@ -282,9 +282,8 @@ impl RequestTask {
             let event = match event {
                 ReplyEvent::Queued { position } => Event::Queued { position },
                 ReplyEvent::Started { model, bot } => Event::Started { model, bot },
-                ReplyEvent::Delta(text) if stream_text => Event::Delta { text },
-                ReplyEvent::Replace(text) if stream_text => Event::Replace { text },
-                ReplyEvent::Delta(_) | ReplyEvent::Replace(_) => continue,
+                ReplyEvent::Text(chunk) if stream_text => Event::from(chunk),
+                ReplyEvent::Text(_) => continue,
                 ReplyEvent::Done(c) => Event::Done {
                     text: c.text,
                     model: c.model,

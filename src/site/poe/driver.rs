@@ -16,18 +16,12 @@ use crate::browser::cdp::{self, CdpFailure, Wanted};
 use crate::browser::tab::{Tab, TabSignal};
 use crate::config::{secs, SiteConfig, Timeouts};
 use crate::error::{Error, ErrorKind};
+use crate::reply::Chunk;
 use crate::site::poe::frames::{Outcome, ReplyStep, ReplyTracker, Update};
 use crate::site::poe::pacer::Pacer;
 
 /// A short limit for single DevTools commands that should answer at once.
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
-
-/// Progress of a reply, for the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    Delta(String),
-    Replace(String),
-}
 
 /// Runs completions on tabs. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -124,7 +118,7 @@ impl Driver {
         bot: &str,
         prompt: &str,
         pacer: &Pacer,
-        progress: &mut (dyn FnMut(Progress) + Send),
+        progress: &mut (dyn FnMut(Chunk) + Send),
         cancel: &CancellationToken,
     ) -> Result<String, Error> {
         let sel = &self.site.selectors;
@@ -222,7 +216,7 @@ impl Driver {
         &self,
         tab: &Tab,
         rx: &mut UnboundedReceiver<TabSignal>,
-        progress: &mut (dyn FnMut(Progress) + Send),
+        progress: &mut (dyn FnMut(Chunk) + Send),
         cancel: &CancellationToken,
     ) -> Result<String, Error> {
         let started = Instant::now();
@@ -283,8 +277,7 @@ impl Driver {
                                     idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                                     for step in tracker.feed(&m) {
                                         match step {
-                                            ReplyStep::Delta(d) => progress(Progress::Delta(d)),
-                                            ReplyStep::Replace(t) => progress(Progress::Replace(t)),
+                                            ReplyStep::Text(chunk) => progress(chunk),
                                             ReplyStep::Finished(Outcome::Complete(text)) => {
                                                 info!(tab = tab.id, chars = text.chars().count(), ms = started.elapsed().as_millis() as u64, "reply complete");
                                                 return Ok(text);
@@ -377,12 +370,10 @@ fn site_failure(state: String) -> Error {
 fn finish_recovered(
     tracker: &ReplyTracker,
     text: String,
-    progress: &mut (dyn FnMut(Progress) + Send),
+    progress: &mut (dyn FnMut(Chunk) + Send),
 ) -> String {
-    match text.strip_prefix(tracker.text()) {
-        Some("") => {}
-        Some(rest) => progress(Progress::Delta(rest.to_owned())),
-        None => progress(Progress::Replace(text.clone())),
+    if let Some(chunk) = Chunk::between(tracker.text(), &text) {
+        progress(chunk);
     }
     text
 }

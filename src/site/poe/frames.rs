@@ -8,10 +8,12 @@
 //!   non-JSON) is ignored, never an error.
 //! - [`ReplyTracker`] follows the bot's reply to one prompt: it skips the human echo, locks
 //!   on the first bot message, turns the site's cumulative `text` into appended deltas, and
-//!   turns a rewrite that is not a prefix of what was streamed into a [`ReplyStep::Replace`],
+//!   turns a rewrite that is not a prefix of what was streamed into a [`Chunk::Replace`],
 //!   so a client always ends with the site's final text.
 
 use serde_json::Value;
+
+use crate::reply::Chunk;
 
 /// One `messageAdded` update: the current state of a chat message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,10 +104,8 @@ pub enum Outcome {
 /// What the client should be told after an update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyStep {
-    /// Append this text.
-    Delta(String),
-    /// Replace everything streamed so far with this text.
-    Replace(String),
+    /// The reply text changed.
+    Text(Chunk),
     /// The reply ended.
     Finished(Outcome),
 }
@@ -148,14 +148,10 @@ impl ReplyTracker {
             Some(id) if id != m.message_id => return Vec::new(),
             Some(_) => {}
         }
-        let mut steps = Vec::new();
-        if let Some(rest) = m.text.strip_prefix(self.streamed.as_str()) {
-            if !rest.is_empty() {
-                steps.push(ReplyStep::Delta(rest.to_owned()));
-            }
-        } else {
-            steps.push(ReplyStep::Replace(m.text.clone()));
-        }
+        let mut steps: Vec<ReplyStep> = Chunk::between(&self.streamed, &m.text)
+            .map(ReplyStep::Text)
+            .into_iter()
+            .collect();
         self.streamed.clone_from(&m.text);
         let outcome = match m.state.as_str() {
             "complete" => Some(Outcome::Complete(m.text.clone())),
@@ -290,9 +286,9 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                ReplyStep::Delta("Hel".into()),
-                ReplyStep::Delta("lo 🙂".into()),
-                ReplyStep::Delta("!".into()),
+                ReplyStep::Text(Chunk::Append("Hel".into())),
+                ReplyStep::Text(Chunk::Append("lo 🙂".into())),
+                ReplyStep::Text(Chunk::Append("!".into())),
                 ReplyStep::Finished(Outcome::Complete("Hello 🙂!".into())),
             ]
         );
@@ -313,9 +309,9 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                ReplyStep::Delta("Here is **bold".into()),
-                ReplyStep::Replace("Here is bold".into()),
-                ReplyStep::Delta(" text.".into()),
+                ReplyStep::Text(Chunk::Append("Here is **bold".into())),
+                ReplyStep::Text(Chunk::Replace("Here is bold".into())),
+                ReplyStep::Text(Chunk::Append(" text.".into())),
                 ReplyStep::Finished(Outcome::Complete("Here is bold text.".into())),
             ]
         );
@@ -323,8 +319,7 @@ mod tests {
         let mut client = String::new();
         for s in steps {
             match s {
-                ReplyStep::Delta(d) => client.push_str(&d),
-                ReplyStep::Replace(r) => client = r,
+                ReplyStep::Text(c) => c.apply(&mut client),
                 ReplyStep::Finished(_) => {}
             }
         }
@@ -347,8 +342,8 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                ReplyStep::Delta("A".into()),
-                ReplyStep::Delta("B".into()),
+                ReplyStep::Text(Chunk::Append("A".into())),
+                ReplyStep::Text(Chunk::Append("B".into())),
                 ReplyStep::Finished(Outcome::Complete("AB".into())),
             ]
         );
