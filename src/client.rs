@@ -99,11 +99,13 @@ impl Reply {
                     kind,
                     message,
                     state,
+                    sent,
                 } => {
                     return Err(ClientError::Request(Error {
                         kind,
                         message,
                         state,
+                        sent,
                     }))
                 }
                 e if e.is_final() => return Ok(e),
@@ -245,7 +247,7 @@ impl Client {
     pub async fn import_cookies(
         &self,
         cookies: Vec<crate::cookies::Cookie>,
-    ) -> Result<(usize, String), ClientError> {
+    ) -> Result<(usize, crate::protocol::AccountState), ClientError> {
         match self
             .send(Request::ImportCookies { cookies })
             .await?

@@ -94,6 +94,10 @@ pub struct Error {
     pub message: String,
     /// For `site_error`: the state the site reported (e.g. `error_user_message_too_long`).
     pub state: Option<String>,
+    /// Whether the site may have taken the prompt: `Some(true)` once the send was pressed
+    /// (a retry could make the site answer twice), `Some(false)` when it certainly did not
+    /// (never sent, or refused), `None` when not a completion or not known.
+    pub sent: Option<bool>,
 }
 
 impl Error {
@@ -102,7 +106,14 @@ impl Error {
             kind,
             message: message.into(),
             state: None,
+            sent: None,
         }
+    }
+
+    /// Records whether the site may have taken the prompt (see [`Error::sent`]).
+    pub fn sent(mut self, sent: bool) -> Self {
+        self.sent = Some(sent);
+        self
     }
 
     pub fn with_state(mut self, state: impl Into<String>) -> Self {

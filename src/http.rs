@@ -385,7 +385,7 @@ async fn get_model(
 async fn health(State(state): State<Arc<HttpState>>) -> Response {
     let s = state.engine.status();
     let browser_ok = s.browser.state == "up";
-    let account_ok = s.account.state == "signed_in";
+    let account_ok = s.account.state == crate::protocol::AccountState::SignedIn;
     let not_ready: Vec<&str> = [
         (!browser_ok).then_some("browser"),
         (!account_ok).then_some("account"),

@@ -1,6 +1,11 @@
-//! Counters and histograms for `GET /metrics` (Prometheus text format), kept by the engine.
+//! Counters and histograms for `GET /metrics` (Prometheus text format), kept by the engine,
+//! and the rendering of the whole metrics page from them and the daemon's `status`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use crate::protocol::{AccountState, Status, Timings};
 
 /// Upper bounds of the histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -50,6 +55,113 @@ pub fn render_value(
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
     );
+}
+
+/// Request outcomes and latency histograms.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: Mutex<StatsInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    /// Finished requests by outcome: `ok` or an error kind.
+    outcomes: BTreeMap<String, u64>,
+    first_token: Histogram,
+    duration: Histogram,
+}
+
+impl Stats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a finished request with this outcome.
+    pub fn count(&self, outcome: &str) {
+        *self.lock().outcomes.entry(outcome.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a successful request and its timings.
+    pub fn completed(&self, t: &Timings) {
+        let mut s = self.lock();
+        *s.outcomes.entry("ok".into()).or_default() += 1;
+        if let Some(ms) = t.first_token_ms {
+            s.first_token.observe(ms as f64 / 1000.0);
+        }
+        s.duration.observe(t.total_ms as f64 / 1000.0);
+    }
+
+    pub fn outcomes(&self) -> BTreeMap<String, u64> {
+        self.lock().outcomes.clone()
+    }
+
+    /// The Prometheus text for `GET /metrics`.
+    pub fn render(&self, status: &Status, in_flight: usize) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP poed_requests_total Finished completion requests by outcome (ok or an error kind).\n# TYPE poed_requests_total counter\n");
+        for (outcome, n) in &status.requests {
+            let _ = writeln!(out, "poed_requests_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let values: [(&str, &str, &str, u64); 7] = [
+            (
+                "poed_requests_in_flight",
+                "gauge",
+                "Completion requests running or queued.",
+                in_flight as u64,
+            ),
+            (
+                "poed_requests_queued",
+                "gauge",
+                "Requests waiting for a tab.",
+                status.pool.queued as u64,
+            ),
+            (
+                "poed_tabs",
+                "gauge",
+                "Tabs in the pool.",
+                status.pool.tabs as u64,
+            ),
+            (
+                "poed_tabs_idle",
+                "gauge",
+                "Idle tabs.",
+                status.pool.idle as u64,
+            ),
+            (
+                "poed_browser_up",
+                "gauge",
+                "1 when the browser is up.",
+                u64::from(status.browser.state == "up"),
+            ),
+            (
+                "poed_browser_restarts_total",
+                "counter",
+                "Browser relaunches after a crash.",
+                u64::from(status.browser.restarts),
+            ),
+            (
+                "poed_signed_in",
+                "gauge",
+                "1 when the profile is known to be signed in.",
+                u64::from(status.account.state == AccountState::SignedIn),
+            ),
+        ];
+        for (name, kind, help, value) in values {
+            render_value(&mut out, name, kind, help, value);
+        }
+        let s = self.lock();
+        s.first_token.render(
+            &mut out,
+            "poed_time_to_first_token_seconds",
+            "Time from request to the first text of the reply.",
+        );
+        s.duration.render(
+            &mut out,
+            "poed_request_duration_seconds",
+            "Time from request to the complete reply.",
+        );
+        out
+    }
 }
 
 #[cfg(test)]

@@ -226,11 +226,39 @@ pub struct PoolStatus {
     pub queue_capacity: usize,
 }
 
+/// Whether the browser profile is signed in to the site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountState {
+    SignedIn,
+    SignedOut,
+    /// Nothing has been seen yet (or a newer daemon's state this reader does not know).
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl AccountState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountState::SignedIn => "signed_in",
+            AccountState::SignedOut => "signed_out",
+            AccountState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for AccountState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The account part of `status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountStatus {
     /// `signed_in`, `signed_out` or `unknown` (nothing has been seen yet).
-    pub state: String,
+    pub state: AccountState,
     /// Bots whose daily limit the site showed, and when (until a reply from them succeeds).
     #[serde(default)]
     pub daily_limits: Vec<DailyLimit>,
@@ -278,6 +306,9 @@ pub enum Event {
     Queued { position: usize },
     /// A tab took the request; the prompt is being sent.
     Started { model: String, bot: String },
+    /// The prompt was handed to the site (the send was pressed): from now on a cancel
+    /// stops the reply instead of keeping the prompt from the site.
+    Sent,
     /// Text to append to what the request received so far.
     Delta { text: String },
     /// The site rewrote text it had already sent: `text` replaces everything received so far.
@@ -296,7 +327,14 @@ pub enum Event {
         /// For `site_error`: the state the site reported.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         state: Option<String>,
+        /// For `complete`: `true` when the site may have taken the prompt (a retry could make
+        /// it answer twice), `false` when it certainly did not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sent: Option<bool>,
     },
+    /// Sent on a connection while requests run, so that a client that went away is noticed.
+    /// Carries no id; readers ignore it.
+    Keepalive,
     /// Answer to `models`.
     Models {
         default: String,
@@ -307,11 +345,11 @@ pub enum Event {
     /// Answer to `cancel`: the target is being cancelled (it ends with a `cancelled` error).
     Ok,
     /// Answer to `import_cookies`: how many were stored and the account state after.
-    CookiesImported { count: usize, account: String },
+    CookiesImported { count: usize, account: AccountState },
     /// `login`: the sign-in page is open at `url` in a visible window; waiting for the user.
     LoginStarted { url: String },
     /// `login` finished: the account state after it.
-    LoggedIn { account: String },
+    LoggedIn { account: AccountState },
 }
 
 impl From<crate::reply::Chunk> for Event {
@@ -334,6 +372,8 @@ impl Event {
                 | Event::Delta { .. }
                 | Event::Replace { .. }
                 | Event::LoginStarted { .. }
+                | Event::Keepalive
+                | Event::Sent
         )
     }
 
@@ -342,6 +382,7 @@ impl Event {
             kind: err.kind,
             message: err.message.clone(),
             state: err.state.clone(),
+            sent: err.sent,
         }
     }
 }
@@ -525,10 +566,25 @@ mod tests {
                         kind: ErrorKind::SiteError,
                         message: "m".into(),
                         state: Some("error_user_message_too_long".into()),
+                        sent: Some(true),
                     },
                 },
                 json!({"id":4,"event":"error","kind":"site_error","message":"m",
-                       "state":"error_user_message_too_long"}),
+                       "state":"error_user_message_too_long","sent":true}),
+            ),
+            (
+                EventLine {
+                    id: Some(6.into()),
+                    event: Event::Sent,
+                },
+                json!({"id":6,"event":"sent"}),
+            ),
+            (
+                EventLine {
+                    id: None,
+                    event: Event::Keepalive,
+                },
+                json!({"event":"keepalive"}),
             ),
             (
                 EventLine {

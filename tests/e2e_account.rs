@@ -22,7 +22,10 @@ async fn cookie_import_signs_the_profile_in_and_the_account_state_is_honest() {
     assert!(out.stderr.contains("not_logged_in"), "{}", out.stderr);
     let client = daemon.client().await;
     let status = client.status().await.expect("status");
-    assert_eq!(status.account.state, "signed_out");
+    assert_eq!(
+        status.account.state,
+        poed::protocol::AccountState::SignedOut
+    );
     let health = format!("http://{}/health", status.http.expect("http"));
     let curl = |url: &str| {
         let mut c = tokio::process::Command::new("curl");
@@ -91,7 +94,7 @@ async fn cookie_import_signs_the_profile_in_and_the_account_state_is_honest() {
         out.stderr
     );
     let status = client.status().await.expect("status");
-    assert_eq!(status.account.state, "signed_in");
+    assert_eq!(status.account.state, poed::protocol::AccountState::SignedIn);
     assert_eq!(status.account.daily_limits.len(), 1);
     assert_eq!(status.account.daily_limits[0].bot, "GPT-4");
     assert!(status.account.daily_limits[0].seen_at > 0);

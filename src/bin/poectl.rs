@@ -153,7 +153,7 @@ async fn main() -> ExitCode {
         Command::Cookies { .. } => match client.import_cookies(cookies.unwrap_or_default()).await {
             Ok((count, account)) => {
                 println!("imported {count} cookies; account: {account}");
-                if account == "signed_in" {
+                if account == poed::protocol::AccountState::SignedIn {
                     ExitCode::from(exit::OK)
                 } else {
                     eprintln!("poectl: the site does not accept these cookies as signed in; export them again while signed in to Poe");

@@ -196,3 +196,41 @@ pub async fn wait_for_text(
     let value = eval(page, expr, timeout + Duration::from_secs(5)).await?;
     Ok(value.as_str().map(str::to_owned))
 }
+
+/// The DevTools form of cookies read from a browser export.
+pub fn cookie_params(
+    cookies: Vec<crate::cookies::Cookie>,
+) -> Vec<chromiumoxide::cdp::browser_protocol::network::CookieParam> {
+    use chromiumoxide::cdp::browser_protocol::network::{
+        CookieParam, CookieSameSite, TimeSinceEpoch,
+    };
+    cookies
+        .into_iter()
+        .map(|c| {
+            let mut p = CookieParam::new(c.name, c.value);
+            p.domain = Some(c.domain);
+            p.path = Some(c.path);
+            p.secure = Some(c.secure);
+            p.http_only = Some(c.http_only);
+            p.expires = c.expires.map(TimeSinceEpoch::new);
+            p.same_site = match c.same_site.as_deref() {
+                Some("Strict") => Some(CookieSameSite::Strict),
+                Some("Lax") => Some(CookieSameSite::Lax),
+                Some("None") => Some(CookieSameSite::None),
+                _ => None,
+            };
+            p
+        })
+        .collect()
+}
+
+/// Whether the page's cookies include a non-empty one named `name`.
+pub async fn has_cookie(page: &Page, name: &str, limit: Duration) -> Result<bool, CdpFailure> {
+    let cookies = tokio::time::timeout(limit, page.get_cookies())
+        .await
+        .map_err(|_| CdpFailure::Timeout(limit))?
+        .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    Ok(cookies
+        .iter()
+        .any(|c| c.name == name && !c.value.is_empty()))
+}

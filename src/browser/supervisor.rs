@@ -41,6 +41,8 @@ enum Command {
     /// Close the browser and launch it again on the same profile, headless or with a window.
     Relaunch(bool, oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
+    /// A round trip through the supervisor to the browser (`Browser.getVersion`).
+    Ping(oneshot::Sender<Result<(), String>>),
 }
 
 /// One browser process (or attachment), from launch to death.
@@ -106,6 +108,17 @@ impl BrowserHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Relaunch(headless, tx))
+            .await
+            .map_err(|_| "the browser supervisor has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the browser supervisor has stopped".to_string())?
+    }
+
+    /// A round trip through the supervisor to the browser and back: proves both answer.
+    pub async fn ping(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Ping(tx))
             .await
             .map_err(|_| "the browser supervisor has stopped".to_string())?;
         rx.await
@@ -302,6 +315,7 @@ async fn supervise(
                         Some(Command::NewPage(reply)) => { let _ = reply.send(Err("the browser is restarting".into())); }
                         Some(Command::SetCookies(_, reply)) => { let _ = reply.send(Err("the browser is restarting; try again shortly".into())); }
                         Some(Command::Relaunch(_, reply)) => { let _ = reply.send(Err("the browser is restarting; try again shortly".into())); }
+                        Some(Command::Ping(reply)) => { let _ = reply.send(Err("the browser is restarting".into())); }
                         Some(Command::Shutdown(done)) => { lock(&status).state = "stopped".into(); let _ = done.send(()); return; }
                         None => return,
                     },
@@ -454,6 +468,14 @@ async fn serve(
                     } else {
                         return Ended::Relaunch(headless, reply);
                     }
+                }
+                Some(Command::Ping(reply)) => {
+                    let answered = tokio::time::timeout(HEALTH_TIMEOUT, inst.browser.execute(GetVersionParams::default())).await;
+                    let _ = reply.send(match answered {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(format!("the browser failed a health check: {e}")),
+                        Err(_) => Err(format!("the browser did not answer within {HEALTH_TIMEOUT:?}")),
+                    });
                 }
                 Some(Command::Shutdown(done)) => return Ended::Shutdown(Some(done)),
                 None => return Ended::Shutdown(None),

@@ -2,11 +2,12 @@
 //!
 //! The pump is registered on `about:blank`, before the tab ever navigates (chromiumoxide
 //! only delivers events that arrive after registration), and lives as long as the tab. It
-//! reads `Network.webSocketCreated/FrameReceived/Closed` for this tab only, keeps frames of
-//! the update socket (URL filter from config) and drops other sockets' frames, parses them
-//! with the site's frame parser, and hands the updates to the request currently
-//! subscribed. With no subscriber, frames are dropped unparsed, so an idle tab's memory
-//! does not grow with the site's chatter.
+//! reads `Network.webSocketCreated/FrameReceived/Closed` for this tab only, keeps the text
+//! of frames of the update socket (URL filter from config), drops other sockets' frames, and
+//! hands them raw to the request currently subscribed: the browser layer knows nothing of
+//! the site, the site adapter parses. With no subscriber, frames are dropped, so an idle
+//! tab's memory does not grow with the site's chatter. It also follows the main frame's URL
+//! (navigations, in-page moves) for whoever watches it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,21 +20,23 @@ use chromiumoxide::cdp::browser_protocol::inspector::{
 use chromiumoxide::cdp::browser_protocol::network::{
     EventWebSocketClosed, EventWebSocketCreated, EventWebSocketFrameReceived,
 };
+use chromiumoxide::cdp::browser_protocol::page::{
+    EventFrameNavigated, EventNavigatedWithinDocument,
+};
 use chromiumoxide::Page;
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use crate::browser::supervisor::BrowserHandle;
-use crate::site::poe::frames::{parse_frame, Update};
 
 /// What the pump tells the subscribed request.
 #[derive(Debug)]
 pub enum TabSignal {
-    /// Updates parsed from one frame of the update socket, in order.
-    Updates(Vec<Update>),
+    /// The text of one frame of the update socket.
+    Frame(String),
     /// The update socket closed.
     SocketClosed,
     /// The tab's page crashed, or its event streams ended (the tab or the browser is gone).
@@ -90,6 +93,9 @@ pub struct Tab {
     pub browser_gone: CancellationToken,
     relay: Arc<Relay>,
     pump: JoinHandle<()>,
+    /// The main frame's URL, updated on every navigation and in-page move.
+    url: watch::Receiver<String>,
+    closed: bool,
 }
 
 enum Raw {
@@ -98,6 +104,8 @@ enum Raw {
     Closed(Arc<EventWebSocketClosed>),
     /// The tab's renderer crashed.
     Crashed,
+    /// The main frame (or an in-page move) is now at this URL.
+    Url(String),
 }
 
 impl Tab {
@@ -128,6 +136,14 @@ impl Tab {
             .event_listener::<EventTargetCrashed>()
             .await
             .map_err(listen)?;
+        let navigated = page
+            .event_listener::<EventFrameNavigated>()
+            .await
+            .map_err(listen)?;
+        let moved = page
+            .event_listener::<EventNavigatedWithinDocument>()
+            .await
+            .map_err(listen)?;
         page.execute(InspectorEnableParams::default())
             .await
             .map_err(listen)?;
@@ -136,10 +152,25 @@ impl Tab {
             frames.map(Raw::Frame).boxed(),
             closed.map(Raw::Closed).boxed(),
             crashed.map(|_| Raw::Crashed).boxed(),
+            navigated
+                .filter_map(|e| {
+                    // Only the main frame's navigations move the tab.
+                    let url = (e.frame.parent_id.is_none()).then(|| e.frame.url.clone());
+                    std::future::ready(url.map(Raw::Url))
+                })
+                .boxed(),
+            moved.map(|e| Raw::Url(e.url.clone())).boxed(),
         ])
         .boxed();
         let relay = Arc::new(Relay::default());
-        let pump = tokio::spawn(pump(id, merged, relay.clone(), update_socket_contains));
+        let (url_tx, url) = watch::channel(String::from("about:blank"));
+        let pump = tokio::spawn(pump(
+            id,
+            merged,
+            relay.clone(),
+            update_socket_contains,
+            url_tx,
+        ));
         Ok(Tab {
             id,
             page,
@@ -147,7 +178,19 @@ impl Tab {
             browser_gone,
             relay,
             pump,
+            url,
+            closed: false,
         })
+    }
+
+    /// The main frame's current URL.
+    pub fn url(&self) -> String {
+        self.url.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the main frame's URL.
+    pub fn watch_url(&self) -> watch::Receiver<String> {
+        self.url.clone()
     }
 
     /// Starts receiving this tab's updates (replacing any earlier subscriber).
@@ -173,15 +216,28 @@ impl Tab {
     }
 
     /// Closes the tab in the browser.
-    pub async fn close(self) {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.page.clone().close())
-            .await;
+    pub async fn close(mut self) {
+        self.closed = true;
+        let _ = tokio::time::timeout(CLOSE_LIMIT, self.page.clone().close()).await;
     }
 }
 
+/// How long closing a tab may take.
+const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Drop for Tab {
+    /// A tab dropped on any path is closed in the browser (in the background).
     fn drop(&mut self) {
         self.pump.abort();
+        if self.closed || self.browser_gone.is_cancelled() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let page = self.page.clone();
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_LIMIT, page.close()).await;
+            });
+        }
     }
 }
 
@@ -190,6 +246,7 @@ async fn pump(
     mut events: BoxStream<'static, Raw>,
     relay: Arc<Relay>,
     update_socket_contains: String,
+    url: watch::Sender<String>,
 ) {
     // request id -> whether that socket is the update socket
     let mut sockets: HashMap<String, bool> = HashMap::new();
@@ -210,6 +267,9 @@ async fn pump(
                 tracing::warn!(tab, "the tab's page crashed");
                 break;
             }
+            Raw::Url(u) => {
+                url.send_replace(u);
+            }
             Raw::Frame(f) => {
                 // A socket whose creation we did not see is parsed anyway: non-updates are
                 // ignored by the parser, so this only costs time.
@@ -228,12 +288,9 @@ async fn pump(
                         Err(_) => continue,
                     }
                 };
-                let updates = parse_frame(&text);
                 relay.frames.fetch_add(1, Ordering::Relaxed);
-                trace!(tab, updates = updates.len(), "frame");
-                if !updates.is_empty() {
-                    relay.send(TabSignal::Updates(updates));
-                }
+                trace!(tab, bytes = text.len(), "frame");
+                relay.send(TabSignal::Frame(text.into_owned()));
             }
         }
     }

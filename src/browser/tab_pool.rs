@@ -1,31 +1,36 @@
-//! The tab pool: lends tabs to requests, one request per tab at a time.
+//! The tab pool: lends tabs to requests, one request per tab at a time, and never loses one.
 //!
 //! A request takes an idle tab at once (preferring one already warm for its bot), or waits
 //! in a bounded FIFO queue; past the queue's capacity it gets `busy` immediately, never a
-//! hang. A returned tab goes to the oldest waiter still waiting; a waiter that gave up
-//! (cancelled, disconnected) has dropped its receiver and is skipped. The same chat can
-//! never receive a second prompt while a reply streams, because a tab is only ever lent to
-//! one request.
+//! hang. Every tab out of the idle set is held by a [`Lease`]: releasing the lease hands the
+//! tab to the oldest waiter still waiting, or back to the idle set; dropping it any other way
+//! (an error path, a panic, a dead tab) retires the tab, and the pool counts it as missing so
+//! the warm-pool keeper opens a new one ([`TabPool::missing`], [`TabPool::lost`]). A waiter
+//! that leaves the queue at the very moment a tab is handed to it passes the tab on, so the
+//! hand-over cannot drop it. The same chat never receives a second prompt while a reply
+//! streams, because a tab is only ever lent to one request.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::browser::tab::Tab;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::PoolStatus;
 
 /// What the pool lends: a [`Tab`] in the daemon, anything in unit tests.
-pub trait Lendable: Send + 'static {
+pub trait Lendable: Send + Sized + 'static {
     /// The bot whose fresh chat is ready in this item, if any.
     fn warm_for(&self) -> Option<&str>;
-    /// False once the item can never serve again (its browser died).
+    /// False once the item can never serve again (its page or browser died).
     fn usable(&self) -> bool {
         true
     }
     /// Forgets that the item is warm (its page no longer reflects the session).
     fn cool(&mut self);
+    /// Disposes of an item the pool gives up on (closes the tab in the browser).
+    fn discard(self) {}
 }
 
 impl Lendable for Tab {
@@ -38,133 +43,268 @@ impl Lendable for Tab {
     fn cool(&mut self) {
         self.warm_for = None;
     }
+    // A dropped tab closes itself in the browser (see `Tab`'s `Drop`).
 }
 
-struct Waiter<T> {
-    tx: oneshot::Sender<T>,
-}
-
-struct PoolState<T> {
+struct PoolState<T: Lendable> {
     idle: Vec<T>,
-    waiters: VecDeque<Waiter<T>>,
-    /// Tabs that exist (idle, lent, or being prepared).
+    waiters: VecDeque<oneshot::Sender<Lease<T>>>,
+    /// Tabs that exist: idle or leased.
     tabs: usize,
     closed: bool,
 }
 
-impl<T> Default for PoolState<T> {
-    fn default() -> Self {
-        PoolState {
-            idle: Vec::new(),
-            waiters: VecDeque::new(),
-            tabs: 0,
-            closed: false,
+/// A tab out of the idle set. Release it with [`Lease::release`]; dropping it retires the tab.
+pub struct Lease<T: Lendable = Tab> {
+    item: Option<T>,
+    pool: Arc<TabPool<T>>,
+}
+
+impl<T: Lendable> Lease<T> {
+    /// Returns the tab for the next request (the oldest waiter, else the idle set).
+    pub fn release(mut self) {
+        if let Some(item) = self.item.take() {
+            self.pool.put_back(item);
+        }
+    }
+
+    /// Gives up on the tab (it died or hangs): it is discarded and counted as missing.
+    pub fn retire(self) {
+        drop(self);
+    }
+
+    /// Swaps the leased tab for another one (a replacement for a crashed tab); the old one
+    /// is returned for closing.
+    pub fn replace(&mut self, new: T) -> Option<T> {
+        self.item.replace(new)
+    }
+}
+
+impl<T: Lendable> std::ops::Deref for Lease<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // A lease holds its item until it is released or dropped.
+        self.item
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a lease always holds its item"))
+    }
+}
+
+impl<T: Lendable> std::ops::DerefMut for Lease<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.item
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a lease always holds its item"))
+    }
+}
+
+impl<T: Lendable> Drop for Lease<T> {
+    fn drop(&mut self) {
+        if let Some(item) = self.item.take() {
+            self.pool.forget(1);
+            item.discard();
         }
     }
 }
 
-/// A place in the queue.
-pub struct QueueTicket<T = Tab> {
+/// A place in the queue. Dropping it leaves the queue; a tab handed over meanwhile goes on
+/// to the next waiter.
+pub struct QueueTicket<T: Lendable = Tab> {
     /// 1 = next in line, at the time of queueing.
     pub position: usize,
-    rx: oneshot::Receiver<T>,
+    rx: Option<oneshot::Receiver<Lease<T>>>,
 }
 
-impl<T> QueueTicket<T> {
-    /// Waits for a tab. Dropping the ticket leaves the queue.
-    pub async fn wait(self) -> Result<T, Error> {
-        self.rx.await.map_err(|_| {
-            Error::new(
-                ErrorKind::ShuttingDown,
-                "poed is shutting down; retry when it is back",
-            )
-        })
+impl<T: Lendable> QueueTicket<T> {
+    /// Waits for a tab.
+    pub async fn wait(mut self) -> Result<Lease<T>, Error> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(shutting_down());
+        };
+        let got = rx.await.map_err(|_| shutting_down());
+        self.rx = None;
+        got
     }
+}
+
+impl<T: Lendable> Drop for QueueTicket<T> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            // A tab sent just before the close is still in the channel: pass it on.
+            if let Ok(lease) = rx.try_recv() {
+                lease.release();
+            }
+        }
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::new(
+        ErrorKind::ShuttingDown,
+        "poed is shutting down; retry when it is back",
+    )
 }
 
 /// Result of [`TabPool::acquire`].
-pub enum Acquired<T = Tab> {
-    Now(T),
+pub enum Acquired<T: Lendable = Tab> {
+    Now(Lease<T>),
     Queued(QueueTicket<T>),
 }
 
-pub struct TabPool<T = Tab> {
+pub struct TabPool<T: Lendable = Tab> {
     state: Mutex<PoolState<T>>,
     queue_capacity: usize,
+    /// How many tabs the pool should have.
+    target: usize,
+    /// Woken whenever a tab is retired, so the keeper can replace it.
+    lost: Notify,
 }
 
 impl<T: Lendable> TabPool<T> {
-    pub fn new(queue_capacity: usize) -> Self {
-        TabPool {
-            state: Mutex::new(PoolState::default()),
+    pub fn new(target: usize, queue_capacity: usize) -> Arc<Self> {
+        Arc::new(TabPool {
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                waiters: VecDeque::new(),
+                tabs: 0,
+                closed: false,
+            }),
             queue_capacity,
-        }
+            target,
+            lost: Notify::new(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState<T>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a new tab that will arrive through [`TabPool::release`] once prepared.
-    pub fn register_tab(&self) {
+    /// Counts a new tab and lends it to its opener (to prepare it, then release it).
+    pub fn adopt(self: &Arc<Self>, item: T) -> Lease<T> {
         self.lock().tabs += 1;
+        Lease {
+            item: Some(item),
+            pool: self.clone(),
+        }
     }
 
-    /// Forgets a tab that died while lent out.
-    pub fn unregister_tab(&self) {
-        let mut s = self.lock();
-        s.tabs = s.tabs.saturating_sub(1);
+    /// How many tabs are missing from the configured size.
+    pub fn missing(&self) -> usize {
+        let s = self.lock();
+        if s.closed {
+            return 0;
+        }
+        self.target.saturating_sub(s.tabs)
+    }
+
+    /// Resolves when a tab was retired since the last call (or is already missing).
+    pub async fn lost(&self) {
+        self.lost.notified().await;
+    }
+
+    fn forget(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        {
+            let mut s = self.lock();
+            s.tabs = s.tabs.saturating_sub(n);
+        }
+        self.lost.notify_one();
+    }
+
+    /// Takes dead items out of the idle set; returns them for disposal.
+    fn take_dead(s: &mut PoolState<T>) -> Vec<T> {
+        let (alive, dead): (Vec<T>, Vec<T>) = s.idle.drain(..).partition(|t| t.usable());
+        s.idle = alive;
+        s.tabs = s.tabs.saturating_sub(dead.len());
+        dead
+    }
+
+    fn dispose(&self, dead: Vec<T>) {
+        if dead.is_empty() {
+            return;
+        }
+        for item in dead {
+            item.discard();
+        }
+        self.lost.notify_one();
     }
 
     /// Takes an idle tab (one warm for `bot` if possible) or a place in the queue.
-    pub fn acquire(&self, bot: &str) -> Result<Acquired<T>, Error> {
+    pub fn acquire(self: &Arc<Self>, bot: &str) -> Result<Acquired<T>, Error> {
         let mut s = self.lock();
         if s.closed {
-            return Err(Error::new(
-                ErrorKind::ShuttingDown,
-                "poed is shutting down; retry when it is back",
-            ));
+            return Err(shutting_down());
         }
-        let before = s.idle.len();
-        s.idle.retain(|t| t.usable());
-        let dead = before - s.idle.len();
-        s.tabs = s.tabs.saturating_sub(dead);
-        if !s.idle.is_empty() {
+        let dead = Self::take_dead(&mut s);
+        let result = if !s.idle.is_empty() {
             let i = s
                 .idle
                 .iter()
                 .position(|t| t.warm_for() == Some(bot))
                 .or_else(|| s.idle.iter().position(|t| t.warm_for().is_none()))
                 .unwrap_or(s.idle.len() - 1);
-            return Ok(Acquired::Now(s.idle.swap_remove(i)));
+            let item = s.idle.swap_remove(i);
+            Ok(Acquired::Now(Lease {
+                item: Some(item),
+                pool: self.clone(),
+            }))
+        } else {
+            s.waiters.retain(|w| !w.is_closed());
+            if s.waiters.len() >= self.queue_capacity {
+                Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "all {} tabs are busy and the queue of {} is full; retry shortly, or raise pool.queue in the config",
+                        s.tabs, self.queue_capacity
+                    ),
+                ))
+            } else {
+                let (tx, rx) = oneshot::channel();
+                s.waiters.push_back(tx);
+                Ok(Acquired::Queued(QueueTicket {
+                    position: s.waiters.len(),
+                    rx: Some(rx),
+                }))
+            }
+        };
+        drop(s);
+        self.dispose(dead);
+        result
+    }
+
+    /// A released item: to the oldest live waiter, else to the idle set.
+    fn put_back(self: &Arc<Self>, item: T) {
+        let mut s = self.lock();
+        if s.closed || !item.usable() {
+            s.tabs = s.tabs.saturating_sub(1);
+            drop(s);
+            self.dispose(vec![item]);
+            return;
         }
-        s.waiters.retain(|w| !w.tx.is_closed());
-        if s.waiters.len() >= self.queue_capacity {
-            return Err(Error::new(
-                ErrorKind::Busy,
-                format!(
-                    "all {} tabs are busy and the queue of {} is full; retry shortly, or raise pool.queue in the config",
-                    s.tabs,
-                    self.queue_capacity
-                ),
-            ));
+        let mut lease = Lease {
+            item: Some(item),
+            pool: self.clone(),
+        };
+        while let Some(w) = s.waiters.pop_front() {
+            match w.send(lease) {
+                Ok(()) => return,
+                Err(back) => lease = back,
+            }
         }
-        let (tx, rx) = oneshot::channel();
-        s.waiters.push_back(Waiter { tx });
-        Ok(Acquired::Queued(QueueTicket {
-            position: s.waiters.len(),
-            rx,
-        }))
+        if let Some(item) = lease.item.take() {
+            s.idle.push(item);
+        }
     }
 
     /// Drops idle items that can never serve again; returns how many.
     pub fn purge(&self) -> usize {
-        let mut s = self.lock();
-        let before = s.idle.len();
-        s.idle.retain(|t| t.usable());
-        let dead = before - s.idle.len();
-        s.tabs = s.tabs.saturating_sub(dead);
-        dead
+        let dead = Self::take_dead(&mut self.lock());
+        let n = dead.len();
+        self.dispose(dead);
+        n
     }
 
     /// Marks every idle item cold, e.g. after the session cookies changed.
@@ -174,29 +314,14 @@ impl<T: Lendable> TabPool<T> {
         }
     }
 
-    /// Returns a ready tab: to the oldest live waiter, else to the idle set.
-    pub fn release(&self, mut tab: T) {
-        let mut s = self.lock();
-        if s.closed {
-            drop(s);
-            drop(tab);
-            return;
-        }
-        while let Some(w) = s.waiters.pop_front() {
-            match w.tx.send(tab) {
-                Ok(()) => return,
-                Err(back) => tab = back,
-            }
-        }
-        s.idle.push(tab);
-    }
-
     /// Stops lending: waiters get `shutting_down`; returns the idle tabs for closing.
     pub fn close(&self) -> Vec<T> {
         let mut s = self.lock();
         s.closed = true;
         s.waiters.clear();
-        std::mem::take(&mut s.idle)
+        let idle = std::mem::take(&mut s.idle);
+        s.tabs = s.tabs.saturating_sub(idle.len());
+        idle
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -206,7 +331,7 @@ impl<T: Lendable> TabPool<T> {
             idle: s.idle.len(),
             busy: s.tabs.saturating_sub(s.idle.len()),
             warm: s.idle.iter().filter(|t| t.warm_for().is_some()).count(),
-            queued: s.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
+            queued: s.waiters.iter().filter(|w| !w.is_closed()).count(),
             queue_capacity: self.queue_capacity,
         }
     }
@@ -229,16 +354,15 @@ mod tests {
         }
     }
 
-    fn pool(capacity: usize, items: Vec<Fake>) -> TabPool<Fake> {
-        let p = TabPool::new(capacity);
+    fn pool(capacity: usize, items: Vec<Fake>) -> Arc<TabPool<Fake>> {
+        let p = TabPool::new(items.len(), capacity);
         for item in items {
-            p.register_tab();
-            p.release(item);
+            p.adopt(item).release();
         }
         p
     }
 
-    fn now(a: Acquired<Fake>) -> Fake {
+    fn now(a: Acquired<Fake>) -> Lease<Fake> {
         match a {
             Acquired::Now(t) => t,
             Acquired::Queued(_) => panic!("expected a tab at once"),
@@ -248,7 +372,7 @@ mod tests {
     fn queued(a: Acquired<Fake>) -> QueueTicket<Fake> {
         match a {
             Acquired::Queued(q) => q,
-            Acquired::Now(t) => panic!("expected to queue, got {t:?}"),
+            Acquired::Now(t) => panic!("expected to queue, got {:?}", *t),
         }
     }
 
@@ -262,9 +386,10 @@ mod tests {
                 Fake("c", Some("X")),
             ],
         );
-        assert_eq!(now(p.acquire("GPT-4").expect("ok")).0, "a");
-        assert_eq!(now(p.acquire("Other").expect("ok")).0, "b");
-        assert_eq!(now(p.acquire("Other").expect("ok")).0, "c");
+        let a = now(p.acquire("GPT-4").expect("ok"));
+        let b = now(p.acquire("Other").expect("ok"));
+        let c = now(p.acquire("Other").expect("ok"));
+        assert_eq!((a.0, b.0, c.0), ("a", "b", "c"));
         assert_eq!(p.status().busy, 3);
     }
 
@@ -279,7 +404,7 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Busy);
         // The first waiter gives up; the tab goes to the second.
         drop(first);
-        p.release(tab);
+        tab.release();
         let got = tokio::time::timeout(Duration::from_secs(1), second.wait())
             .await
             .expect("in time")
@@ -289,16 +414,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_waiter_leaving_during_the_hand_over_passes_the_tab_on() {
+        let p = pool(4, vec![Fake("only", None)]);
+        let tab = now(p.acquire("b").expect("ok"));
+        let leaving = queued(p.acquire("b").expect("queued"));
+        let next = queued(p.acquire("b").expect("queued"));
+        // The tab is sent to `leaving`, which then gives up before reading it.
+        tab.release();
+        drop(leaving);
+        let got = tokio::time::timeout(Duration::from_secs(1), next.wait())
+            .await
+            .expect("in time")
+            .expect("tab");
+        assert_eq!(got.0, "only");
+        got.release();
+        // Nobody waits now: the same race puts the tab back in the idle set.
+        let tab = now(p.acquire("b").expect("ok"));
+        let leaving = queued(p.acquire("b").expect("queued"));
+        tab.release();
+        drop(leaving);
+        let s = p.status();
+        assert_eq!((s.tabs, s.idle), (1, 1), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_cancelled_while_waiting_passes_the_tab_on() {
+        let p = pool(4, vec![Fake("only", None)]);
+        let tab = now(p.acquire("b").expect("ok"));
+        let ticket = queued(p.acquire("b").expect("queued"));
+        // The wait future is dropped (a cancel) right after the tab was sent to it.
+        let waiting = tokio::spawn(ticket.wait());
+        tab.release();
+        waiting.abort();
+        let _ = waiting.await;
+        let s = p.status();
+        assert_eq!((s.tabs, s.idle + s.busy), (1, 1), "{s:?}");
+        assert!(p.acquire("b").is_ok_and(|a| matches!(a, Acquired::Now(_))));
+    }
+
+    #[tokio::test]
+    async fn dropped_leases_are_counted_missing_and_wake_the_keeper() {
+        let p = pool(4, vec![Fake("a", None), Fake("b", None)]);
+        assert_eq!(p.missing(), 0);
+        let a = now(p.acquire("x").expect("ok"));
+        // An error path (or a panic) drops the lease instead of releasing it.
+        drop(a);
+        assert_eq!(p.missing(), 1);
+        tokio::time::timeout(Duration::from_secs(1), p.lost())
+            .await
+            .expect("the keeper is woken");
+        p.adopt(Fake("c", None)).release();
+        assert_eq!(p.missing(), 0);
+        assert_eq!(p.status().idle, 2);
+    }
+
+    #[tokio::test]
     async fn close_fails_waiters_with_shutting_down() {
         let p = pool(4, vec![Fake("t", None)]);
         let _tab = now(p.acquire("b").expect("ok"));
         let waiting = queued(p.acquire("b").expect("queued"));
         assert!(p.close().is_empty());
-        let e = waiting.wait().await.expect_err("closed");
+        let Err(e) = waiting.wait().await else {
+            panic!("a closed pool lent a tab");
+        };
         assert_eq!(e.kind, ErrorKind::ShuttingDown);
         assert_eq!(
             p.acquire("b").err().map(|e| e.kind),
             Some(ErrorKind::ShuttingDown)
         );
+        assert_eq!(p.missing(), 0);
     }
 }

@@ -5,9 +5,12 @@
 //! in its own task, so one connection can carry several requests at once; every event names
 //! its request's `id`. All of a connection's output goes through one writer task with a
 //! bounded queue. Deltas never block the engine: when a client reads slowly the engine
-//! merges them (see [`Engine::submit`]), and a client that stops reading entirely is
-//! dropped, which cancels its requests. A client that disconnects
-//! likewise cancels its running requests (the site's stop button is clicked).
+//! merges them (see [`Engine::submit`]); a client that stops reading entirely (one write
+//! blocked for [`WRITE_LIMIT`]) is dropped, which cancels its requests. While requests run,
+//! a `keepalive` line goes out every [`KEEPALIVE`], so a client that went away is noticed
+//! within about a second even when its request writes nothing (`stream: false`, queued,
+//! sign-in): its requests are cancelled (before the send: the prompt never reaches the
+//! site; after: the site's stop button is clicked).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,8 +32,12 @@ use crate::protocol::{
 
 /// Lines queued for one connection's writer before deltas start to merge.
 const WRITE_QUEUE: usize = 64;
-/// How long an event may wait for a client that does not read before it is dropped.
-const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(30);
+/// How long one write may block on a client that does not read before it is dropped.
+pub const WRITE_LIMIT: Duration = Duration::from_secs(10);
+/// How long an event may wait for room in a connection's queue.
+const QUEUE_LIMIT: Duration = Duration::from_secs(30);
+/// How often a connection with running requests is probed with a `keepalive` line.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `shutdown`; connection tasks are tracked by `tasks`.
 /// `requests` is cancelled by the daemon when running requests must end.
@@ -104,7 +111,17 @@ impl Connection {
             return;
         }
         let inflight: InFlight = Arc::default();
+        let reading = CancellationToken::new();
+        tokio::spawn(keepalive(
+            tx.clone(),
+            inflight.clone(),
+            self.cancel.clone(),
+            reading.clone(),
+        ));
         self.read_loop(&stream, &tx, &inflight).await;
+        // Requests may still run after the client stopped sending: the keepalive goes on
+        // probing until they are done, then lets the writer end.
+        reading.cancel();
         drop(tx);
         // The writer ends once every request task has dropped its sender.
         let _ = writer.await;
@@ -187,58 +204,54 @@ impl Connection {
                 let _ = tx.send(line(Some(id), event)).await;
             }
             Request::ImportCookies { cookies } => {
+                let Some(token) = self.register(&id, tx, inflight).await else {
+                    return;
+                };
                 let engine = self.engine.clone();
-                let tx = tx.clone();
-                self.tasks.spawn(async move {
-                    let event = match engine.import_cookies(cookies).await {
+                let task = SessionTask {
+                    id,
+                    tx: tx.clone(),
+                    inflight: inflight.clone(),
+                };
+                self.tasks.spawn(task.run(async move {
+                    match engine.import_cookies(cookies, &token).await {
                         Ok((count, account)) => Event::CookiesImported { count, account },
                         Err(e) => Event::error(&e),
-                    };
-                    let _ = tx.send(line(Some(id), event)).await;
-                });
+                    }
+                }));
             }
             Request::Login { timeout_secs } => {
+                let Some(token) = self.register(&id, tx, inflight).await else {
+                    return;
+                };
                 let engine = self.engine.clone();
-                let tx = tx.clone();
-                self.tasks.spawn(async move {
-                    let limit = std::time::Duration::from_secs_f64(
-                        timeout_secs.unwrap_or(600.0).clamp(1.0, 86_400.0),
-                    );
-                    let started_tx = tx.clone();
-                    let started_id = id.clone();
-                    let event = match engine
-                        .login(limit, move |url| {
-                            let _ = started_tx
-                                .try_send(line(Some(started_id), Event::LoginStarted { url }));
-                        })
-                        .await
-                    {
+                let started_tx = tx.clone();
+                let started_id = id.clone();
+                let task = SessionTask {
+                    id,
+                    tx: tx.clone(),
+                    inflight: inflight.clone(),
+                };
+                self.tasks.spawn(task.run(async move {
+                    let secs = timeout_secs
+                        .filter(|s| s.is_finite())
+                        .unwrap_or(600.0)
+                        .clamp(1.0, 86_400.0);
+                    let limit = Duration::from_secs_f64(secs);
+                    let started = move |url| {
+                        let _ = started_tx
+                            .try_send(line(Some(started_id), Event::LoginStarted { url }));
+                    };
+                    match engine.login(limit, &token, started).await {
                         Ok(account) => Event::LoggedIn { account },
                         Err(e) => Event::error(&e),
-                    };
-                    let _ = tx.send(line(Some(id), event)).await;
-                });
+                    }
+                }));
             }
             Request::Complete(params) => {
-                let token = self.cancel.child_token();
-                let duplicate = {
-                    let mut map = inflight.lock().unwrap_or_else(|p| p.into_inner());
-                    let duplicate = map.contains_key(&id);
-                    if !duplicate {
-                        map.insert(id.clone(), token.clone());
-                    }
-                    duplicate
+                let Some(token) = self.register(&id, tx, inflight).await else {
+                    return;
                 };
-                {
-                    if duplicate {
-                        let e = Error::new(
-                            ErrorKind::BadRequest,
-                            format!("id {id} is already in use by a running request on this connection; use a new id"),
-                        );
-                        let _ = tx.send(line(Some(id), Event::error(&e))).await;
-                        return;
-                    }
-                }
                 let stream_text = params.stream;
                 // Submitted here, in the read loop, so requests queue in arrival order.
                 let reply = self.engine.submit(params, token);
@@ -254,11 +267,81 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Registers a running request of this connection under `id` (for `cancel`), or
+    /// answers that the id is taken.
+    async fn register(
+        &self,
+        id: &RequestId,
+        tx: &mpsc::Sender<String>,
+        inflight: &InFlight,
+    ) -> Option<CancellationToken> {
+        let token = self.cancel.child_token();
+        let duplicate = {
+            let mut map = inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let duplicate = map.contains_key(id);
+            if !duplicate {
+                map.insert(id.clone(), token.clone());
+            }
+            duplicate
+        };
+        if duplicate {
+            let e = Error::new(
+                ErrorKind::BadRequest,
+                format!("id {id} is already in use by a running request on this connection; use a new id"),
+            );
+            let _ = tx.send(line(Some(id.clone()), Event::error(&e))).await;
+            return None;
+        }
+        Some(token)
+    }
+}
+
+/// Writes a `keepalive` line every [`KEEPALIVE`] while the connection has requests running,
+/// so that a write fails soon after the client went away. Ends with the connection: once
+/// the reading side is done (`reading` cancelled) and no request runs any more.
+async fn keepalive(
+    tx: mpsc::Sender<String>,
+    inflight: InFlight,
+    gone: CancellationToken,
+    reading: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(KEEPALIVE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = gone.cancelled() => return,
+        }
+        if inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            if reading.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        // A full queue means the writer is already waiting on the client: no need to probe.
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(line(None, Event::Keepalive))
+        {
+            return;
+        }
+    }
+}
+
 async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::Receiver<String>, gone: CancellationToken) {
     let mut send = &*stream;
     while let Some(text) = rx.recv().await {
-        if let Err(e) = send.write_all(text.as_bytes()).await {
-            debug!(error = %e, "client stopped reading; cancelling its requests");
+        let failed = match tokio::time::timeout(WRITE_LIMIT, send.write_all(text.as_bytes())).await
+        {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("client gone ({e})")),
+            Err(_) => Some(format!("client did not read for {WRITE_LIMIT:?}")),
+        };
+        if let Some(why) = failed {
+            debug!(reason = %why, "dropping the connection; cancelling its requests");
             gone.cancel();
             // Keep draining so senders never block on a dead connection.
             while rx.recv().await.is_some() {}
@@ -266,6 +349,38 @@ async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::Receiver<String>, gone: C
         }
     }
     let _ = send.shutdown().await;
+}
+
+/// A sign-in or cookie import of a connection: runs `work`, answers with its event (or
+/// `internal` if it panicked), and frees its id.
+struct SessionTask {
+    id: RequestId,
+    tx: mpsc::Sender<String>,
+    inflight: InFlight,
+}
+
+impl SessionTask {
+    async fn run(self, work: impl std::future::Future<Output = Event> + Send) {
+        use futures::FutureExt;
+        let event = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            Ok(event) => event,
+            Err(_) => {
+                tracing::error!(id = %self.id, "a session request failed with a bug; poed goes on");
+                Event::error(&Error::internal(
+                    "poed hit a bug while serving this request; it keeps running: retry, and please report the bug",
+                ))
+            }
+        };
+        let _ = tokio::time::timeout(
+            QUEUE_LIMIT,
+            self.tx.send(line(Some(self.id.clone()), event)),
+        )
+        .await;
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// One `complete` request of a connection: relays the engine's events as lines.
@@ -282,6 +397,7 @@ impl RequestTask {
             let event = match event {
                 ReplyEvent::Queued { position } => Event::Queued { position },
                 ReplyEvent::Started { model, bot } => Event::Started { model, bot },
+                ReplyEvent::Sent => Event::Sent,
                 ReplyEvent::Text(chunk) if stream_text => Event::from(chunk),
                 ReplyEvent::Text(_) => continue,
                 ReplyEvent::Done(c) => Event::Done {
@@ -294,10 +410,7 @@ impl RequestTask {
             };
             // Waiting here is what lets the engine merge deltas for a slow reader.
             let send = self.tx.send(line(Some(self.id.clone()), event));
-            if !matches!(
-                tokio::time::timeout(FINAL_WRITE_LIMIT, send).await,
-                Ok(Ok(()))
-            ) {
+            if !matches!(tokio::time::timeout(QUEUE_LIMIT, send).await, Ok(Ok(()))) {
                 warn!(id = %self.id, "client does not read its replies; dropping the connection");
                 self.conn_cancel.cancel();
                 break;

@@ -5,13 +5,18 @@
 //!   refused, a stale socket file replaced).
 //! - [`ipc_server`]: the accept loop and per-connection tasks (the NDJSON protocol).
 //! - [`notify`]: systemd readiness and status lines.
-//! - [`engine`]: model table, queue and tab pool, site driver, counters; shared by every
-//!   front door.
+//! - [`engine`]: the request life cycle (model, queue, site driver, reply stream), sign-in
+//!   and cookie import, `status`; shared by both front doors (this IPC server and
+//!   [`crate::http`]).
+//! - [`warm_pool`]: opens, warms and replaces the pool's tabs.
+//! - [`account`]: what is known of the account (signed in, limits).
 
+pub mod account;
 pub mod engine;
 pub mod ipc_server;
 pub mod notify;
 pub mod socket;
+pub mod warm_pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +58,10 @@ pub async fn run(
             return Err(e);
         }
     };
-    if let Err(e) = engine.open_tabs().await {
+    if let Some(path) = socket_path(&listener) {
+        engine.set_socket(path);
+    }
+    if let Err(e) = engine.open_tabs(shutdown.clone()).await {
         browser.shutdown().await;
         return Err(e);
     }
@@ -80,10 +88,10 @@ pub async fn run(
             requests.clone(),
         ))
     });
-    info!(socket = %config.socket.display(), tabs = config.pool.tabs, "poed ready");
+    let socket = engine.status().socket;
+    info!(socket = %socket, tabs = config.pool.tabs, "poed ready");
     notify::notify(&format!(
-        "READY=1\nSTATUS=serving on {} with {} tabs",
-        config.socket.display(),
+        "READY=1\nSTATUS=serving on {socket} with {} tabs",
         config.pool.tabs
     ));
     on_ready();
@@ -119,8 +127,44 @@ pub async fn run(
     Ok(())
 }
 
+/// The path of the unix socket `listener` listens on (also under socket activation).
+fn socket_path(listener: &Listener) -> Option<String> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = match listener {
+        Listener::UdSocket(l) => l.as_fd().as_raw_fd(),
+    };
+    // SAFETY: getsockname writes at most `len` bytes into the zeroed address we own.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let rc =
+        unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) };
+    if rc != 0 || addr.sun_family != libc::AF_UNIX as libc::sa_family_t {
+        return None;
+    }
+    let bytes: Vec<u8> = addr
+        .sun_path
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    if bytes.is_empty() {
+        // An abstract socket: its name starts with a NUL byte.
+        let name: Vec<u8> = addr.sun_path[1..]
+            .iter()
+            .take((len as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>() + 1))
+            .map(|c| *c as u8)
+            .collect();
+        return Some(format!("@{}", String::from_utf8_lossy(&name)));
+    }
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// How long the watchdog's round trip through the engine and the browser may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Keeps systemd's status line current and pets its watchdog (when `WatchdogSec` is set).
-/// The watchdog is only petted while the engine answers, so a wedged daemon gets restarted.
+/// The watchdog is petted only after a round trip through the request path (the engine's
+/// pool and the browser) succeeded, so a wedged daemon or browser gets restarted.
 async fn report_status(engine: Arc<Engine>) {
     let watchdog = notify::watchdog_interval();
     let period = watchdog
@@ -128,6 +172,7 @@ async fn report_status(engine: Arc<Engine>) {
         .unwrap_or(Duration::from_secs(10))
         .min(Duration::from_secs(10));
     let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let s = engine.status();
@@ -135,10 +180,20 @@ async fn report_status(engine: Arc<Engine>) {
             "STATUS=browser {}; {} tabs ({} idle, {} busy); {} queued; account {}",
             s.browser.state, s.pool.tabs, s.pool.idle, s.pool.busy, s.pool.queued, s.account.state
         );
-        if watchdog.is_some() {
-            notify::notify(&format!("WATCHDOG=1\n{line}"));
-        } else {
+        if watchdog.is_none() {
             notify::notify(&line);
+            continue;
+        }
+        match tokio::time::timeout(PROBE_LIMIT.min(period), engine.probe()).await {
+            Ok(Ok(())) => notify::notify(&format!("WATCHDOG=1\n{line}")),
+            Ok(Err(e)) => {
+                warn!(error = %e, "health probe failed; not feeding the watchdog");
+                notify::notify(&line);
+            }
+            Err(_) => {
+                warn!("health probe timed out; not feeding the watchdog");
+                notify::notify(&line);
+            }
         }
     }
 }

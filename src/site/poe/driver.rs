@@ -17,8 +17,17 @@ use crate::browser::tab::{Tab, TabSignal};
 use crate::config::{secs, SiteConfig, Timeouts};
 use crate::error::{Error, ErrorKind};
 use crate::reply::Chunk;
-use crate::site::poe::frames::{Outcome, ReplyStep, ReplyTracker, Update};
+use crate::site::poe::frames::{parse_frame, Outcome, ReplyStep, ReplyTracker, Update};
 use crate::site::poe::pacer::Pacer;
+
+/// What a running completion tells its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The send was pressed: the site may take the prompt from now on.
+    Sent,
+    /// The reply text changed.
+    Text(Chunk),
+}
 
 /// A short limit for single DevTools commands that should answer at once.
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
@@ -118,9 +127,59 @@ impl Driver {
         bot: &str,
         prompt: &str,
         pacer: &Pacer,
-        progress: &mut (dyn FnMut(Chunk) + Send),
+        progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &CancellationToken,
     ) -> Result<String, Error> {
+        // Until the send is pressed a cancel keeps the prompt from the site: every step
+        // before it (opening the chat, entering the prompt, waiting for the button, pacing)
+        // is abandoned at once; the tab is made fresh again afterwards.
+        let before_send = async {
+            let send = self.prepare_send(tab, bot, prompt).await?;
+            // The account's minimum interval holds between actual sends.
+            pacer.wait(cancel).await?;
+            Ok::<_, Error>(send)
+        };
+        let send = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(cancelled().sent(false)),
+            send = before_send => send.map_err(|e| e.sent(false))?,
+        };
+        let mut sub = tab.subscribe();
+        trace!(tab = tab.id, "send button enabled");
+        progress(Progress::Sent);
+        // Read while clicking: the click's acknowledgement comes only after the page ran its
+        // handlers, and the first frames must not wait for it.
+        let click = async {
+            cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
+                .await
+                .map_err(|e| browser_error("clicking send", e))
+        };
+        let read = self.read_reply(tab, &mut sub.rx, progress, cancel);
+        tokio::pin!(read);
+        let result = tokio::select! {
+            clicked = click => match clicked {
+                Ok(()) => {
+                    debug!(tab = tab.id, bot, "prompt sent");
+                    read.await
+                }
+                Err(e) => Err(e),
+            },
+            reply = &mut read => reply,
+        };
+        result.map_err(|e| match e.sent {
+            Some(_) => e,
+            None => e.sent(true),
+        })
+    }
+
+    /// Everything before the send: the chat open with its prompt box, the prompt entered,
+    /// the send button enabled. Returns where to click.
+    async fn prepare_send(
+        &self,
+        tab: &mut Tab,
+        bot: &str,
+        prompt: &str,
+    ) -> Result<cdp::Found, Error> {
         let sel = &self.site.selectors;
         // A warm page may be stale (signed out or limited since it loaded): on trouble it is
         // reopened once before the problem counts.
@@ -131,8 +190,7 @@ impl Driver {
         }
         // From here on the chat is used: whatever happens, it is not fresh any more.
         tab.warm_for = None;
-        let mut sub = tab.subscribe();
-        let send = loop {
+        loop {
             let focused = cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
                 .await
                 .map_err(|e| browser_error("focusing the prompt box", e))?;
@@ -167,7 +225,7 @@ impl Driver {
             .await
             .map_err(|e| browser_error("waiting for the send button", e))?;
             match send.index {
-                Some(0) => break send,
+                Some(0) => return Ok(send),
                 Some(_) if !reopened => {
                     self.open_chat(tab, bot).await?;
                     tab.warm_for = None;
@@ -189,26 +247,6 @@ impl Driver {
                     ))
                 }
             }
-        };
-        // The account's minimum interval holds between actual sends.
-        pacer.wait(cancel).await?;
-        trace!(tab = tab.id, "send button enabled");
-        // Read while clicking: the click's acknowledgement comes only after the page ran its
-        // handlers, and the first frames must not wait for it.
-        let click = async {
-            cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
-                .await
-                .map_err(|e| browser_error("clicking send", e))
-        };
-        let read = self.read_reply(tab, &mut sub.rx, progress, cancel);
-        tokio::pin!(read);
-        tokio::select! {
-            clicked = click => {
-                clicked?;
-                debug!(tab = tab.id, bot, "prompt sent");
-                read.await
-            }
-            reply = &mut read => reply,
         }
     }
 
@@ -216,7 +254,7 @@ impl Driver {
         &self,
         tab: &Tab,
         rx: &mut UnboundedReceiver<TabSignal>,
-        progress: &mut (dyn FnMut(Chunk) + Send),
+        progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &CancellationToken,
     ) -> Result<String, Error> {
         let started = Instant::now();
@@ -270,14 +308,14 @@ impl Driver {
                         if tracker.started() { " in the middle of the reply" } else { " after sending" })));
                 }
                 signal = rx.recv() => match signal {
-                    Some(TabSignal::Updates(updates)) => {
-                        for update in updates {
+                    Some(TabSignal::Frame(frame)) => {
+                        for update in parse_frame(&frame) {
                             match update {
                                 Update::Message(m) => {
                                     idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                                     for step in tracker.feed(&m) {
                                         match step {
-                                            ReplyStep::Text(chunk) => progress(chunk),
+                                            ReplyStep::Text(chunk) => progress(Progress::Text(chunk)),
                                             ReplyStep::Finished(Outcome::Complete(text)) => {
                                                 info!(tab = tab.id, chars = text.chars().count(), ms = started.elapsed().as_millis() as u64, "reply complete");
                                                 return Ok(text);
@@ -340,8 +378,8 @@ impl Driver {
         info!(tab = tab.id, "stop clicked");
         // Wait (bounded) for the site to confirm the stop with a final state.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(TabSignal::Updates(updates)) = rx.recv().await {
-                if updates.iter().any(|u| matches!(u, Update::Message(m) if m.author != "human" && m.state != "incomplete")) {
+            while let Some(TabSignal::Frame(frame)) = rx.recv().await {
+                if parse_frame(&frame).iter().any(|u| matches!(u, Update::Message(m) if m.author != "human" && m.state != "incomplete")) {
                     return;
                 }
             }
@@ -370,10 +408,10 @@ fn site_failure(state: String) -> Error {
 fn finish_recovered(
     tracker: &ReplyTracker,
     text: String,
-    progress: &mut (dyn FnMut(Chunk) + Send),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> String {
     if let Some(chunk) = Chunk::between(tracker.text(), &text) {
-        progress(chunk);
+        progress(Progress::Text(chunk));
     }
     text
 }

@@ -8,3 +8,4 @@ pub mod frames;
 pub mod models;
 pub mod pacer;
 pub mod prompt;
+pub mod session;

@@ -1,0 +1,436 @@
+//! The engine: what a completion request goes through, whatever front door it came from.
+//!
+//! Resolve the model, format the prompt, take a tab from the pool (or wait in its queue),
+//! let the site driver run the chat, then hand the tab to the warm pool to be made fresh
+//! again off this request's time. Every submitted request runs in a task of its own that
+//! always ends with one final event ([`reply`]), also when it panics. Sign-in and cookie
+//! import go through here too (one at a time), and so does `status`.
+//!
+//! - [`reply`]: the reply stream to the front door, merging text for slow readers.
+//! - [`crate::daemon::warm_pool`]: opening, warming and replacing tabs.
+//! - [`crate::daemon::account`]: what is known of the account.
+
+pub mod reply;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::browser::supervisor::BrowserHandle;
+use crate::browser::tab_pool::{Acquired, TabPool};
+use crate::config::{secs, Config};
+use crate::daemon::account::Account;
+use crate::daemon::warm_pool::WarmPool;
+use crate::error::{Error, ErrorKind};
+use crate::metrics::Stats;
+use crate::protocol::{AccountState, CompleteRequest, Event, Status, Timings};
+use crate::site::poe::driver::{Driver, Progress};
+use crate::site::poe::models::ModelTable;
+use crate::site::poe::pacer::Pacer;
+use crate::site::poe::prompt::format_prompt;
+use crate::site::poe::session::Session;
+
+pub use reply::{Completion, ReplyEvent, ReplyStream};
+
+/// A request that passed its checks and holds a tab or a place in the queue.
+struct Admitted {
+    model: String,
+    bot: String,
+    prompt: String,
+    slot: Acquired,
+}
+
+pub struct Engine {
+    config: Arc<Config>,
+    models: ModelTable,
+    driver: Driver,
+    warm: Arc<WarmPool>,
+    pool: Arc<TabPool>,
+    browser: BrowserHandle,
+    account: Arc<Account>,
+    pacer: Pacer,
+    stats: Stats,
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Set when shutdown stops running requests: their error is `shutting_down`.
+    stopping: AtomicBool,
+    /// Held while a sign-in or cookie import runs: one at a time.
+    session_op: tokio::sync::Mutex<()>,
+    /// The socket actually listened on, for `status`.
+    socket: Mutex<String>,
+    /// The HTTP front door's bound address, for `status`.
+    pub http_addr: std::sync::OnceLock<String>,
+}
+
+/// Keeps the in-flight count right whatever way a request ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl Engine {
+    pub fn new(config: Arc<Config>, browser: BrowserHandle) -> Result<Arc<Engine>, String> {
+        let models = ModelTable::new(&config.site.models, &config.site.default_model)?;
+        let (_, default_bot) = models.resolve(None).map_err(|e| e.message)?;
+        let driver = Driver::new(config.site.clone(), config.timeouts.clone());
+        let pool = TabPool::new(config.pool.tabs, config.pool.queue);
+        let account = Arc::new(Account::default());
+        let warm = WarmPool::new(
+            pool.clone(),
+            browser.clone(),
+            driver.clone(),
+            account.clone(),
+            default_bot,
+            config.site.update_socket_contains.clone(),
+            config.browser.headless,
+        );
+        Ok(Arc::new(Engine {
+            driver,
+            warm,
+            pool,
+            models,
+            browser,
+            account,
+            pacer: Pacer::new(Duration::from_millis(config.pool.min_send_interval_ms)),
+            stats: Stats::default(),
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            session_op: tokio::sync::Mutex::new(()),
+            socket: Mutex::new(config.socket.display().to_string()),
+            http_addr: std::sync::OnceLock::new(),
+            config,
+        }))
+    }
+
+    pub fn models(&self) -> &ModelTable {
+        &self.models
+    }
+
+    /// Opens the pool's tabs and keeps the pool full until `shutdown`.
+    pub async fn open_tabs(self: &Arc<Self>, shutdown: CancellationToken) -> Result<(), String> {
+        self.warm.start(shutdown).await
+    }
+
+    /// The socket path `status` reports (the one actually listened on).
+    pub fn set_socket(&self, path: String) {
+        *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    }
+
+    /// Starts a completion in its own task and returns its events. The task always ends
+    /// with one final event, even if it panics; `cancel` or dropping the stream stops it
+    /// early (before the send: the prompt never reaches the site).
+    pub fn submit(
+        self: &Arc<Self>,
+        request: CompleteRequest,
+        cancel: CancellationToken,
+    ) -> ReplyStream {
+        let (mut sink, stream) = reply::channel(cancel.clone());
+        let t0 = Instant::now();
+        let admitted = self.admit(&request);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut push = |e| sink.push(e);
+            let run = engine.finish(admitted, t0, &mut push, &cancel);
+            let result = match AssertUnwindSafe(run).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => {
+                    let what = panic_message(panic.as_ref());
+                    error!(panic = %what, "a request failed with a bug; poed goes on");
+                    engine.stats.count("internal");
+                    Err(Error::internal(format!(
+                        "poed hit a bug while serving this request ({what}); it keeps running: retry, and please report the bug"
+                    )))
+                }
+            };
+            sink.finish(match result {
+                Ok(c) => ReplyEvent::Done(c),
+                Err(e) => ReplyEvent::Failed(e),
+            })
+            .await;
+        });
+        stream
+    }
+
+    /// Runs an admitted request and keeps the counters.
+    async fn finish(
+        self: &Arc<Self>,
+        admitted: Result<Admitted, Error>,
+        t0: Instant,
+        updates: &mut (dyn FnMut(ReplyEvent) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<Completion, Error> {
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let mut result = match admitted {
+            Ok(a) => self.run(a, updates, cancel, t0).await,
+            Err(e) => Err(e.sent(false)),
+        };
+        if let Err(e) = &mut result {
+            if e.kind == ErrorKind::Cancelled && self.stopping.load(Ordering::Relaxed) {
+                let sent = e.sent;
+                *e = Error::new(
+                    ErrorKind::ShuttingDown,
+                    "poed is shutting down and stopped this reply after its grace period; retry when it is back",
+                );
+                e.sent = sent;
+            }
+        }
+        match &result {
+            Ok(c) => self.stats.completed(&c.timings),
+            Err(e) => self.stats.count(e.kind.as_str()),
+        }
+        result
+    }
+
+    /// The synchronous part of a request: checks, then a tab or a place in the queue. Done
+    /// in arrival order, before any task is spawned, so the queue is FIFO by arrival.
+    fn admit(&self, request: &CompleteRequest) -> Result<Admitted, Error> {
+        let (model, bot) = self.models.resolve(request.model.as_deref())?;
+        if request.messages.is_empty() {
+            return Err(Error::new(
+                ErrorKind::BadRequest,
+                "\"messages\" is empty; send at least one {\"role\":\"user\",\"content\":\"...\"}",
+            ));
+        }
+        let prompt = format_prompt(&request.messages);
+        if prompt.trim().is_empty() {
+            return Err(Error::new(ErrorKind::BadRequest, "the prompt is empty"));
+        }
+        let slot = self.pool.acquire(&bot)?;
+        Ok(Admitted {
+            model,
+            bot,
+            prompt,
+            slot,
+        })
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        admitted: Admitted,
+        updates: &mut (dyn FnMut(ReplyEvent) + Send),
+        cancel: &CancellationToken,
+        t0: Instant,
+    ) -> Result<Completion, Error> {
+        let Admitted {
+            model,
+            bot,
+            prompt,
+            slot,
+        } = admitted;
+        let mut tab = match slot {
+            Acquired::Now(tab) => tab,
+            Acquired::Queued(ticket) => {
+                updates(ReplyEvent::Queued {
+                    position: ticket.position,
+                });
+                let limit = secs(self.config.timeouts.reply_secs);
+                // Leaving the queue drops the ticket, which passes on a tab handed over meanwhile.
+                tokio::select! {
+                    tab = ticket.wait() => tab?,
+                    _ = cancel.cancelled() => return Err(Error::new(ErrorKind::Cancelled, "the request was cancelled while queued").sent(false)),
+                    _ = tokio::time::sleep(limit) => {
+                        return Err(if self.browser.generation().up {
+                            Error::new(ErrorKind::Timeout, format!("no tab became free within {}s; retry later or raise pool.tabs", self.config.timeouts.reply_secs))
+                        } else {
+                            Error::new(ErrorKind::BrowserUnavailable, "the browser is down and could not be restarted in time; see `poectl status`")
+                        }.sent(false));
+                    }
+                }
+            }
+        };
+        let queued_ms = t0.elapsed().as_millis() as u64;
+        updates(ReplyEvent::Started {
+            model: model.clone(),
+            bot: bot.clone(),
+        });
+        let mut first_token: Option<u64> = None;
+        let mut on_progress = |p: Progress| match p {
+            Progress::Sent => updates(ReplyEvent::Sent),
+            Progress::Text(chunk) => {
+                first_token.get_or_insert_with(|| t0.elapsed().as_millis() as u64);
+                updates(ReplyEvent::Text(chunk));
+            }
+        };
+        let gone = tab.browser_gone.clone();
+        let result = tokio::select! {
+            r = self.driver.complete(&mut tab, &bot, &prompt, &self.pacer, &mut on_progress, cancel) => r,
+            _ = gone.cancelled() => Err(Error::new(
+                ErrorKind::BrowserCrashed,
+                "the browser died during the reply; poed is restarting it, retry the request",
+            )),
+        };
+        match &result {
+            Ok(_) => self.account.answered(&bot),
+            Err(e) => {
+                self.account.failed(&bot, e);
+                info!(tab = tab.id, kind = %e.kind, "request failed");
+            }
+        }
+        // The chat is used: make the tab fresh again, off this request's time.
+        self.warm.prepare_and_release(tab, bot.clone());
+        let text = result?;
+        Ok(Completion {
+            text,
+            model,
+            bot,
+            timings: Timings {
+                queued_ms,
+                first_token_ms: first_token,
+                total_ms: t0.elapsed().as_millis() as u64,
+            },
+        })
+    }
+
+    pub fn models_event(&self) -> Event {
+        Event::Models {
+            default: self.models.default_model().to_owned(),
+            models: self.models.list(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            socket: self
+                .socket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            http: self.http_addr.get().cloned(),
+            base_url: self.config.site.base_url.clone(),
+            browser: self.browser.status(),
+            pool: self.pool.status(),
+            account: self.account.snapshot(),
+            requests: self.stats.outcomes(),
+        }
+    }
+
+    /// A round trip through the request path's parts (the pool, the account, the browser
+    /// supervisor and the browser): the systemd watchdog is fed only when it succeeds.
+    pub async fn probe(&self) -> Result<(), String> {
+        let _ = self.pool.status();
+        let _ = self.account.state();
+        self.browser.ping().await
+    }
+
+    /// Takes the one-at-a-time lock of sign-in and cookie import, or answers `busy`.
+    fn session_lock(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, Error> {
+        self.session_op.try_lock().map_err(|_| {
+            Error::new(
+                ErrorKind::Busy,
+                "a sign-in or cookie import is already running; wait for it to finish (or cancel it) and try again",
+            )
+        })
+    }
+
+    /// Stores session cookies in the profile, then opens a chat to see whether the profile
+    /// is now signed in. Returns how many cookies were stored and the account state.
+    pub async fn import_cookies(
+        self: &Arc<Self>,
+        cookies: Vec<crate::cookies::Cookie>,
+        cancel: &CancellationToken,
+    ) -> Result<(usize, AccountState), Error> {
+        let _one = self.session_lock()?;
+        let (_, bot) = self.models.resolve(None)?;
+        let t = &self.config.timeouts;
+        // Room for a queued wait, the page and its prompt box.
+        let limit = secs(t.navigation_secs + t.prompt_box_secs) + Duration::from_secs(30);
+        let session = Session {
+            browser: &self.browser,
+            pool: &self.pool,
+            driver: &self.driver,
+            site: &self.config.site,
+            timeouts: t,
+            bot: &bot,
+        };
+        self.account.reset();
+        let (count, checked) = session.import_cookies(cookies, limit, cancel).await?;
+        match &checked {
+            Ok(()) => self.account.signed_in(),
+            Err(e) => self.account.failed(&bot, e),
+        }
+        Ok((count, self.account.state()))
+    }
+
+    /// Signs the profile in with the user's help (see [`Session::login`]); bounded by
+    /// `timeout`, cancellable, one at a time.
+    pub async fn login(
+        self: &Arc<Self>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+        started: impl FnOnce(String),
+    ) -> Result<AccountState, Error> {
+        let _one = self.session_lock()?;
+        let (_, bot) = self.models.resolve(None)?;
+        let session = Session {
+            browser: &self.browser,
+            pool: &self.pool,
+            driver: &self.driver,
+            site: &self.config.site,
+            timeouts: &self.config.timeouts,
+            bot: &bot,
+        };
+        let result = session
+            .login(
+                self.config.browser.connect.is_some(),
+                self.config.browser.headless,
+                timeout,
+                cancel,
+                started,
+            )
+            .await;
+        match &result {
+            Ok(()) => {
+                self.account.reset();
+                self.account.signed_in();
+                info!("signed in");
+            }
+            Err(e) => self.account.failed(&bot, e),
+        }
+        result.map(|()| self.account.state())
+    }
+
+    /// Marks the daemon as stopping: requests cancelled from now on end as `shutting_down`.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text for `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        self.stats
+            .render(&self.status(), self.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Stops lending tabs and closes the idle ones.
+    pub async fn close_pool(&self) {
+        for tab in self.pool.close() {
+            tab.close().await;
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Keeping the tab pool full and warm.
+//!
+//! The pool ([`crate::browser::tab_pool`]) only lends; this module owns the tabs' life:
+//! it opens the configured number of tabs, makes each warm (a fresh chat of a bot with its
+//! prompt box ready) off any request's time, and replaces every tab the pool loses (a
+//! crashed or hung page, an error path, a browser that died) with backoff until the pool
+//! has its configured size again. When the browser cannot open tabs at all, it asks the
+//! supervisor to relaunch it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::browser::supervisor::BrowserHandle;
+use crate::browser::tab::Tab;
+use crate::browser::tab_pool::{Lease, TabPool};
+use crate::daemon::account::Account;
+use crate::error::ErrorKind;
+use crate::site::poe::driver::Driver;
+
+/// Refill backoff: first delay, doubled per failed attempt up to the maximum.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Failed tab openings in a row on a browser that counts as up before it is relaunched.
+const RELAUNCH_AFTER: u32 = 3;
+
+pub struct WarmPool {
+    pub pool: Arc<TabPool>,
+    browser: BrowserHandle,
+    driver: Driver,
+    account: Arc<Account>,
+    /// Fresh tabs are made warm for this bot (the default model's).
+    default_bot: String,
+    update_socket_contains: String,
+    headless: bool,
+    next_tab_id: AtomicUsize,
+}
+
+impl WarmPool {
+    pub fn new(
+        pool: Arc<TabPool>,
+        browser: BrowserHandle,
+        driver: Driver,
+        account: Arc<Account>,
+        default_bot: String,
+        update_socket_contains: String,
+        headless: bool,
+    ) -> Arc<Self> {
+        Arc::new(WarmPool {
+            pool,
+            browser,
+            driver,
+            account,
+            default_bot,
+            update_socket_contains,
+            headless,
+            next_tab_id: AtomicUsize::new(1),
+        })
+    }
+
+    /// Opens the pool's tabs (a browser that cannot open one is a start-up error) and keeps
+    /// the pool full until `shutdown`.
+    pub async fn start(self: &Arc<Self>, shutdown: CancellationToken) -> Result<(), String> {
+        while self.pool.missing() > 0 {
+            let tab = self.open_tab().await?;
+            let lease = self.pool.adopt(tab);
+            self.prepare_and_release(lease, self.default_bot.clone());
+        }
+        tokio::spawn(self.clone().keep_full(shutdown));
+        Ok(())
+    }
+
+    /// Opens a blank tab in the current browser.
+    pub async fn open_tab(&self) -> Result<Tab, String> {
+        let id = self.next_tab_id.fetch_add(1, Ordering::Relaxed);
+        Tab::open(&self.browser, id, self.update_socket_contains.clone()).await
+    }
+
+    /// Replaces lost tabs, with backoff, whenever the pool is short; after a browser
+    /// relaunch the dead tabs are dropped and new ones opened.
+    async fn keep_full(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut watch = self.browser.watch();
+        let mut current = watch.borrow_and_update().number;
+        let mut backoff = BACKOFF_FIRST;
+        let mut failures = 0u32;
+        loop {
+            if self.pool.missing() > 0 && self.browser.generation().up {
+                match self.open_tab().await {
+                    Ok(tab) if tab.is_gone() => {}
+                    Ok(tab) => {
+                        backoff = BACKOFF_FIRST;
+                        failures = 0;
+                        debug!(tab = tab.id, "replacing a lost tab");
+                        let lease = self.pool.adopt(tab);
+                        self.prepare_and_release(lease, self.default_bot.clone());
+                        continue;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        warn!(error = %e, retry_in = ?backoff, "could not open a tab for the pool");
+                        if failures >= RELAUNCH_AFTER && self.browser.generation().up {
+                            failures = 0;
+                            warn!("the browser cannot open tabs; relaunching it");
+                            if let Err(e) = self.browser.relaunch(self.headless).await {
+                                warn!(error = %e, "relaunch failed");
+                            }
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.pool.lost() => {}
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let generation = watch.borrow_and_update().clone();
+                    if !generation.up {
+                        let dropped = self.pool.purge();
+                        warn!(dropped, "browser down; idle tabs dropped");
+                    } else if generation.number != current {
+                        current = generation.number;
+                        self.pool.purge();
+                        backoff = BACKOFF_FIRST;
+                        info!(generation = current, "browser relaunched; refilling the tab pool");
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Makes a leased tab warm for `bot` in the background, then releases it. A tab that
+    /// cannot be made warm goes back cold (the next request on it opens the page itself); a
+    /// dead or hung one is retired and replaced.
+    pub fn prepare_and_release(self: &Arc<Self>, lease: Lease, bot: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut lease = lease;
+            if lease.is_gone() {
+                lease.retire();
+                return;
+            }
+            match this.driver.open_chat(&mut lease, &bot).await {
+                Ok(()) => this.account.signed_in(),
+                Err(_) if lease.browser_gone.is_cancelled() => {
+                    lease.retire();
+                    return;
+                }
+                // A page that does not answer is treated like a crashed one.
+                Err(e) if e.kind == ErrorKind::BrowserUnavailable => {
+                    warn!(tab = lease.id, error = %e, "the tab does not answer; replacing it");
+                    lease.crash();
+                    lease.retire();
+                    return;
+                }
+                Err(e) => {
+                    this.account.failed(&bot, &e);
+                    warn!(tab = lease.id, error = %e, "could not prepare a fresh chat");
+                }
+            }
+            if lease.is_gone() {
+                lease.retire();
+            } else {
+                lease.release();
+            }
+        });
+    }
+}
