@@ -332,6 +332,7 @@ impl Driver {
                                         recovery = Some(Box::pin(cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, secs(self.timeouts.recover_secs))));
                                     }
                                 }
+                                Update::Points(_) => {}
                             }
                         }
                     }
@@ -379,7 +380,10 @@ impl Driver {
         // Wait (bounded) for the site to confirm the stop with a final state.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Some(TabSignal::Frame(frame)) = rx.recv().await {
-                if parse_frame(&frame).iter().any(|u| matches!(u, Update::Message(m) if m.author != "human" && m.state != "incomplete")) {
+                if parse_frame(&frame)
+                    .iter()
+                    .any(|u| matches!(u, Update::Message(m) if !m.human && m.state != "incomplete"))
+                {
                     return;
                 }
             }

@@ -1,39 +1,183 @@
 //! The frame parser: Poe update-WebSocket frames -> [`Update`]s -> reply steps.
 //!
-//! Two layers, both pure so they are tested on recorded frames:
+//! Two layers, both pure so they are tested on recorded frames of the 2023 and the 2025
+//! site (the site contract, `shared/poe-web.md`):
 //! - [`parse_frame`] decodes one text frame: the outer `{"messages": [...]}` whose entries
-//!   are JSON *strings* (double encoding), several per frame; `messageAdded` subscription
-//!   updates become [`Update::Message`]; `missed_messages` / `refetchChannel` become
-//!   [`Update::LostUpdates`]; anything else (other subscriptions, other sockets' traffic,
-//!   non-JSON) is ignored, never an error.
-//! - [`ReplyTracker`] follows the bot's reply to one prompt: it skips the human echo, locks
-//!   on the first bot message, turns the site's cumulative `text` into appended deltas, and
-//!   turns a rewrite that is not a prefix of what was streamed into a [`Chunk::Replace`],
-//!   so a client always ends with the site's final text.
+//!   are JSON *strings* (double encoding), several per frame. `messageAdded` and
+//!   `messageCreated` become [`Update::Message`], the points of `viewerStateUpdated` become
+//!   [`Update::Points`], `missed_messages` / `refetchChannel` become [`Update::LostUpdates`];
+//!   anything else (pongs, other subscriptions, other sockets' traffic, non-JSON) is ignored,
+//!   never an error. Unknown fields and `"_"` keys are ignored; nothing is required that the
+//!   site has dropped before (`author`, `suggestedReplies`).
+//! - [`ReplyTracker`] follows the bot's reply to one prompt: it remembers the human echo,
+//!   locks on the first bot message after it, turns the site's cumulative `text` into
+//!   appended deltas, turns a rewrite that is not a prefix of what was streamed into a
+//!   [`Chunk::Replace`], and finishes once per bot message however often the site repeats it.
+//!
+//! What a message object is ([`MessageUpdate::from_json`]) and the bounded JSON walk
+//! (`objects`) are shared with the reader of the page's HTTP traffic
+//! ([`super::network`]).
 
-use serde_json::Value;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
 
 use crate::reply::Chunk;
 
-/// One `messageAdded` update: the current state of a chat message.
+/// How deep `objects` goes into a JSON value. The site's payloads nest a dozen levels at
+/// most; the cap keeps hostile input from costing more than one pass.
+pub(super) const MAX_DEPTH: usize = 64;
+
+/// A bot as the site names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotInfo {
+    /// The handle of the bot's page (`{base}/{handle}`), e.g. `Claude-Sonnet-4.5`. Not the
+    /// codename messages carry as `author`.
+    pub handle: String,
+    /// The name the page shows, when the site gave one.
+    pub display_name: Option<String>,
+}
+
+impl BotInfo {
+    /// Reads a `bot` object (`handle`, optional `displayName`); `None` without a handle.
+    pub fn from_json(v: &Value) -> Option<BotInfo> {
+        Self::from_map(v.as_object()?)
+    }
+
+    pub(super) fn from_map(v: &Map<String, Value>) -> Option<BotInfo> {
+        let handle = v.get("handle")?.as_str().filter(|h| !h.is_empty())?;
+        Some(BotInfo {
+            handle: handle.to_owned(),
+            display_name: v
+                .get("displayName")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+}
+
+/// One chat message as an update reports it: its current state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageUpdate {
+    /// The site's numeric message id (above 2^32 today).
     pub message_id: i64,
-    /// `human`, `chat_break`, or the bot's codename.
-    pub author: String,
+    /// `human`, `chat_break`, or the bot's codename (not its handle). The site leaves it out
+    /// of `messageCreated`.
+    pub author: Option<String>,
+    /// Written by a person: author `human`, or a user (`authorUser`) and no bot.
+    pub human: bool,
+    /// A chat break (the marker that starts a new context), neither human nor bot.
+    pub chat_break: bool,
     /// The whole text so far (cumulative).
     pub text: String,
-    /// `incomplete`, `complete`, `cancelled` or `error_*`.
+    /// `incomplete` (also when absent), `complete`, `cancelled`, `error_*`, or a newer value.
     pub state: String,
+    /// The nonce the page put in its send request; carried by the human echo.
+    pub client_nonce: Option<String>,
+    /// The bot that writes the message, when the site says (2025 `bot` object).
+    pub bot: Option<BotInfo>,
+    /// From `messageCreated`: the first report of the message, before any `messageAdded`.
+    pub created: bool,
+}
+
+impl MessageUpdate {
+    /// Reads a message object. `None` unless it has a usable `messageId` (a number, or a
+    /// string of digits).
+    pub fn from_json(m: &Value, created: bool) -> Option<MessageUpdate> {
+        Self::from_map(m.as_object()?, created)
+    }
+
+    pub(super) fn from_map(m: &Map<String, Value>, created: bool) -> Option<MessageUpdate> {
+        let message_id = int_of(m.get("messageId")?)?;
+        let author = m.get("author").and_then(Value::as_str).map(str::to_owned);
+        let bot = m.get("bot").and_then(BotInfo::from_json);
+        let chat_break = author.as_deref() == Some("chat_break");
+        let has_user = m.get("authorUser").is_some_and(Value::is_object);
+        let has_bot_object = m.get("bot").is_some_and(Value::is_object);
+        let human =
+            !chat_break && (author.as_deref() == Some("human") || has_user && !has_bot_object);
+        Some(MessageUpdate {
+            message_id,
+            author,
+            human,
+            chat_break,
+            text: m
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            state: m
+                .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or("incomplete")
+                .to_owned(),
+            client_nonce: m
+                .get("clientNonce")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
+            bot,
+            created,
+        })
+    }
+
+    /// Written by a bot: not human, not a chat break, and the site named an author or a bot.
+    /// A message that says nothing of its writer is nobody's reply.
+    pub fn is_bot(&self) -> bool {
+        !self.human && !self.chat_break && (self.author.is_some() || self.bot.is_some())
+    }
+}
+
+/// The account's points (2025 quota), from `messagePointInfo`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointInfo {
+    /// `messagePointBalance`: points left.
+    pub balance: Option<i64>,
+    /// `totalMessagePointAllotment`: points per period (e.g. 3000 on a free plan).
+    pub allotment: Option<i64>,
+    /// `messagePointResetTime`: when the balance resets, in MICROseconds since the epoch.
+    pub reset_micros: Option<i64>,
+    /// `warningBannerPercent`: the balance (in percent) under which the page warns.
+    pub warning_percent: Option<f64>,
+}
+
+impl PointInfo {
+    /// Reads a `messagePointInfo` object; `None` when it holds none of the known fields.
+    pub fn from_json(v: &Value) -> Option<PointInfo> {
+        let int = |key: &str| v.get(key).and_then(int_of);
+        let info = PointInfo {
+            balance: int("messagePointBalance"),
+            allotment: int("totalMessagePointAllotment"),
+            reset_micros: int("messagePointResetTime"),
+            warning_percent: v.get("warningBannerPercent").and_then(|p| match p {
+                Value::String(s) => s.trim().parse().ok(),
+                _ => p.as_f64(),
+            }),
+        };
+        let any = info.balance.is_some()
+            || info.allotment.is_some()
+            || info.reset_micros.is_some()
+            || info.warning_percent.is_some();
+        any.then_some(info)
+    }
+
+    /// When the balance resets, as a time.
+    pub fn reset_at(&self) -> Option<SystemTime> {
+        let micros = u64::try_from(self.reset_micros?).ok()?;
+        UNIX_EPOCH.checked_add(Duration::from_micros(micros))
+    }
 }
 
 /// What a frame can tell the adapter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Update {
+    /// A chat message was created or changed.
     Message(MessageUpdate),
     /// The page lost updates (`missed_messages`, `refetchChannel`): the reply must be
     /// recovered from the page instead of from frames.
     LostUpdates(&'static str),
+    /// The account's points changed (`viewerStateUpdated`).
+    Points(PointInfo),
 }
 
 /// Decodes one text frame into updates, in order. Frames that are not updates give none.
@@ -45,20 +189,22 @@ pub fn parse_frame(payload: &str) -> Vec<Update> {
     if outer.get("error").and_then(Value::as_str) == Some("missed_messages") {
         out.push(Update::LostUpdates("missed_messages"));
     }
+    // An inner object sent without the outer wrapper.
+    if outer.get("message_type").is_some() {
+        out.extend(parse_inner(&outer));
+    }
     if let Some(entries) = outer.get("messages").and_then(Value::as_array) {
         for entry in entries {
             // Each entry is a JSON string holding the inner object; tolerate a plain object too.
-            let inner = match entry {
+            let update = match entry {
                 Value::String(s) => match serde_json::from_str::<Value>(s) {
-                    Ok(v) => v,
+                    Ok(inner) => parse_inner(&inner),
                     Err(_) => continue,
                 },
-                Value::Object(_) => entry.clone(),
+                Value::Object(_) => parse_inner(entry),
                 _ => continue,
             };
-            if let Some(update) = parse_inner(&inner) {
-                out.push(update);
-            }
+            out.extend(update);
         }
     }
     out
@@ -69,26 +215,90 @@ fn parse_inner(inner: &Value) -> Option<Update> {
         "refetchChannel" => Some(Update::LostUpdates("refetchChannel")),
         "subscriptionUpdate" => {
             let payload = inner.get("payload")?;
-            if payload.get("subscription_name").and_then(Value::as_str)? != "messageAdded" {
-                return None;
+            let data = payload.get("data")?;
+            let name = subscription_name(payload, data)?;
+            let own = data.get(name).unwrap_or(data);
+            match name {
+                "messageAdded" | "messageCreated" => {
+                    // The message is the subscription's object itself (`messageAdded`), or an
+                    // object inside it (a `message` / `node` wrapper).
+                    let m = objects(own).find(|o| o.contains_key("messageId"))?;
+                    MessageUpdate::from_map(m, name == "messageCreated").map(Update::Message)
+                }
+                "viewerStateUpdated" => objects(own)
+                    .find_map(|o| o.get("messagePointInfo").and_then(PointInfo::from_json))
+                    .map(Update::Points),
+                _ => None,
             }
-            let m = payload.get("data")?.get("messageAdded")?;
-            Some(Update::Message(MessageUpdate {
-                message_id: m.get("messageId").and_then(Value::as_i64)?,
-                author: m.get("author").and_then(Value::as_str)?.to_owned(),
-                text: m
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                state: m
-                    .get("state")
-                    .and_then(Value::as_str)
-                    .unwrap_or("incomplete")
-                    .to_owned(),
-            }))
         }
         _ => None,
+    }
+}
+
+/// The subscription an update belongs to: `subscription_name`, else the part of `unique_id`
+/// before any `:`, else the only key of `data`.
+fn subscription_name<'a>(payload: &'a Value, data: &'a Value) -> Option<&'a str> {
+    if let Some(name) = payload.get("subscription_name").and_then(Value::as_str) {
+        return Some(name);
+    }
+    if let Some(id) = payload.get("unique_id").and_then(Value::as_str) {
+        return id.split(':').next();
+    }
+    let keys = data.as_object()?;
+    match keys.len() {
+        1 => keys.keys().next().map(String::as_str),
+        _ => None,
+    }
+}
+
+/// An integer the site sent as a number or as a string of digits (ids above 2^53 survive
+/// JavaScript only as strings).
+pub(super) fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            let f = n.as_f64()?;
+            // Whole floats only, and only where f64 is exact.
+            (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Every object inside `root` (itself included), in document order as far as `serde_json`
+/// keeps it (array order is kept; the keys of one object come sorted), down to
+/// [`MAX_DEPTH`] levels. Iterative: no recursion, each node visited once.
+pub(super) fn objects(root: &Value) -> Objects<'_> {
+    Objects {
+        stack: vec![(root, 0)],
+    }
+}
+
+/// The iterator of [`objects`].
+pub(super) struct Objects<'a> {
+    stack: Vec<(&'a Value, usize)>,
+}
+
+impl<'a> Iterator for Objects<'a> {
+    type Item = &'a Map<String, Value>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while let Some((v, depth)) = self.stack.pop() {
+            let deeper = depth < MAX_DEPTH;
+            match v {
+                Value::Object(m) => {
+                    if deeper {
+                        self.stack.extend(m.values().rev().map(|c| (c, depth + 1)));
+                    }
+                    return Some(m);
+                }
+                Value::Array(a) if deeper => {
+                    self.stack.extend(a.iter().rev().map(|c| (c, depth + 1)));
+                }
+                _ => {}
+            }
+        }
+        None
     }
 }
 
@@ -101,6 +311,21 @@ pub enum Outcome {
     Failed { state: String, text: String },
 }
 
+impl Outcome {
+    /// The outcome a message `state` means, or `None` while the message still streams
+    /// (`incomplete`, and any state the site invents later).
+    pub fn from_state(state: &str, text: &str) -> Option<Outcome> {
+        match state {
+            "complete" => Some(Outcome::Complete(text.to_owned())),
+            s if s == "cancelled" || s.starts_with("error") => Some(Outcome::Failed {
+                state: s.to_owned(),
+                text: text.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// What the client should be told after an update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyStep {
@@ -110,10 +335,24 @@ pub enum ReplyStep {
     Finished(Outcome),
 }
 
-/// Follows the bot's reply in one fresh chat.
+/// Follows the bot's reply to one prompt, in a fresh or a continued chat.
+///
+/// The human echo of the prompt is not streamed, but its `messageId` is the anchor: once it
+/// was seen, only a bot message with a larger id is the reply (a continued chat shows its
+/// older bot messages too). With an expected client nonce ([`ReplyTracker::with_nonce`])
+/// echoes carrying another nonce are someone else's, and no bot message is taken before
+/// the echo. The tracker finishes once, on the bot message it locked on.
 #[derive(Debug, Default)]
 pub struct ReplyTracker {
+    /// The nonce of the page's send request, when the caller knows it.
+    expected_nonce: Option<String>,
+    /// The echo of the prompt: its id, and whether its nonce matched the expected one (then
+    /// no echo without a nonce replaces it).
+    human_message: Option<i64>,
+    human_pinned: bool,
+    human_nonce: Option<String>,
     bot_message: Option<i64>,
+    bot: Option<BotInfo>,
     /// The text the client has been given so far.
     streamed: String,
     finished: bool,
@@ -124,12 +363,21 @@ impl ReplyTracker {
         Self::default()
     }
 
+    /// A tracker for the prompt the page sent with this `clientNonce`: other humans' echoes
+    /// are ignored, and bot messages count only after the echo. `None` is [`Self::new`].
+    pub fn with_nonce(nonce: Option<String>) -> Self {
+        Self {
+            expected_nonce: nonce,
+            ..Self::default()
+        }
+    }
+
     /// The reply text as far as it has been streamed.
     pub fn text(&self) -> &str {
         &self.streamed
     }
 
-    /// Whether a bot message has been seen (the site accepted the prompt).
+    /// Whether the bot's message has been seen (the site accepted the prompt).
     pub fn started(&self) -> bool {
         self.bot_message.is_some()
     }
@@ -138,34 +386,91 @@ impl ReplyTracker {
         self.finished
     }
 
+    /// The id of the prompt's echo, once seen.
+    pub fn human_message_id(&self) -> Option<i64> {
+        self.human_message
+    }
+
+    /// The client nonce the echo carried, once seen.
+    pub fn human_client_nonce(&self) -> Option<&str> {
+        self.human_nonce.as_deref()
+    }
+
+    /// The id of the bot message the tracker follows, once locked.
+    pub fn bot_message_id(&self) -> Option<i64> {
+        self.bot_message
+    }
+
+    /// The bot that writes the reply, when its messages said.
+    pub fn bot(&self) -> Option<&BotInfo> {
+        self.bot.as_ref()
+    }
+
     /// Feeds one message update; returns what to tell the client (possibly nothing).
     pub fn feed(&mut self, m: &MessageUpdate) -> Vec<ReplyStep> {
-        if self.finished || m.author == "human" || m.author == "chat_break" {
+        if self.finished {
+            return Vec::new();
+        }
+        if m.human {
+            self.note_human(m);
+            return Vec::new();
+        }
+        if !m.is_bot() {
             return Vec::new();
         }
         match self.bot_message {
-            None => self.bot_message = Some(m.message_id),
+            None => {
+                let after_echo = match self.human_message {
+                    Some(human) => m.message_id > human,
+                    None => self.expected_nonce.is_none(),
+                };
+                if !after_echo {
+                    return Vec::new();
+                }
+                self.bot_message = Some(m.message_id);
+            }
             Some(id) if id != m.message_id => return Vec::new(),
+            // A late `messageCreated` repeats the empty start of a message already streaming.
+            Some(_) if m.created => return Vec::new(),
             Some(_) => {}
+        }
+        if self.bot.is_none() {
+            self.bot.clone_from(&m.bot);
         }
         let mut steps: Vec<ReplyStep> = Chunk::between(&self.streamed, &m.text)
             .map(ReplyStep::Text)
             .into_iter()
             .collect();
         self.streamed.clone_from(&m.text);
-        let outcome = match m.state.as_str() {
-            "complete" => Some(Outcome::Complete(m.text.clone())),
-            s if s == "cancelled" || s.starts_with("error") => Some(Outcome::Failed {
-                state: s.to_owned(),
-                text: m.text.clone(),
-            }),
-            _ => None,
-        };
-        if let Some(outcome) = outcome {
+        if let Some(outcome) = Outcome::from_state(&m.state, &m.text) {
             self.finished = true;
             steps.push(ReplyStep::Finished(outcome));
         }
         steps
+    }
+
+    /// Remembers the prompt's echo. Before the bot message is locked only: later human
+    /// messages are other turns.
+    fn note_human(&mut self, m: &MessageUpdate) {
+        if self.bot_message.is_some() || self.human_pinned {
+            return;
+        }
+        match (&self.expected_nonce, &m.client_nonce) {
+            (Some(want), Some(got)) if want == got => {
+                self.human_message = Some(m.message_id);
+                self.human_nonce = Some(got.clone());
+                self.human_pinned = true;
+            }
+            // Someone else's prompt.
+            (Some(_), Some(_)) => {}
+            // No nonce to tell: the newest human message is the best guess.
+            _ => {
+                if self.human_message.is_none_or(|h| m.message_id > h) {
+                    self.human_message = Some(m.message_id);
+                    self.human_nonce.clone_from(&m.client_nonce);
+                }
+            }
+        }
     }
 }
 
@@ -197,14 +502,348 @@ mod tests {
             "data": {name: {"title": "x"}}}})
     }
 
-    fn msg(id: i64, author: &str, text: &str, state: &str) -> Update {
-        Update::Message(MessageUpdate {
+    /// A 2023-shaped message update (author only).
+    fn update(id: i64, author: &str, text: &str, state: &str) -> MessageUpdate {
+        MessageUpdate {
             message_id: id,
-            author: author.into(),
+            author: Some(author.into()),
+            human: author == "human",
+            chat_break: author == "chat_break",
             text: text.into(),
             state: state.into(),
-        })
+            client_nonce: None,
+            bot: None,
+            created: false,
+        }
     }
+
+    fn msg(id: i64, author: &str, text: &str, state: &str) -> Update {
+        Update::Message(update(id, author, text, state))
+    }
+
+    fn messages(updates: Vec<Update>) -> Vec<MessageUpdate> {
+        updates
+            .into_iter()
+            .filter_map(|u| match u {
+                Update::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    // --- the 2025 site, as captured: one entry per frame, `_` keys, new shapes ---------
+
+    const HUMAN: i64 = 457_234_370_765;
+    const BOT: i64 = 457_234_370_766;
+    const NONCE: &str = "k3oYw9h2Qz1x";
+
+    /// One inner object of the 2025 site: the `_` key first and the fields in another order
+    /// than the 2023 frames.
+    fn sub(name: &str, unique_id: &str, data: Value) -> Value {
+        json!({"_": "e1", "payload": {"data": {name: data}, "_": "p",
+            "unique_id": unique_id, "subscription_name": name},
+            "message_type": "subscriptionUpdate"})
+    }
+
+    fn human_2025(nonce: &str) -> Value {
+        json!({"_": "m", "state": "complete", "text": "Say hi", "messageId": HUMAN,
+            "clientNonce": nonce, "bot": null, "authorUser": {"_": "u", "id": "VXNlcjox",
+            "uid": 1234, "fullName": "A Person"}, "author": "human",
+            "contentType": "text_markdown", "messageStateText": null, "id": "TWVzc2FnZToy"})
+    }
+
+    fn bot_2025(id: Value, text: &str, state: &str) -> Value {
+        json!({"state": state, "_": "m", "messageId": id, "text": text,
+            "author": "claude_opus_4_5", "authorUser": null, "clientNonce": null,
+            "bot": {"_": "b", "handle": "Claude-Opus-4.5", "displayName": "Claude-Opus-4.5",
+                "nickname": "claude_opus_4_5", "id": "Qm90OjE="},
+            "messageStateText": null, "contentType": "text_markdown", "id": "TWVzc2FnZToz"})
+    }
+
+    /// The frames of one 2025 exchange, in the captured order, with the bot's complete
+    /// message repeated 5 times after the first.
+    fn exchange_2025() -> Vec<String> {
+        let mut created_human = human_2025(NONCE);
+        if let Some(m) = created_human.as_object_mut() {
+            m.remove("author");
+        }
+        let created_bot = {
+            let mut b = bot_2025(json!(BOT), "", "incomplete");
+            if let Some(m) = b.as_object_mut() {
+                m.remove("author");
+            }
+            b
+        };
+        let job = |state: &str| json!({"_": "j", "id": "Sm9iOjE=", "state": state});
+        let mut frames = vec![
+            sub("messageCreated", "messageCreated", created_human),
+            sub("messageAdded", "messageAdded:3349", human_2025(NONCE)),
+            sub(
+                "chatAddedV2",
+                "chatAddedV2",
+                json!({"chatCode": "2fnx", "chatId": 3349}),
+            ),
+            sub("jobStarted", "jobStarted:1", job("running")),
+            sub("messageCreated", "messageCreated", created_bot),
+            sub(
+                "chatMemberAddedWithContext",
+                "chatMemberAddedWithContext:3349",
+                json!({"bot": {"handle": "Claude-Opus-4.5"}}),
+            ),
+            sub(
+                "messageAdded",
+                "messageAdded:3349",
+                bot_2025(json!(BOT), "", "incomplete"),
+            ),
+            // An id as a string of digits is the same message.
+            sub(
+                "messageAdded",
+                "messageAdded:3349",
+                bot_2025(json!(BOT.to_string()), "Hi", "incomplete"),
+            ),
+            sub(
+                "messageAdded",
+                "messageAdded:3349",
+                bot_2025(json!(BOT), "Hi there", "incomplete"),
+            ),
+            sub(
+                "messageAdded",
+                "messageAdded:3349",
+                bot_2025(json!(BOT), "Hi there!", "complete"),
+            ),
+        ];
+        for _ in 0..5 {
+            frames.push(sub(
+                "messageAdded",
+                "messageAdded:3349",
+                bot_2025(json!(BOT), "Hi there!", "complete"),
+            ));
+        }
+        frames.extend([
+            sub("jobUpdated", "jobUpdated:1", job("completed")),
+            sub(
+                "jobCostUpdated",
+                "jobCostUpdated:1",
+                json!({"totalCost": 30}),
+            ),
+            sub(
+                "messageFollowupActionUpdated",
+                "messageFollowupActionUpdated:3349",
+                json!({"messageId": BOT, "followupActions": [{"text": "Tell me more"}]}),
+            ),
+            sub(
+                "chatTitleUpdated",
+                "chatTitleUpdated:3349",
+                json!({"title": "Greeting"}),
+            ),
+            sub(
+                "viewerStateUpdated",
+                "viewerStateUpdated",
+                json!({"_": "v", "viewer": {"id": "Vmlld2VyOjE=", "messagePointInfo": {
+                    "_": "i", "messagePointBalance": 2731, "totalMessagePointAllotment": 3000,
+                    "messagePointResetTime": 1_767_225_600_000_000_i64,
+                    "warningBannerPercent": 20}}}),
+            ),
+        ]);
+        frames
+            .iter()
+            .map(|inner| json!({"min_seq": 7, "messages": [inner.to_string()]}).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_2025_exchange_parses_in_order() {
+        let updates: Vec<Update> = exchange_2025()
+            .iter()
+            .flat_map(|f| parse_frame(f))
+            .collect();
+        let msgs = messages(updates.clone());
+        // messageCreated human, echo, messageCreated bot, 4 stream updates, 5 repeats.
+        assert_eq!(msgs.len(), 12, "{msgs:#?}");
+
+        let created = &msgs[0];
+        assert!(created.created && created.human && !created.chat_break);
+        assert_eq!(created.author, None);
+        assert_eq!(created.message_id, HUMAN);
+        assert_eq!(created.client_nonce.as_deref(), Some(NONCE));
+
+        let echo = &msgs[1];
+        assert!(!echo.created && echo.human && echo.bot.is_none());
+        assert_eq!(echo.author.as_deref(), Some("human"));
+
+        let bot_created = &msgs[2];
+        assert!(bot_created.created && !bot_created.human && bot_created.is_bot());
+        assert_eq!(bot_created.author, None);
+        assert_eq!(bot_created.message_id, BOT);
+        assert_eq!(
+            bot_created.bot,
+            Some(BotInfo {
+                handle: "Claude-Opus-4.5".into(),
+                display_name: Some("Claude-Opus-4.5".into())
+            })
+        );
+        assert!(msgs[3..].iter().all(|m| m.message_id == BOT && !m.human));
+        assert_eq!(msgs[4].text, "Hi");
+        assert_eq!(msgs[3].author.as_deref(), Some("claude_opus_4_5"));
+
+        // The last frame is the points; nothing else but messages gave an update.
+        assert_eq!(
+            updates.last(),
+            Some(&Update::Points(PointInfo {
+                balance: Some(2731),
+                allotment: Some(3000),
+                reset_micros: Some(1_767_225_600_000_000),
+                warning_percent: Some(20.0),
+            }))
+        );
+        assert_eq!(updates.len(), 13);
+    }
+
+    /// Feeds every message update of `frames` to `t`.
+    fn track(t: &mut ReplyTracker, frames: &[String]) -> Vec<ReplyStep> {
+        frames
+            .iter()
+            .flat_map(|f| messages(parse_frame(f)))
+            .flat_map(|m| t.feed(&m))
+            .collect()
+    }
+
+    #[test]
+    fn a_2025_exchange_streams_once_and_finishes_once() {
+        for mut t in [
+            ReplyTracker::new(),
+            ReplyTracker::with_nonce(Some(NONCE.into())),
+        ] {
+            let steps = track(&mut t, &exchange_2025());
+            assert_eq!(
+                steps,
+                vec![
+                    ReplyStep::Text(Chunk::Append("Hi".into())),
+                    ReplyStep::Text(Chunk::Append(" there".into())),
+                    ReplyStep::Text(Chunk::Append("!".into())),
+                    ReplyStep::Finished(Outcome::Complete("Hi there!".into())),
+                ]
+            );
+            assert!(t.finished() && t.started());
+            assert_eq!(t.human_message_id(), Some(HUMAN));
+            assert_eq!(t.human_client_nonce(), Some(NONCE));
+            assert_eq!(t.bot_message_id(), Some(BOT));
+            assert_eq!(t.bot().map(|b| b.handle.as_str()), Some("Claude-Opus-4.5"));
+            assert_eq!(t.text(), "Hi there!");
+        }
+    }
+
+    #[test]
+    fn the_empty_created_bot_message_locks_without_text() {
+        let frames = exchange_2025();
+        let mut t = ReplyTracker::with_nonce(Some(NONCE.into()));
+        // Up to and including the bot's messageCreated.
+        let steps = track(&mut t, &frames[..5]);
+        assert_eq!(steps, vec![]);
+        assert!(t.started() && !t.finished());
+        assert_eq!(t.bot_message_id(), Some(BOT));
+        assert_eq!(t.text(), "");
+        // A late repeat of messageCreated does not wipe streamed text.
+        let late = frames[4].clone();
+        let mut steps = track(&mut t, &frames[7..9]);
+        steps.extend(track(&mut t, &[late]));
+        assert_eq!(
+            steps,
+            vec![
+                ReplyStep::Text(Chunk::Append("Hi".into())),
+                ReplyStep::Text(Chunk::Append(" there".into())),
+            ]
+        );
+        assert_eq!(t.text(), "Hi there");
+    }
+
+    #[test]
+    fn pong_and_ping_frames_give_nothing() {
+        assert_eq!(parse_frame("{\"type\":\"pong\"}"), vec![]);
+        assert_eq!(parse_frame("{\"type\":\"ping\"}"), vec![]);
+    }
+
+    #[test]
+    fn message_ids_take_numbers_and_numeric_strings_only() {
+        let with_id = |id: Value| {
+            frame(&[sub(
+                "messageAdded",
+                "messageAdded:1",
+                json!({"messageId": id, "author": "beaver", "text": "t"}),
+            )])
+        };
+        let id_of = |id: Value| {
+            messages(parse_frame(&with_id(id)))
+                .first()
+                .map(|m| m.message_id)
+        };
+        assert_eq!(id_of(json!(457_234_370_765_i64)), Some(457_234_370_765));
+        assert_eq!(
+            id_of(json!(" 9007199254740993 ")),
+            Some(9_007_199_254_740_993)
+        );
+        assert_eq!(id_of(json!(12.0)), Some(12));
+        for bad in [
+            json!(12.5),
+            json!("12a"),
+            json!(""),
+            json!(null),
+            json!(true),
+            json!([1]),
+            json!(u64::MAX),
+        ] {
+            assert_eq!(id_of(bad.clone()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn human_and_bot_are_told_by_author_or_by_the_user_and_bot_objects() {
+        let parse = |m: Value| {
+            messages(parse_frame(&frame(&[sub(
+                "messageAdded",
+                "messageAdded",
+                m,
+            )])))
+            .pop()
+            .expect("one message")
+        };
+        let user_only = parse(json!({"messageId": 1, "authorUser": {"id": "x"}, "bot": null}));
+        assert!(user_only.human && !user_only.is_bot());
+        let bot_only = parse(json!({"messageId": 2, "authorUser": null,
+            "bot": {"handle": "GPT-4o", "displayName": "GPT-4o"}}));
+        assert!(!bot_only.human && bot_only.is_bot());
+        let chat_break = parse(json!({"messageId": 3, "author": "chat_break", "text": ""}));
+        assert!(chat_break.chat_break && !chat_break.human && !chat_break.is_bot());
+        let nobody = parse(json!({"messageId": 4, "text": "?"}));
+        assert!(!nobody.human && !nobody.is_bot());
+        assert_eq!(nobody.state, "incomplete");
+    }
+
+    #[test]
+    fn unknown_subscriptions_fields_and_ids_without_a_colon_are_tolerated() {
+        let f = frame(&[
+            sub(
+                "messageTextUpdated",
+                "messageTextUpdated",
+                json!({"messageId": 5, "delta": "x"}),
+            ),
+            sub("someFutureThing", "someFutureThing", json!({"a": 1})),
+            json!({"message_type": "subscriptionUpdate", "payload": {"unique_id": "messageAdded",
+                "data": {"messageAdded": {"messageId": 6, "author": "beaver", "text": "a",
+                "brandNewField": {"deep": [1, 2]}, "state": "some_new_state"}}}}),
+            json!({"message_type": "subscriptionUpdate", "payload": {
+                "data": {"messageCreated": {"message": {"messageId": 7, "author": "beaver"}}}}}),
+        ]);
+        let msgs = messages(parse_frame(&f));
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(
+            (msgs[0].message_id, msgs[0].state.as_str()),
+            (6, "some_new_state")
+        );
+        assert_eq!((msgs[1].message_id, msgs[1].created), (7, true));
+    }
+
+    // --- the 2023 site ------------------------------------------------------------------
 
     #[test]
     fn parses_every_entry_of_a_batched_frame_and_skips_noise() {
@@ -231,11 +870,29 @@ mod tests {
             "{\"type\":\"heartbeat\",\"ts\":1}",
             "[1,2,3]",
             "{\"messages\": [\"not json\", 5, null]}",
+            "{\"messages\": {\"a\": 1}}",
             &frame(&[json!({"message_type": "other"})]),
+            &frame(&[json!({"message_type": "subscriptionUpdate", "payload": null})]),
             &frame(&[noise("messageCancelled"), noise("messageTextUpdated")]),
         ] {
             assert_eq!(parse_frame(payload), vec![], "payload {payload:?}");
         }
+    }
+
+    #[test]
+    fn broken_and_hostile_frames_never_panic() {
+        let whole = exchange_2025().concat();
+        for end in (0..whole.len()).filter(|i| whole.is_char_boundary(*i)) {
+            let _ = parse_frame(&whole[..end]);
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse_frame(&deep), vec![]);
+        let deep_data = format!(
+            "{{\"message_type\":\"subscriptionUpdate\",\"payload\":{{\"subscription_name\":\"viewerStateUpdated\",\"data\":{}1{}}}}}",
+            "{\"a\":".repeat(120),
+            "}".repeat(120)
+        );
+        assert_eq!(parse_frame(&deep_data), vec![]);
     }
 
     #[test]
@@ -246,6 +903,67 @@ mod tests {
         );
         let f = frame(&[json!({"message_type": "refetchChannel"})]);
         assert_eq!(parse_frame(&f), vec![Update::LostUpdates("refetchChannel")]);
+        let f = frame(&[json!({"_": "x", "message_type": "refetchChannel", "payload": {}})]);
+        assert_eq!(parse_frame(&f), vec![Update::LostUpdates("refetchChannel")]);
+    }
+
+    #[test]
+    fn points_are_found_wherever_they_sit_in_the_viewer_state() {
+        let shapes = [
+            json!({"messagePointInfo": {"messagePointBalance": 10}}),
+            json!({"viewer": {"messagePointInfo": {"messagePointBalance": "10"}}}),
+            json!({"viewer": {"x": [{"messagePointInfo": {"messagePointBalance": 10}}]}}),
+        ];
+        for data in shapes {
+            let f = frame(&[sub(
+                "viewerStateUpdated",
+                "viewerStateUpdated",
+                data.clone(),
+            )]);
+            match parse_frame(&f).as_slice() {
+                [Update::Points(p)] => assert_eq!(p.balance, Some(10), "{data}"),
+                other => panic!("{data}: {other:?}"),
+            }
+        }
+        // A viewer state without points, and points in another subscription, give nothing.
+        let f = frame(&[
+            sub(
+                "viewerStateUpdated",
+                "viewerStateUpdated",
+                json!({"viewer": {"id": 1}}),
+            ),
+            sub(
+                "chatTitleUpdated",
+                "c",
+                json!({"messagePointInfo": {"messagePointBalance": 1}}),
+            ),
+            sub(
+                "viewerStateUpdated",
+                "v",
+                json!({"messagePointInfo": {"other": 1}}),
+            ),
+        ]);
+        assert_eq!(parse_frame(&f), vec![]);
+    }
+
+    #[test]
+    fn the_reset_time_is_in_microseconds() {
+        let p = PointInfo {
+            balance: None,
+            allotment: None,
+            reset_micros: Some(1_767_225_600_123_456),
+            warning_percent: None,
+        };
+        let at = p.reset_at().expect("a time");
+        assert_eq!(
+            at.duration_since(UNIX_EPOCH).expect("after the epoch"),
+            Duration::new(1_767_225_600, 123_456_000)
+        );
+        let negative = PointInfo {
+            reset_micros: Some(-1),
+            ..p
+        };
+        assert_eq!(negative.reset_at(), None);
     }
 
     #[test]
@@ -255,17 +973,12 @@ mod tests {
         assert_eq!(parse_frame(&f), vec![msg(9, "beaver", text, "complete")]);
     }
 
+    // --- the tracker --------------------------------------------------------------------
+
     fn run(tracker: &mut ReplyTracker, updates: &[(i64, &str, &str, &str)]) -> Vec<ReplyStep> {
         updates
             .iter()
-            .flat_map(|(id, a, t, s)| {
-                tracker.feed(&MessageUpdate {
-                    message_id: *id,
-                    author: (*a).into(),
-                    text: (*t).into(),
-                    state: (*s).into(),
-                })
-            })
+            .flat_map(|(id, a, t, s)| tracker.feed(&update(*id, a, t, s)))
             .collect()
     }
 
@@ -293,6 +1006,7 @@ mod tests {
             ]
         );
         assert!(t.finished());
+        assert_eq!(t.human_message_id(), Some(1));
     }
 
     #[test]
@@ -350,17 +1064,120 @@ mod tests {
     }
 
     #[test]
-    fn error_and_cancelled_states_finish_as_failures() {
-        for state in ["error_user_message_too_long", "cancelled"] {
+    fn in_a_continued_chat_old_bot_messages_are_not_the_reply() {
+        let old = |id: i64| bot_2025(json!(id), "an old answer", "complete");
+        let frames: Vec<String> = [
+            // The previous turn's reply shows up again before the new prompt's echo...
+            sub("messageAdded", "messageAdded:3349", old(BOT - 10)),
+            sub("messageAdded", "messageAdded:3349", human_2025(NONCE)),
+            // ... and after it.
+            sub("messageAdded", "messageAdded:3349", old(BOT - 10)),
+            sub(
+                "messageAdded",
+                "messageAdded:3349",
+                bot_2025(json!(BOT), "new", "complete"),
+            ),
+        ]
+        .iter()
+        .map(|e| frame(std::slice::from_ref(e)))
+        .collect();
+        let mut t = ReplyTracker::with_nonce(Some(NONCE.into()));
+        assert_eq!(
+            track(&mut t, &frames),
+            vec![
+                ReplyStep::Text(Chunk::Append("new".into())),
+                ReplyStep::Finished(Outcome::Complete("new".into())),
+            ]
+        );
+        // Without a nonce, an old message after the echo is still skipped by its id.
+        let mut t = ReplyTracker::new();
+        let steps = track(&mut t, &frames[1..]);
+        assert_eq!(
+            steps.last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("new".into())))
+        );
+        assert_eq!(t.bot_message_id(), Some(BOT));
+    }
+
+    #[test]
+    fn with_a_nonce_other_peoples_echoes_are_ignored() {
+        let mut t = ReplyTracker::with_nonce(Some(NONCE.into()));
+        let other_echo = MessageUpdate {
+            client_nonce: Some("someone-else".into()),
+            ..update(HUMAN + 5, "human", "their question", "complete")
+        };
+        let our_echo = MessageUpdate {
+            client_nonce: Some(NONCE.into()),
+            ..update(HUMAN, "human", "our question", "complete")
+        };
+        assert_eq!(t.feed(&other_echo), vec![]);
+        // Their reply, before our echo: not ours.
+        assert_eq!(
+            t.feed(&update(HUMAN + 6, "beaver", "theirs", "incomplete")),
+            vec![]
+        );
+        assert_eq!(t.human_message_id(), None);
+        assert!(!t.started());
+        assert_eq!(t.feed(&our_echo), vec![]);
+        // A human message without a nonce does not move a matched echo.
+        assert_eq!(t.feed(&update(HUMAN + 7, "human", "x", "complete")), vec![]);
+        assert_eq!(t.human_message_id(), Some(HUMAN));
+        assert_eq!(
+            t.feed(&update(HUMAN + 8, "beaver", "ours", "complete")),
+            vec![
+                ReplyStep::Text(Chunk::Append("ours".into())),
+                ReplyStep::Finished(Outcome::Complete("ours".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn echoes_without_a_nonce_are_taken_when_a_nonce_is_expected() {
+        // The 2023 site sent no nonce at all.
+        let mut t = ReplyTracker::with_nonce(Some(NONCE.into()));
+        let steps = run(
+            &mut t,
+            &[
+                (1, "human", "q", "complete"),
+                (2, "beaver", "a", "complete"),
+            ],
+        );
+        assert_eq!(
+            steps.last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("a".into())))
+        );
+    }
+
+    #[test]
+    fn states_finish_fail_or_keep_streaming() {
+        for (state, end) in [
+            ("complete", Some(Outcome::Complete("partial".into()))),
+            (
+                "error_user_message_too_long",
+                Some(Outcome::Failed {
+                    state: "error_user_message_too_long".into(),
+                    text: "partial".into(),
+                }),
+            ),
+            (
+                "cancelled",
+                Some(Outcome::Failed {
+                    state: "cancelled".into(),
+                    text: "partial".into(),
+                }),
+            ),
+            ("incomplete", None),
+            ("thinking_hard", None),
+        ] {
             let mut t = ReplyTracker::new();
             let steps = run(&mut t, &[(2, "beaver", "partial", state)]);
+            assert_eq!(steps[0], ReplyStep::Text(Chunk::Append("partial".into())));
             assert_eq!(
-                steps.last(),
-                Some(&ReplyStep::Finished(Outcome::Failed {
-                    state: state.into(),
-                    text: "partial".into()
-                }))
+                steps.get(1),
+                end.map(ReplyStep::Finished).as_ref(),
+                "{state}"
             );
+            assert_eq!(t.finished(), steps.len() == 2);
         }
     }
 }

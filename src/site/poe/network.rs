@@ -1,0 +1,682 @@
+//! The page's own HTTP traffic, read through CDP: what its GraphQL requests and responses say.
+//!
+//! poed never calls the site's API; it reads what the page sent and received. Pure functions
+//! over request headers and bodies, so they are tested on recorded-style JSON:
+//! - [`query_name`] / [`is_send_query`] / [`client_nonce`]: which request is the page's send
+//!   (`sendMessageMutation`) and the nonce its human echo will carry.
+//! - [`parse_send_response`]: whether the site took the message or refused it
+//!   (`messageEdgeCreate.status`). On a refusal no frame ever comes, so this is the only way
+//!   to know.
+//! - [`find_reply`]: the reply read back from the chat the page refetches after lost updates.
+//!   That query's name and shape are not known, so the whole body is searched for message
+//!   objects.
+//! - [`bots_in`], [`points_in`]: bots of a bot-list response, the account's points.
+//!
+//! Bodies are searched wherever the wanted object sits (extra wrappers, batched responses)
+//! with the bounded walk of [`frames`](super::frames): depth-capped, no recursion.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+
+use super::frames::{int_of, objects, BotInfo, MessageUpdate, Outcome, PointInfo};
+
+/// The page's send mutation, as named in the `poe-queryname` header (2025).
+pub const SEND_QUERY: &str = "sendMessageMutation";
+
+/// The request header that names the GraphQL operation.
+pub const QUERY_NAME_HEADER: &str = "poe-queryname";
+
+/// The GraphQL operation of a request: the `poe-queryname` header (any case), else the
+/// body's `queryName`, else its `operationName` (the first operation of a batch).
+pub fn query_name(headers: &[(String, String)], post_data: Option<&str>) -> Option<String> {
+    let from_header = headers
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case(QUERY_NAME_HEADER) && !v.trim().is_empty())
+        .map(|(_, v)| v.trim().to_owned());
+    if from_header.is_some() {
+        return from_header;
+    }
+    let body = serde_json::from_str::<Value>(post_data?).ok()?;
+    let op = match &body {
+        Value::Array(batch) => batch.first()?,
+        one => one,
+    };
+    ["queryName", "operationName"].iter().find_map(|key| {
+        op.get(key)
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+    })
+}
+
+/// Whether an operation name is the page's send of a chat message: `sendMessageMutation` in
+/// any case or wrapping (`SendMessageMutation`, `chatHelpers_sendMessageMutation_Mutation`),
+/// and the older `chatHelpersSendNewChatMessageMutation`.
+pub fn is_send_query(name: &str) -> bool {
+    let plain: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    plain.contains("sendmessagemutation") || plain.contains("sendnewchatmessagemutation")
+}
+
+/// The `clientNonce` of a send request's body (`variables.clientNonce`, or wherever else the
+/// body has one).
+pub fn client_nonce(post_data: &str) -> Option<String> {
+    let body = serde_json::from_str::<Value>(post_data).ok()?;
+    let nonce_of = |o: &Map<String, Value>| {
+        o.get("clientNonce")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+    };
+    objects(&body)
+        .find_map(|o| {
+            o.get("variables")
+                .and_then(Value::as_object)
+                .and_then(nonce_of)
+        })
+        .or_else(|| objects(&body).find_map(nonce_of))
+}
+
+/// Why the site refused a message (`messageEdgeCreate.status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `reached_limit`: the quota (points) is used up.
+    ReachedLimit,
+    /// `rate_limit_exceeded`: too many messages too fast.
+    RateLimitExceeded,
+    /// `concurrent_messages`: too many replies in flight for the account.
+    ConcurrentMessages,
+    /// `too_many_tokens`: the message is too long for the bot.
+    TooManyTokens,
+    /// `no_access`: the bot is not available to this account.
+    NoAccess,
+    /// Any other status, as sent; `graphql_error` for a response with only GraphQL errors.
+    Other(String),
+}
+
+impl Refusal {
+    /// The refusal a status means (any case).
+    pub fn from_status(status: &str) -> Refusal {
+        match status.trim().to_ascii_lowercase().as_str() {
+            "reached_limit" => Refusal::ReachedLimit,
+            "rate_limit_exceeded" => Refusal::RateLimitExceeded,
+            "concurrent_messages" => Refusal::ConcurrentMessages,
+            "too_many_tokens" => Refusal::TooManyTokens,
+            "no_access" => Refusal::NoAccess,
+            _ => Refusal::Other(status.to_owned()),
+        }
+    }
+
+    /// The site's status string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Refusal::ReachedLimit => "reached_limit",
+            Refusal::RateLimitExceeded => "rate_limit_exceeded",
+            Refusal::ConcurrentMessages => "concurrent_messages",
+            Refusal::TooManyTokens => "too_many_tokens",
+            Refusal::NoAccess => "no_access",
+            Refusal::Other(s) => s,
+        }
+    }
+}
+
+/// What the response to the page's send says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendResult {
+    /// The site took the message: replies will come on the update socket.
+    Taken {
+        /// `chat.chatId` (or a numeric `chat.id`).
+        chat_id: Option<i64>,
+        /// `chat.chatCode`: the chat's page is `{base}/chat/{chatCode}`.
+        chat_code: Option<String>,
+        /// The id of the message taken (the human message: its echo has this id).
+        message_id: Option<i64>,
+    },
+    /// The site refused the message: no frame will come, not even the echo. Sending it
+    /// again later is not a duplicate.
+    Refused {
+        refusal: Refusal,
+        /// `statusMessage` (or the GraphQL error's message): what the page shows.
+        message: Option<String>,
+    },
+}
+
+/// Reads the response to the page's send. `None` when the body does not say (not JSON, or
+/// no `messageEdgeCreate` and no GraphQL error).
+pub fn parse_send_response(body: &str) -> Option<SendResult> {
+    let v = serde_json::from_str::<Value>(body).ok()?;
+    let edge = objects(&v).find_map(|o| o.get("messageEdgeCreate").and_then(Value::as_object));
+    let Some(edge) = edge else {
+        return graphql_error(&v);
+    };
+    match edge.get("status").and_then(Value::as_str) {
+        Some(s) if s.trim().eq_ignore_ascii_case("success") => Some(taken(edge)),
+        Some(s) => Some(SendResult::Refused {
+            refusal: Refusal::from_status(s),
+            message: edge
+                .get("statusMessage")
+                .and_then(Value::as_str)
+                .filter(|m| !m.trim().is_empty())
+                .map(str::to_owned),
+        }),
+        // No status: an error if the body says so, taken if a message was created.
+        None => graphql_error(&v).or_else(|| {
+            let t = taken(edge);
+            matches!(
+                t,
+                SendResult::Taken {
+                    message_id: Some(_),
+                    ..
+                }
+            )
+            .then_some(t)
+        }),
+    }
+}
+
+fn taken(edge: &Map<String, Value>) -> SendResult {
+    let chat = edge.get("chat").and_then(Value::as_object);
+    let chat_field = |key: &str| chat.and_then(|c| c.get(key));
+    SendResult::Taken {
+        chat_id: chat_field("chatId")
+            .and_then(int_of)
+            .or_else(|| chat_field("id").and_then(int_of)),
+        chat_code: chat_field("chatCode")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned),
+        // `message` is an edge (`message.node.messageId`) or the node itself.
+        message_id: edge
+            .get("message")
+            .and_then(|m| objects(m).find_map(|o| o.get("messageId").and_then(int_of))),
+    }
+}
+
+/// A response with a non-empty GraphQL `errors` list at its top (or at the top of one of a
+/// batch's responses): a refusal the site did not name.
+fn graphql_error(v: &Value) -> Option<SendResult> {
+    let tops: Vec<&Value> = match v {
+        Value::Array(batch) => batch.iter().collect(),
+        one => vec![one],
+    };
+    let errors = tops.iter().find_map(|t| {
+        t.get("errors")
+            .and_then(Value::as_array)
+            .filter(|e| !e.is_empty())
+    })?;
+    Some(SendResult::Refused {
+        refusal: Refusal::Other("graphql_error".into()),
+        message: errors
+            .iter()
+            .find_map(|e| e.get("message").and_then(Value::as_str))
+            .map(str::to_owned),
+    })
+}
+
+/// Which message of a refetched chat is the reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyTarget {
+    /// The bot message's id, when frames gave it ([`super::frames::ReplyTracker::bot_message_id`]).
+    pub bot_message_id: Option<i64>,
+    /// The prompt's id (its echo, or the `message_id` of [`SendResult::Taken`]).
+    pub human_message_id: Option<i64>,
+    /// The nonce of the page's send request, to find the prompt when its id is not known.
+    pub client_nonce: Option<String>,
+}
+
+/// A message read from a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundMessage {
+    pub message_id: i64,
+    /// The whole text.
+    pub text: String,
+    /// `incomplete` (also when absent), `complete`, `cancelled`, `error_*`, ...
+    pub state: String,
+    /// `human`, `chat_break` or the bot's codename, when the response said.
+    pub author: Option<String>,
+    /// The bot object of the message, when the response had one.
+    pub bot: Option<BotInfo>,
+}
+
+impl FoundMessage {
+    /// How the message ended, or `None` while it still streams.
+    pub fn outcome(&self) -> Option<Outcome> {
+        Outcome::from_state(&self.state, &self.text)
+    }
+}
+
+/// Finds the reply in a response of any shape holding the chat's messages (`edges[].node`,
+/// plain lists, any nesting). A message is an object with `messageId` and a string `text`.
+/// The reply is the message with `target.bot_message_id` when that is set (`None` if it is
+/// absent); else the first bot message (by id) after the prompt, found by
+/// `target.human_message_id` or by the message carrying `target.client_nonce`.
+pub fn find_reply(body: &str, target: &ReplyTarget) -> Option<FoundMessage> {
+    let v = serde_json::from_str::<Value>(body).ok()?;
+    let mut seen = HashSet::new();
+    let messages: Vec<MessageUpdate> = objects(&v)
+        .filter(|o| o.get("text").is_some_and(Value::is_string))
+        .filter_map(|o| MessageUpdate::from_map(o, false))
+        .filter(|m| seen.insert(m.message_id))
+        .collect();
+    let found = match target.bot_message_id {
+        Some(id) => messages.into_iter().find(|m| m.message_id == id)?,
+        None => {
+            let anchor = target.human_message_id.or_else(|| {
+                let nonce = target.client_nonce.as_deref()?;
+                messages
+                    .iter()
+                    .find(|m| m.client_nonce.as_deref() == Some(nonce))
+                    .map(|m| m.message_id)
+            })?;
+            messages
+                .into_iter()
+                .filter(|m| m.message_id > anchor && !m.human && !m.chat_break)
+                .min_by_key(|m| m.message_id)?
+        }
+    };
+    Some(FoundMessage {
+        message_id: found.message_id,
+        text: found.text,
+        state: found.state,
+        author: found.author,
+        bot: found.bot,
+    })
+}
+
+/// Every bot of a response: objects (any depth) with a string `handle` and `displayName`,
+/// once per handle, in order of appearance (array order; the keys of one object are visited
+/// sorted).
+pub fn bots_in(body: &str) -> Vec<BotInfo> {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut seen = HashSet::new();
+    objects(&v)
+        .filter(|o| o.get("displayName").is_some_and(Value::is_string))
+        .filter_map(BotInfo::from_map)
+        .filter(|b| seen.insert(b.handle.clone()))
+        .collect()
+}
+
+/// The account's points in a response (a settings or viewer query): the first
+/// `messagePointInfo` with a known field.
+pub fn points_in(body: &str) -> Option<PointInfo> {
+    let v = serde_json::from_str::<Value>(body).ok()?;
+    objects(&v).find_map(|o| o.get("messagePointInfo").and_then(PointInfo::from_json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// The page's send request of 2025.
+    fn send_body() -> String {
+        json!({"queryName": "sendMessageMutation", "extensions": {"hash": "abc"},
+            "variables": {"chatId": null, "bot": "claude_opus_4_5", "query": "Say hi",
+                "source": {"sourceType": "chat_input"}, "clientNonce": "k3oYw9h2Qz1x",
+                "sdid": "", "attachments": []}})
+        .to_string()
+    }
+
+    #[test]
+    fn the_query_name_comes_from_the_header_then_the_body() {
+        let body = send_body();
+        assert_eq!(
+            query_name(&headers(&[("Poe-QueryName", "sendMessageMutation")]), None),
+            Some("sendMessageMutation".into())
+        );
+        assert_eq!(
+            query_name(
+                &headers(&[("content-type", "application/json"), ("poe-queryname", "X")]),
+                Some(&body)
+            ),
+            Some("X".into())
+        );
+        assert_eq!(
+            query_name(&headers(&[("poe-formkey", "f")]), Some(&body)),
+            Some("sendMessageMutation".into())
+        );
+        let graphql = json!({"operationName": "ChatPageQuery", "variables": {}}).to_string();
+        assert_eq!(
+            query_name(&[], Some(&graphql)),
+            Some("ChatPageQuery".into())
+        );
+        let batch = json!([{"queryName": "First"}, {"queryName": "Second"}]).to_string();
+        assert_eq!(query_name(&[], Some(&batch)), Some("First".into()));
+        assert_eq!(query_name(&[], Some("a=1&b=2")), None);
+        assert_eq!(query_name(&[], None), None);
+        assert_eq!(query_name(&headers(&[("poe-queryname", " ")]), None), None);
+    }
+
+    #[test]
+    fn send_queries_are_recognised_in_their_known_spellings() {
+        for name in [
+            SEND_QUERY,
+            "SendMessageMutation",
+            "chatHelpers_sendMessageMutation_Mutation",
+            "chatHelpersSendNewChatMessageMutation",
+        ] {
+            assert!(is_send_query(name), "{name}");
+        }
+        for name in ["ChatPageQuery", "subscriptionsMutation", "messageCancel"] {
+            assert!(!is_send_query(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_client_nonce_is_read_from_the_variables() {
+        assert_eq!(client_nonce(&send_body()), Some("k3oYw9h2Qz1x".into()));
+        let nested = json!({"variables": {"input": {"clientNonce": "n2"}}}).to_string();
+        assert_eq!(client_nonce(&nested), Some("n2".into()));
+        assert_eq!(
+            client_nonce("{\"variables\": {\"clientNonce\": \"\"}}"),
+            None
+        );
+        assert_eq!(client_nonce("not json"), None);
+    }
+
+    fn edge(status: &str, message: Value) -> Value {
+        json!({"messageEdgeCreate": {"status": status, "statusMessage": message,
+            "chat": null, "message": null, "bot": {"handle": "GPT-4o"}}})
+    }
+
+    #[test]
+    fn a_taken_send_gives_the_chat_and_the_message() {
+        let body = json!({"data": {"messageEdgeCreate": {
+            "_": "x", "status": "success", "statusMessage": null,
+            "chat": {"chatId": 3349, "chatCode": "2fnxsq7l", "id": "Q2hhdDozMzQ5",
+                "messagesConnection": {"edges": [{"node": {"messageId": 1, "text": "x"}}]}},
+            "message": {"cursor": "c", "node": {"messageId": 457_234_370_765_i64,
+                "author": "human", "text": "Say hi"}}}}})
+        .to_string();
+        assert_eq!(
+            parse_send_response(&body),
+            Some(SendResult::Taken {
+                chat_id: Some(3349),
+                chat_code: Some("2fnxsq7l".into()),
+                message_id: Some(457_234_370_765),
+            })
+        );
+        // Another nesting, a string chat id under `id`, the message node itself.
+        let wrapped = json!([{"data": {"wrapper": {"messageEdgeCreate": {
+            "status": "success", "chat": {"id": "3349"}, "message": {"messageId": "12"}}}}}])
+        .to_string();
+        assert_eq!(
+            parse_send_response(&wrapped),
+            Some(SendResult::Taken {
+                chat_id: Some(3349),
+                chat_code: None,
+                message_id: Some(12),
+            })
+        );
+    }
+
+    #[test]
+    fn every_refusal_status_is_told_apart() {
+        for (status, refusal) in [
+            ("reached_limit", Refusal::ReachedLimit),
+            ("rate_limit_exceeded", Refusal::RateLimitExceeded),
+            ("concurrent_messages", Refusal::ConcurrentMessages),
+            ("too_many_tokens", Refusal::TooManyTokens),
+            ("no_access", Refusal::NoAccess),
+            (
+                "message_points_display_price_mismatch",
+                Refusal::Other("message_points_display_price_mismatch".into()),
+            ),
+        ] {
+            let body = json!({"data": edge(status, json!("Message is too long."))}).to_string();
+            assert_eq!(
+                parse_send_response(&body),
+                Some(SendResult::Refused {
+                    refusal: refusal.clone(),
+                    message: Some("Message is too long.".into())
+                }),
+                "{status}"
+            );
+            assert_eq!(refusal.as_str(), status);
+            assert_eq!(Refusal::from_status(status), refusal);
+        }
+        let no_message = json!({"data": edge("no_access", Value::Null)}).to_string();
+        assert_eq!(
+            parse_send_response(&no_message),
+            Some(SendResult::Refused {
+                refusal: Refusal::NoAccess,
+                message: None
+            })
+        );
+    }
+
+    #[test]
+    fn graphql_errors_refuse_only_when_the_body_clearly_says_so() {
+        let errors = json!({"data": null, "errors": [{"message": "Server Error",
+            "path": ["messageEdgeCreate"]}]})
+        .to_string();
+        assert_eq!(
+            parse_send_response(&errors),
+            Some(SendResult::Refused {
+                refusal: Refusal::Other("graphql_error".into()),
+                message: Some("Server Error".into())
+            })
+        );
+        // A status wins over errors beside it.
+        let both = json!({"data": edge("reached_limit", json!("out")),
+            "errors": [{"message": "x"}]})
+        .to_string();
+        assert!(matches!(
+            parse_send_response(&both),
+            Some(SendResult::Refused {
+                refusal: Refusal::ReachedLimit,
+                ..
+            })
+        ));
+        for unclear in [
+            "<html>502 Bad Gateway</html>",
+            "",
+            "{}",
+            "{\"data\": null}",
+            "{\"errors\": []}",
+            "{\"data\": {\"messageEdgeCreate\": {\"chat\": null}}}",
+            "{\"data\": {\"messageEdgeCreate\": null}}",
+        ] {
+            assert_eq!(parse_send_response(unclear), None, "{unclear}");
+        }
+    }
+
+    /// A chat as a `ChatPageQuery`-like response has it: relay edges, newest last.
+    fn chat_edges() -> String {
+        let node = |id: i64, author: &str, text: &str, state: &str, nonce: Value| {
+            json!({"cursor": id.to_string(), "node": {"_": "n", "id": "TWVzc2FnZTox",
+                "messageId": id, "author": author, "text": text, "state": state,
+                "clientNonce": nonce, "contentType": "text_markdown"}})
+        };
+        json!({"data": {"chatOfCode": {"chatId": 3349, "messagesConnection": {
+        "pageInfo": {"hasPreviousPage": false},
+        "edges": [
+            node(100, "human", "first question", "complete", json!("old-nonce")),
+            node(101, "claude_opus_4_5", "first answer", "complete", Value::Null),
+            node(102, "chat_break", "", "complete", Value::Null),
+            node(200, "human", "Say hi", "complete", json!("k3oYw9h2Qz1x")),
+            node(201, "claude_opus_4_5", "Hi there!", "complete", Value::Null),
+        ]}}}})
+        .to_string()
+    }
+
+    /// The same kind of chat as a flat list in another query, unordered, `author` left out
+    /// of the bot message (a `bot` object instead) and ids as strings.
+    fn chat_flat() -> String {
+        json!({"data": {"node": {"__typename": "Chat", "messages": [
+            {"messageId": "201", "text": "Partial", "state": "incomplete",
+                "authorUser": null, "bot": {"handle": "GPT-4o", "displayName": "GPT-4o"}},
+            {"messageId": "200", "text": "Say hi", "author": "human"},
+            {"messageId": "101", "text": "first answer", "author": "capybara"},
+            {"messageId": "100", "text": "first question", "author": "human"},
+        ]}}})
+        .to_string()
+    }
+
+    #[test]
+    fn the_reply_is_found_by_its_id_or_after_the_prompt() {
+        let by_bot = ReplyTarget {
+            bot_message_id: Some(201),
+            ..ReplyTarget::default()
+        };
+        let by_human = ReplyTarget {
+            human_message_id: Some(200),
+            ..ReplyTarget::default()
+        };
+        let by_nonce = ReplyTarget {
+            client_nonce: Some("k3oYw9h2Qz1x".into()),
+            ..ReplyTarget::default()
+        };
+        for target in [&by_bot, &by_human, &by_nonce] {
+            let found = find_reply(&chat_edges(), target).expect("the reply");
+            assert_eq!(
+                found,
+                FoundMessage {
+                    message_id: 201,
+                    text: "Hi there!".into(),
+                    state: "complete".into(),
+                    author: Some("claude_opus_4_5".into()),
+                    bot: None,
+                },
+                "{target:?}"
+            );
+            assert_eq!(found.outcome(), Some(Outcome::Complete("Hi there!".into())));
+        }
+        for target in [&by_bot, &by_human] {
+            let found = find_reply(&chat_flat(), target).expect("the reply");
+            assert_eq!((found.message_id, found.text.as_str()), (201, "Partial"));
+            assert_eq!(found.outcome(), None);
+            assert_eq!(found.bot.map(|b| b.handle), Some("GPT-4o".into()));
+        }
+        // The flat list has no nonces: the prompt cannot be found that way.
+        assert_eq!(find_reply(&chat_flat(), &by_nonce), None);
+    }
+
+    #[test]
+    fn no_reply_is_guessed() {
+        // Nothing to anchor on.
+        assert_eq!(find_reply(&chat_edges(), &ReplyTarget::default()), None);
+        // The bot message is not in the response.
+        let gone = ReplyTarget {
+            bot_message_id: Some(999),
+            human_message_id: Some(200),
+            client_nonce: None,
+        };
+        assert_eq!(find_reply(&chat_edges(), &gone), None);
+        // No bot message after the prompt yet (chat breaks and humans do not count).
+        let early = ReplyTarget {
+            human_message_id: Some(201),
+            ..ReplyTarget::default()
+        };
+        assert_eq!(find_reply(&chat_edges(), &early), None);
+        let after_old = ReplyTarget {
+            human_message_id: Some(101),
+            ..ReplyTarget::default()
+        };
+        assert_eq!(
+            find_reply(&chat_edges(), &after_old).map(|m| m.message_id),
+            Some(201)
+        );
+        assert_eq!(find_reply("not json", &after_old), None);
+    }
+
+    #[test]
+    fn huge_and_deep_bodies_are_searched_in_bounded_work() {
+        let many: Vec<Value> = (0..50_000)
+            .map(|i| {
+                json!({"messageId": i, "author": if i % 2 == 0 { "human" } else { "bot" },
+                "text": "t"})
+            })
+            .collect();
+        let body = json!({"data": {"messages": many}}).to_string();
+        let target = ReplyTarget {
+            human_message_id: Some(40_000),
+            ..ReplyTarget::default()
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(
+            find_reply(&body, &target).map(|m| m.message_id),
+            Some(40_001)
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+        // A message nested deeper than the walk goes is not found; one above it is.
+        let nest = |depth: usize, id: i64| {
+            format!(
+                "{}{{\"messageId\":{id},\"author\":\"bot\",\"text\":\"deep\"}}{}",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        let bot = |id| ReplyTarget {
+            bot_message_id: Some(id),
+            ..ReplyTarget::default()
+        };
+        assert_eq!(find_reply(&nest(100, 5), &bot(5)), None);
+        assert_eq!(
+            find_reply(&nest(60, 5), &bot(5)).map(|m| m.message_id),
+            Some(5)
+        );
+        // Past serde_json's own nesting limit the body is simply not read.
+        assert_eq!(find_reply(&nest(100_000, 5), &bot(5)), None);
+        assert_eq!(bots_in(&"[".repeat(100_000)), vec![]);
+    }
+
+    #[test]
+    fn bots_are_listed_once_in_order() {
+        let body = json!({"data": {"viewer": {"availableBotsConnection": {"edges": [
+            {"node": {"handle": "GPT-4o", "displayName": "GPT-4o", "deletionState": "not_deleted"}},
+            {"node": {"handle": "Claude-Sonnet-4.5", "displayName": "Claude Sonnet 4.5",
+                "picture": {"handle": "not-a-bot"}}},
+            {"node": {"handle": "GPT-4o", "displayName": "GPT-4o (again)"}},
+            {"node": {"handle": "", "displayName": "empty handle"}},
+            {"node": {"handle": 5, "displayName": "numeric handle"}},
+            {"node": {"handle": "Web-Search", "displayName": "Web-Search"}},
+        ]}}}})
+        .to_string();
+        let handles: Vec<(String, Option<String>)> = bots_in(&body)
+            .into_iter()
+            .map(|b| (b.handle, b.display_name))
+            .collect();
+        assert_eq!(
+            handles,
+            vec![
+                ("GPT-4o".into(), Some("GPT-4o".into())),
+                ("Claude-Sonnet-4.5".into(), Some("Claude Sonnet 4.5".into())),
+                ("Web-Search".into(), Some("Web-Search".into())),
+            ]
+        );
+        assert_eq!(bots_in("nope"), vec![]);
+    }
+
+    #[test]
+    fn points_are_read_from_a_settings_response() {
+        let body = json!({"data": {"viewer": {"messagePointInfo": {
+            "messagePointBalance": 2731, "totalMessagePointAllotment": 3000,
+            "messagePointResetTime": "1767225600000000", "warningBannerPercent": 12.5}}}})
+        .to_string();
+        assert_eq!(
+            points_in(&body),
+            Some(PointInfo {
+                balance: Some(2731),
+                allotment: Some(3000),
+                reset_micros: Some(1_767_225_600_000_000),
+                warning_percent: Some(12.5),
+            })
+        );
+        assert_eq!(points_in("{\"data\": {}}"), None);
+    }
+}
