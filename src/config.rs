@@ -233,31 +233,47 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Checks values that the types cannot.
+    /// Checks values that the types cannot: every duration and size within its range, so
+    /// nothing later can overflow or hang on a bad value.
     pub fn validate(&self) -> Result<(), String> {
-        if self.pool.tabs == 0 {
-            return Err("pool.tabs must be at least 1".into());
-        }
-        if self.max_line_bytes < 1024 {
-            return Err("max_line_bytes must be at least 1024".into());
+        let sizes: [(&str, u64, u64, u64); 4] = [
+            ("pool.tabs", self.pool.tabs as u64, 1, MAX_TABS),
+            ("pool.queue", self.pool.queue as u64, 0, MAX_QUEUE),
+            (
+                "max_line_bytes",
+                self.max_line_bytes as u64,
+                1024,
+                MAX_LINE_BYTES,
+            ),
+            (
+                "pool.min_send_interval_ms",
+                self.pool.min_send_interval_ms,
+                0,
+                MAX_SECS as u64 * 1000,
+            ),
+        ];
+        for (name, v, min, max) in sizes {
+            if !(min..=max).contains(&v) {
+                return Err(format!("{name} = {v} is out of range: use {min} to {max}"));
+            }
         }
         let t = &self.timeouts;
         for (name, v) in [
-            ("navigation_secs", t.navigation_secs),
-            ("prompt_box_secs", t.prompt_box_secs),
-            ("send_button_secs", t.send_button_secs),
-            ("reply_secs", t.reply_secs),
-            ("idle_secs", t.idle_secs),
-            ("shutdown_grace_secs", t.shutdown_grace_secs),
-            ("recover_secs", t.recover_secs),
+            ("timeouts.navigation_secs", t.navigation_secs),
+            ("timeouts.prompt_box_secs", t.prompt_box_secs),
+            ("timeouts.send_button_secs", t.send_button_secs),
+            ("timeouts.reply_secs", t.reply_secs),
+            ("timeouts.idle_secs", t.idle_secs),
+            ("timeouts.shutdown_grace_secs", t.shutdown_grace_secs),
+            ("timeouts.recover_secs", t.recover_secs),
             (
                 "browser.launch_timeout_secs",
                 self.browser.launch_timeout_secs,
             ),
         ] {
-            if !(v.is_finite() && v > 0.0) {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_SECS) {
                 return Err(format!(
-                    "timeouts.{name} must be a positive number of seconds"
+                    "{name} = {v} is not a usable number of seconds: use a positive number up to {MAX_SECS} (a week)"
                 ));
             }
         }
@@ -271,11 +287,48 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Expands a leading `~` (the user's home) in every path setting.
+    pub fn expand_home(&mut self) {
+        for path in [
+            &mut self.socket,
+            &mut self.browser.chromium,
+            &mut self.browser.profile,
+        ] {
+            *path = expand_home(path);
+        }
+        if let Some(p) = self.http.api_key_file.as_mut() {
+            *p = expand_home(p);
+        }
+    }
 }
 
-/// `secs` as a [`std::time::Duration`] (validated positive and finite).
+/// The longest duration any setting may have: a week.
+pub const MAX_SECS: f64 = 7.0 * 24.0 * 3600.0;
+/// The most tabs a pool may have (the site takes about three replies at once per account).
+pub const MAX_TABS: u64 = 32;
+/// The longest request queue.
+pub const MAX_QUEUE: u64 = 100_000;
+/// The largest request line.
+pub const MAX_LINE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `path` with a leading `~` or `~/` replaced by `$HOME`.
+pub fn expand_home(path: &Path) -> PathBuf {
+    match path.strip_prefix("~") {
+        Ok(rest) => home().join(rest),
+        Err(_) => path.to_owned(),
+    }
+}
+
+/// `secs` as a [`std::time::Duration`]; never panics (values are validated at load, and
+/// anything out of range is clamped to between a millisecond and a week).
 pub fn secs(secs: f64) -> std::time::Duration {
-    std::time::Duration::from_secs_f64(secs.max(0.001))
+    let clamped = if secs.is_nan() {
+        0.001
+    } else {
+        secs.clamp(0.001, MAX_SECS)
+    };
+    std::time::Duration::try_from_secs_f64(clamped).unwrap_or(std::time::Duration::from_millis(1))
 }
 
 fn home() -> PathBuf {
@@ -371,5 +424,64 @@ mod tests {
         let mut c = Config::default();
         c.site.base_url = "poe.com".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn out_of_range_durations_and_sizes_are_refused_not_panicked_on() {
+        for (edit, key) in [
+            (
+                Box::new(|c: &mut Config| c.timeouts.reply_secs = 1e20) as Box<dyn Fn(&mut Config)>,
+                "reply_secs",
+            ),
+            (
+                Box::new(|c: &mut Config| c.timeouts.idle_secs = f64::NAN),
+                "idle_secs",
+            ),
+            (
+                Box::new(|c: &mut Config| c.timeouts.recover_secs = f64::INFINITY),
+                "recover_secs",
+            ),
+            (
+                Box::new(|c: &mut Config| c.timeouts.navigation_secs = -1.0),
+                "navigation_secs",
+            ),
+            (Box::new(|c: &mut Config| c.pool.tabs = 0), "pool.tabs"),
+            (Box::new(|c: &mut Config| c.pool.tabs = 10_000), "pool.tabs"),
+            (
+                Box::new(|c: &mut Config| c.max_line_bytes = 10),
+                "max_line_bytes",
+            ),
+            (
+                Box::new(|c: &mut Config| c.pool.min_send_interval_ms = u64::MAX),
+                "min_send_interval_ms",
+            ),
+        ] {
+            let mut c = Config::default();
+            edit(&mut c);
+            let e = c.validate().expect_err(key);
+            assert!(e.contains(key), "{e}");
+        }
+        // Whatever reaches `secs`, it gives a duration.
+        for v in [1e20, f64::NAN, f64::INFINITY, -5.0, 0.0] {
+            assert!(secs(v) <= std::time::Duration::from_secs_f64(MAX_SECS));
+        }
+    }
+
+    #[test]
+    fn a_leading_tilde_means_home() {
+        let home = home();
+        let mut c = Config::from_toml(
+            "socket = \"~/run/poed.sock\"\n[browser]\nprofile = \"~/poed/profile\"\n[http]\napi_key_file = \"~/key\"\n",
+        )
+        .expect("valid");
+        c.expand_home();
+        assert_eq!(c.socket, home.join("run/poed.sock"));
+        assert_eq!(c.browser.profile, home.join("poed/profile"));
+        assert_eq!(c.http.api_key_file, Some(home.join("key")));
+        assert_eq!(expand_home(Path::new("/abs/~x")), PathBuf::from("/abs/~x"));
+        assert_eq!(
+            expand_home(Path::new("~other/x")),
+            PathBuf::from("~other/x")
+        );
     }
 }

@@ -131,6 +131,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     if let Some(v) = args.prompt_timeout {
         config.timeouts.prompt_box_secs = v;
     }
+    config.expand_home();
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
 }

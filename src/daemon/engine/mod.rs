@@ -83,6 +83,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Test hook: a prompt containing the text of `POED_TEST_PANIC_ON` makes its request panic
+/// while it holds a tab, so tests can check that a bug costs only that request.
+fn fault_injection(prompt: &str) {
+    if let Some(marker) = std::env::var_os("POED_TEST_PANIC_ON") {
+        let marker = marker.to_string_lossy();
+        if !marker.is_empty() && prompt.contains(marker.as_ref()) {
+            panic!("fault injected by POED_TEST_PANIC_ON");
+        }
+    }
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -263,6 +274,7 @@ impl Engine {
             }
         };
         let queued_ms = t0.elapsed().as_millis() as u64;
+        fault_injection(&prompt);
         updates(ReplyEvent::Started {
             model: model.clone(),
             bot: bot.clone(),

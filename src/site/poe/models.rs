@@ -1,7 +1,7 @@
 //! The model table: public model names -> Poe bot handles (`{base}/{handle}` is the bot page).
 //!
 //! The built-in rows are the original provider's table; the config file adds or overrides
-//! rows (`[models]`), e.g. for today's bots such as `Claude-3.5-Sonnet`.
+//! rows (`[site.models]`), e.g. for today's bots such as `Claude-3.5-Sonnet`.
 
 use std::collections::BTreeMap;
 
@@ -49,7 +49,7 @@ impl ModelTable {
         }
         if !models.contains_key(default) {
             return Err(format!(
-                "default model {default:?} is not in the model table; add it under [models]"
+                "default model {default:?} is not in the model table; add it under [site.models]"
             ));
         }
         Ok(ModelTable {
@@ -70,7 +70,7 @@ impl ModelTable {
             None => Err(Error::new(
                 ErrorKind::UnknownModel,
                 format!(
-                    "unknown model {name:?}; known models: {}. Add others under [models] in the config file",
+                    "unknown model {name:?}; known models: {}. Add others under [site.models] in the config file",
                     self.models.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             )),
@@ -114,12 +114,15 @@ mod tests {
         let e = t.resolve(Some("gpt-9")).expect_err("unknown");
         assert_eq!(e.kind, ErrorKind::UnknownModel);
         assert!(e.message.contains("gpt-4") && e.message.contains("palm"));
+        // The config key the message points to is the real one.
+        assert!(e.message.contains("[site.models]"), "{}", e.message);
     }
 
     #[test]
     fn bad_config_rows_are_refused() {
         let extra = BTreeMap::from([("x".to_string(), "a/b".to_string())]);
         assert!(ModelTable::new(&extra, DEFAULT_MODEL).is_err());
-        assert!(ModelTable::new(&BTreeMap::new(), "nope").is_err());
+        let e = ModelTable::new(&BTreeMap::new(), "nope").expect_err("unknown default");
+        assert!(e.contains("[site.models]"), "{e}");
     }
 }
