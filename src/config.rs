@@ -81,8 +81,11 @@ pub struct PoolConfig {
     pub tabs: usize,
     /// Requests that may wait for a tab; beyond that a request gets `busy`.
     pub queue: usize,
-    /// Minimum milliseconds between two sends of the account (0 = off).
+    /// Minimum milliseconds between two sends of the account (0 = off, the default: the
+    /// site's own refusals set the pace).
     pub min_send_interval_ms: u64,
+    /// At most this many sends of the account per minute (0 = no cap, the default).
+    pub max_sends_per_minute: u32,
 }
 
 /// Timeouts, in seconds.
@@ -101,8 +104,11 @@ pub struct Timeouts {
     /// from the page).
     pub idle_secs: f64,
     /// After the page lost its update stream, how long to wait for the page itself to show
-    /// the finished reply.
+    /// the finished reply (the last resort, reading the page).
     pub recover_secs: f64,
+    /// After the page lost its update stream, how long to wait for its refetch response
+    /// (the network) before falling back to reading the page.
+    pub refetch_secs: f64,
     /// On SIGTERM/SIGINT, how long running replies may take to finish before they are stopped.
     pub shutdown_grace_secs: f64,
 }
@@ -119,8 +125,15 @@ pub struct SiteConfig {
     pub models: BTreeMap<String, String>,
     /// Frames are read only from WebSockets whose URL contains this (other sockets are noise).
     pub update_socket_contains: String,
-    /// The sign-in page, relative to `base_url` (`poectl login` opens it).
+    /// The sign-in page, relative to `base_url` (`poectl login` opens it). A bot page that
+    /// redirects here means the profile is signed out.
     pub login_path: String,
+    /// The page's API requests are those whose URL contains this; their responses (the
+    /// send's result, a refetch after lost updates) are read from the network.
+    pub api_path_contains: String,
+    /// Whether a reply whose updates were lost and whose refetch response did not show it
+    /// may be read from the page's DOM (the last resort).
+    pub recover_from_dom: bool,
     pub selectors: Selectors,
 }
 
@@ -173,7 +186,8 @@ impl Default for PoolConfig {
         PoolConfig {
             tabs: 3,
             queue: 32,
-            min_send_interval_ms: 1500,
+            min_send_interval_ms: 0,
+            max_sends_per_minute: 0,
         }
     }
 }
@@ -187,6 +201,7 @@ impl Default for Timeouts {
             reply_secs: 300.0,
             idle_secs: 60.0,
             recover_secs: 30.0,
+            refetch_secs: 5.0,
             shutdown_grace_secs: 10.0,
         }
     }
@@ -200,7 +215,19 @@ impl Default for SiteConfig {
             models: BTreeMap::new(),
             update_socket_contains: "/updates".into(),
             login_path: "/login".into(),
+            api_path_contains: "/api/".into(),
+            recover_from_dom: true,
             selectors: Selectors::default(),
+        }
+    }
+}
+
+impl SiteConfig {
+    /// Which of a tab's traffic the browser layer passes up.
+    pub fn watch(&self) -> crate::browser::tab::Watch {
+        crate::browser::tab::Watch {
+            update_socket_contains: self.update_socket_contains.clone(),
+            api_contains: self.api_path_contains.clone(),
         }
     }
 }
@@ -208,14 +235,12 @@ impl Default for SiteConfig {
 impl Default for Selectors {
     fn default() -> Self {
         Selectors {
-            prompt_box: "footer textarea[class^='GrowingTextArea']".into(),
-            send_button:
-                "footer button[class*='ChatMessageSendButton'], button[aria-label='Send message']"
-                    .into(),
-            stop_button: "button[aria-label='Stop message']".into(),
+            prompt_box: "textarea[class*='GrowingTextArea_textArea'], textarea[class^='GrowingTextArea']".into(),
+            send_button: "button[class*='sendButton'], button[class*='ChatMessageSendButton'], button[aria-label='Send message']".into(),
+            stop_button: "button[aria-label='Stop message'], button[class*='StopButton']".into(),
             logged_out: "[class*='LoggedOutBotInfoPage']".into(),
             daily_limit: "[class*='ChatMessageSendButton_noFreeMessageTooltip']".into(),
-            bot_message_text: "[class*='Message_botMessageBubble'] [class*='Markdown_markdownContainer'], [data-author='bot'] [class*='Markdown_markdownContainer']".into(),
+            bot_message_text: "[class^='Message_leftSideMessageBubble__'] [class^='Markdown_markdownContainer__'], [class*='Message_botMessageBubble'] [class*='Markdown_markdownContainer'], [data-author='bot'] [class*='Markdown_markdownContainer']".into(),
         }
     }
 }
@@ -266,6 +291,7 @@ impl Config {
             ("timeouts.idle_secs", t.idle_secs),
             ("timeouts.shutdown_grace_secs", t.shutdown_grace_secs),
             ("timeouts.recover_secs", t.recover_secs),
+            ("timeouts.refetch_secs", t.refetch_secs),
             (
                 "browser.launch_timeout_secs",
                 self.browser.launch_timeout_secs,

@@ -53,6 +53,18 @@ fn processes_with(needle: &str) -> Vec<i32> {
     out
 }
 
+/// The parent pid of `pid`.
+fn parent_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()?
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// The main Chromium process of a daemon: the child of poed running on its profile.
 fn chromium_main(daemon: &Daemon) -> i32 {
     let poed = daemon.pid().expect("poed pid") as i32;
@@ -355,6 +367,9 @@ async fn socket_activation_and_readiness_like_systemd() {
     let client = poed::client::Client::connect(&socket)
         .await
         .expect("connect through the activated socket");
+    // `status` names the socket actually listened on, not the configured one.
+    let status = client.status().await.expect("status");
+    assert_eq!(status.socket, socket.display().to_string());
     let done = client
         .complete(ask("activated"))
         .await
@@ -366,6 +381,37 @@ async fn socket_activation_and_readiness_like_systemd() {
         matches!(done, Event::Done { ref text, .. } if *text == expected_reply("GPT-3.5-Turbo", "activated"))
     );
     drop(client);
+    // A wedged browser stops the watchdog: the probe's round trip through the request path
+    // fails, so systemd would restart poed. (Status lines alone kept it fed before.)
+    let poed_pid = child.id().expect("pid") as i32;
+    let chromium = processes_with(&dir.path().join("profile").display().to_string())
+        .into_iter()
+        .find(|pid| parent_of(*pid) == Some(poed_pid))
+        .expect("chromium main process");
+    // SAFETY: stopping the daemon's own Chromium, a process of this test.
+    unsafe { libc::kill(chromium, libc::SIGSTOP) };
+    let gap = within(Duration::from_secs(15), "a gap in WATCHDOG=1", async {
+        let mut last = std::time::Instant::now();
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(3), notify.recv(&mut buf)).await;
+            match got {
+                Err(_) => return last.elapsed(),
+                Ok(n) => {
+                    let n = n.expect("recv");
+                    if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "WATCHDOG=1") {
+                        if last.elapsed() >= Duration::from_millis(2500) {
+                            return last.elapsed();
+                        }
+                        last = std::time::Instant::now();
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(gap >= Duration::from_millis(2500), "watchdog kept being fed: gap {gap:?}");
+    // SAFETY: as above (the supervisor may have killed it already).
+    unsafe { libc::kill(chromium, libc::SIGCONT) };
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id().expect("pid") as i32, libc::SIGTERM) };
     let status = within(Duration::from_secs(20), "exit", child.wait())

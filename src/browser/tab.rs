@@ -7,7 +7,11 @@
 //! hands them raw to the request currently subscribed: the browser layer knows nothing of
 //! the site, the site adapter parses. With no subscriber, frames are dropped, so an idle
 //! tab's memory does not grow with the site's chatter. It also follows the main frame's URL
-//! (navigations, in-page moves) for whoever watches it.
+//! (navigations, in-page moves) for whoever watches it, and reads the HTTP responses of the
+//! page's own API requests (`Network.requestWillBeSent` / `responseReceived` /
+//! `loadingFinished`, then `Network.getResponseBody`) for the subscribed request: the
+//! site's answers to a send or a refetch come that way. An observer (set once per tab) sees
+//! every update-socket frame, also while no request runs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +22,9 @@ use chromiumoxide::cdp::browser_protocol::inspector::{
     EnableParams as InspectorEnableParams, EventTargetCrashed,
 };
 use chromiumoxide::cdp::browser_protocol::network::{
+    EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
     EventWebSocketClosed, EventWebSocketCreated, EventWebSocketFrameReceived,
+    GetResponseBodyParams,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
     EventFrameNavigated, EventNavigatedWithinDocument,
@@ -32,11 +38,28 @@ use tracing::{debug, trace};
 
 use crate::browser::supervisor::BrowserHandle;
 
+/// One HTTP request of the page and its response, as the browser saw them.
+#[derive(Debug, Clone)]
+pub struct HttpExchange {
+    pub url: String,
+    pub method: String,
+    /// Request headers, names as sent.
+    pub request_headers: Vec<(String, String)>,
+    pub post_data: Option<String>,
+    pub status: u16,
+    pub body: String,
+}
+
+/// Sees every frame of the update socket (while no request runs, too).
+pub type FrameObserver = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// What the pump tells the subscribed request.
 #[derive(Debug)]
 pub enum TabSignal {
     /// The text of one frame of the update socket.
     Frame(String),
+    /// A finished API request of the page (URL filter from config) with its response body.
+    Http(HttpExchange),
     /// The update socket closed.
     SocketClosed,
     /// The tab's page crashed, or its event streams ended (the tab or the browser is gone).
@@ -46,6 +69,7 @@ pub enum TabSignal {
 #[derive(Default)]
 struct Relay {
     subscriber: Mutex<Option<mpsc::UnboundedSender<TabSignal>>>,
+    observer: Mutex<Option<FrameObserver>>,
     gone: AtomicBool,
     /// Frames seen on the update socket, for diagnostics.
     frames: AtomicU64,
@@ -57,6 +81,13 @@ impl Relay {
             if let Some(tx) = slot.as_ref() {
                 let _ = tx.send(signal);
             }
+        }
+    }
+
+    fn observe(&self, frame: &str) {
+        let observer = self.observer.lock().ok().and_then(|o| o.clone());
+        if let Some(observer) = observer {
+            observer(frame);
         }
     }
 
@@ -106,7 +137,16 @@ enum Raw {
     Crashed,
     /// The main frame (or an in-page move) is now at this URL.
     Url(String),
+    Request(Arc<EventRequestWillBeSent>),
+    Response(Arc<EventResponseReceived>),
+    Finished(Arc<EventLoadingFinished>),
+    Failed(Arc<EventLoadingFailed>),
 }
+
+/// How many API requests of a tab may be in flight before the oldest is forgotten.
+const MAX_TRACKED_REQUESTS: usize = 256;
+/// How long fetching a response body may take.
+const BODY_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Tab {
     /// Opens a blank tab and starts its pump. `update_socket_contains` selects the update
@@ -114,7 +154,7 @@ impl Tab {
     pub async fn open(
         browser: &BrowserHandle,
         id: usize,
-        update_socket_contains: String,
+        watch: Watch,
     ) -> Result<Tab, String> {
         let (page, browser_gone) = browser.new_page().await?;
         let listen =
@@ -144,6 +184,22 @@ impl Tab {
             .event_listener::<EventNavigatedWithinDocument>()
             .await
             .map_err(listen)?;
+        let requests = page
+            .event_listener::<EventRequestWillBeSent>()
+            .await
+            .map_err(listen)?;
+        let responses = page
+            .event_listener::<EventResponseReceived>()
+            .await
+            .map_err(listen)?;
+        let finished = page
+            .event_listener::<EventLoadingFinished>()
+            .await
+            .map_err(listen)?;
+        let failed = page
+            .event_listener::<EventLoadingFailed>()
+            .await
+            .map_err(listen)?;
         page.execute(InspectorEnableParams::default())
             .await
             .map_err(listen)?;
@@ -160,17 +216,15 @@ impl Tab {
                 })
                 .boxed(),
             moved.map(|e| Raw::Url(e.url.clone())).boxed(),
+            requests.map(Raw::Request).boxed(),
+            responses.map(Raw::Response).boxed(),
+            finished.map(Raw::Finished).boxed(),
+            failed.map(Raw::Failed).boxed(),
         ])
         .boxed();
         let relay = Arc::new(Relay::default());
         let (url_tx, url) = watch::channel(String::from("about:blank"));
-        let pump = tokio::spawn(pump(
-            id,
-            merged,
-            relay.clone(),
-            update_socket_contains,
-            url_tx,
-        ));
+        let pump = tokio::spawn(pump(id, merged, relay.clone(), watch, url_tx, page.clone()));
         Ok(Tab {
             id,
             page,
@@ -191,6 +245,13 @@ impl Tab {
     /// A receiver that sees every change of the main frame's URL.
     pub fn watch_url(&self) -> watch::Receiver<String> {
         self.url.clone()
+    }
+
+    /// Sets the observer that sees every update-socket frame of this tab.
+    pub fn set_observer(&self, observer: FrameObserver) {
+        if let Ok(mut slot) = self.relay.observer.lock() {
+            *slot = Some(observer);
+        }
     }
 
     /// Starts receiving this tab's updates (replacing any earlier subscriber).
@@ -241,15 +302,56 @@ impl Drop for Tab {
     }
 }
 
+/// Which of the page's traffic a tab passes up (from the site's configuration).
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// The update socket is the WebSocket whose URL contains this.
+    pub update_socket_contains: String,
+    /// API requests whose URL contains this are passed up with their responses.
+    pub api_contains: String,
+}
+
+/// An API request seen, waiting for its response to finish loading.
+struct Pending {
+    exchange: HttpExchange,
+    seq: u64,
+}
+
+fn headers_of(h: &chromiumoxide::cdp::browser_protocol::network::Headers) -> Vec<(String, String)> {
+    h.inner()
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn post_data_of(r: &chromiumoxide::cdp::browser_protocol::network::Request) -> Option<String> {
+    let entries = r.post_data_entries.as_ref()?;
+    let mut bytes = Vec::new();
+    for e in entries {
+        let b64: &str = e.bytes.as_ref()?.as_ref();
+        bytes.extend(base64::engine::general_purpose::STANDARD.decode(b64).ok()?);
+    }
+    String::from_utf8(bytes).ok()
+}
+
 async fn pump(
     tab: usize,
     mut events: BoxStream<'static, Raw>,
     relay: Arc<Relay>,
-    update_socket_contains: String,
+    watch: Watch,
     url: watch::Sender<String>,
+    page: Page,
 ) {
+    let update_socket_contains = watch.update_socket_contains;
     // request id -> whether that socket is the update socket
     let mut sockets: HashMap<String, bool> = HashMap::new();
+    // request id -> an API request of the page still loading
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut seq = 0u64;
     while let Some(event) = events.next().await {
         match event {
             Raw::Created(c) => {
@@ -270,10 +372,73 @@ async fn pump(
             Raw::Url(u) => {
                 url.send_replace(u);
             }
+            Raw::Request(r) => {
+                if !r.request.url.contains(&watch.api_contains) {
+                    continue;
+                }
+                seq += 1;
+                if pending.len() >= MAX_TRACKED_REQUESTS {
+                    if let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.seq).map(|(k, _)| k.clone()) {
+                        pending.remove(&oldest);
+                    }
+                }
+                pending.insert(
+                    r.request_id.inner().clone(),
+                    Pending {
+                        exchange: HttpExchange {
+                            url: r.request.url.clone(),
+                            method: r.request.method.clone(),
+                            request_headers: headers_of(&r.request.headers),
+                            post_data: post_data_of(&r.request),
+                            status: 0,
+                            body: String::new(),
+                        },
+                        seq,
+                    },
+                );
+            }
+            Raw::Response(r) => {
+                if let Some(p) = pending.get_mut(r.request_id.inner()) {
+                    p.exchange.status = u16::try_from(r.response.status).unwrap_or(0);
+                }
+            }
+            Raw::Failed(f) => {
+                pending.remove(f.request_id.inner());
+            }
+            Raw::Finished(f) => {
+                let Some(p) = pending.remove(f.request_id.inner()) else {
+                    continue;
+                };
+                if !relay.has_subscriber() {
+                    continue;
+                }
+                // Fetched off the pump, so frames keep flowing meanwhile.
+                let page = page.clone();
+                let relay = relay.clone();
+                let id = f.request_id.clone();
+                tokio::spawn(async move {
+                    let got = tokio::time::timeout(BODY_LIMIT, page.execute(GetResponseBodyParams::new(id))).await;
+                    let Ok(Ok(body)) = got else {
+                        debug!(tab, "could not read a response body");
+                        return;
+                    };
+                    let mut exchange = p.exchange;
+                    exchange.body = if body.result.base64_encoded {
+                        match base64::engine::general_purpose::STANDARD.decode(&body.result.body) {
+                            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                            Err(_) => return,
+                        }
+                    } else {
+                        body.result.body.clone()
+                    };
+                    trace!(tab, status = exchange.status, bytes = exchange.body.len(), "api response");
+                    relay.send(TabSignal::Http(exchange));
+                });
+            }
             Raw::Frame(f) => {
                 // A socket whose creation we did not see is parsed anyway: non-updates are
                 // ignored by the parser, so this only costs time.
-                if sockets.get(f.request_id.inner()) == Some(&false) || !relay.has_subscriber() {
+                if sockets.get(f.request_id.inner()) == Some(&false) {
                     continue;
                 }
                 let frame = &f.response;
@@ -290,7 +455,10 @@ async fn pump(
                 };
                 relay.frames.fetch_add(1, Ordering::Relaxed);
                 trace!(tab, bytes = text.len(), "frame");
-                relay.send(TabSignal::Frame(text.into_owned()));
+                relay.observe(&text);
+                if relay.has_subscriber() {
+                    relay.send(TabSignal::Frame(text.into_owned()));
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::browser::supervisor::BrowserHandle;
-use crate::browser::tab::Tab;
+use crate::browser::tab::{Tab, Watch};
 use crate::browser::tab_pool::{Lease, TabPool};
 use crate::daemon::account::Account;
 use crate::error::ErrorKind;
@@ -34,7 +34,7 @@ pub struct WarmPool {
     account: Arc<Account>,
     /// Fresh tabs are made warm for this bot (the default model's).
     default_bot: String,
-    update_socket_contains: String,
+    watch: Watch,
     headless: bool,
     next_tab_id: AtomicUsize,
 }
@@ -46,7 +46,7 @@ impl WarmPool {
         driver: Driver,
         account: Arc<Account>,
         default_bot: String,
-        update_socket_contains: String,
+        watch: Watch,
         headless: bool,
     ) -> Arc<Self> {
         Arc::new(WarmPool {
@@ -55,7 +55,7 @@ impl WarmPool {
             driver,
             account,
             default_bot,
-            update_socket_contains,
+            watch,
             headless,
             next_tab_id: AtomicUsize::new(1),
         })
@@ -76,7 +76,7 @@ impl WarmPool {
     /// Opens a blank tab in the current browser.
     pub async fn open_tab(&self) -> Result<Tab, String> {
         let id = self.next_tab_id.fetch_add(1, Ordering::Relaxed);
-        Tab::open(&self.browser, id, self.update_socket_contains.clone()).await
+        Tab::open(&self.browser, id, self.watch.clone()).await
     }
 
     /// Replaces lost tabs, with backoff, whenever the pool is short; after a browser

@@ -115,7 +115,7 @@ impl Engine {
             driver.clone(),
             account.clone(),
             default_bot,
-            config.site.update_socket_contains.clone(),
+            config.site.watch(),
             config.browser.headless,
         );
         Ok(Arc::new(Engine {

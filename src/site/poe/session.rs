@@ -127,7 +127,7 @@ impl Session<'_> {
     }
 
     async fn sign_in(&self, timeout: Duration, started: impl FnOnce(String)) -> Result<(), Error> {
-        let tab = Tab::open(self.browser, 0, self.site.update_socket_contains.clone())
+        let tab = Tab::open(self.browser, 0, self.site.watch())
             .await
             .map_err(unavailable)?;
         let mut url_changes = tab.watch_url();
