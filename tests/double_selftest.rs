@@ -7,7 +7,7 @@ mod double;
 
 use std::time::Duration;
 
-use double::{expected_reply, Double, DoubleOptions};
+use double::{expected_reply, Double, DoubleOptions, Mode};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +29,7 @@ async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
 
 fn fast() -> DoubleOptions {
     DoubleOptions {
+        mode: Mode::Y2023,
         chunk_delay_ms: 5,
         textarea_delay_ms: 0,
         ..DoubleOptions::default()
@@ -239,7 +240,12 @@ fn texts(updates: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn page_follows_the_markup_contract() {
     within(async {
-        let d = Double::start(DoubleOptions::default()).await.unwrap();
+        let d = Double::start(DoubleOptions {
+            mode: Mode::Y2023,
+            ..DoubleOptions::default()
+        })
+        .await
+        .unwrap();
         let (a, page) = open_page(&d, "GPT-4", &[]).await;
         for needle in [
             "GrowingTextArea_textArea__ZWQbP",
@@ -646,11 +652,17 @@ async fn login_modes_and_control_endpoints() {
             }
         };
         let r = mode(json!({"logged_in": true})).await;
-        assert_eq!(r.json(), json!({"logged_in": true, "daily_limit": false}));
+        assert_eq!(
+            r.json(),
+            json!({"logged_in": true, "daily_limit": false, "mode": "2023", "points": 3000})
+        );
         let (chat, page) = open_page(&d, "GPT-4", &[]).await;
         assert!(!page.contains("LoggedOutBotInfoPage_appButton"));
         let r = mode(json!({"daily_limit": true})).await;
-        assert_eq!(r.json(), json!({"logged_in": true, "daily_limit": true}));
+        assert_eq!(
+            r.json(),
+            json!({"logged_in": true, "daily_limit": true, "mode": "2023", "points": 3000})
+        );
 
         let bad = gql(&d, json!({"queryName": "somethingElse", "variables": {}})).await;
         assert_eq!(bad.status, 400);
