@@ -365,6 +365,24 @@ impl Double {
         self.chats()
     }
 
+    /// Waits until the send attempt with index `record` (in [`Double::chats`]) reached a final
+    /// state, and returns it; `None` after `timeout` (or for a refused send, at once).
+    pub async fn wait_for_final(&self, record: usize, timeout: Duration) -> Option<String> {
+        let refused = |s: &ServerState| s.records.get(record).is_some_and(|r| !r.taken());
+        let done = |s: &ServerState| {
+            refused(s)
+                || s.records
+                    .get(record)
+                    .is_some_and(|r| r.final_state.is_some())
+        };
+        self.wait_until(timeout, done).await;
+        self.shared
+            .lock()
+            .records
+            .get(record)
+            .and_then(|r| r.final_state.clone())
+    }
+
     /// Waits until a stop for `chat_id` arrived; false after `timeout`.
     pub async fn wait_for_stop(&self, chat_id: &str, timeout: Duration) -> bool {
         self.wait_until(timeout, |s| s.stops_seen.contains(chat_id))

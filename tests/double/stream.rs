@@ -140,8 +140,8 @@ impl Stream {
                 let text = self.reply.text.clone();
                 if self.y2025.is_some() {
                     let entry = self.set_reply(&text, "cancelled");
-                    self.frame(vec![entry], true);
-                    self.epilogue();
+                    self.frame(vec![entry.clone()], true);
+                    self.epilogue(entry);
                 } else {
                     self.bot(&text, "cancelled", Vec::new(), None);
                 }
@@ -173,7 +173,8 @@ impl Stream {
     }
 
     /// Records a final state (and in 2025 charges the reply's points) before any frame shows
-    /// it, so `chats()` has it by the time a reader sees the frame.
+    /// it, so `chats()` has it by the time a reader sees the frame; the reply stops counting
+    /// as in flight.
     fn finish_if_final(&mut self) {
         if self.reply.state == "incomplete" {
             return;
@@ -184,11 +185,16 @@ impl Stream {
             _ => 0,
         };
         self.charged = true;
+        let chat_id = &self.chat_id;
         self.shared.update(|s| {
             s.points = s.points.saturating_sub(cost);
             if let Some(r) = s.records.get_mut(record) {
                 r.final_state = Some(state);
                 r.cost += cost;
+            }
+            // The reply is no longer in flight, whatever frames still follow.
+            if let Some(chat) = s.chats.get_mut(chat_id) {
+                chat.streams.retain(|(r, _)| *r != record);
             }
         });
     }
@@ -351,8 +357,8 @@ impl Stream {
         match script.ending {
             Ending::Final(text, state) => {
                 let entry = self.set_reply(&text, state);
-                self.frame(vec![entry], true);
-                self.epilogue();
+                self.frame(vec![entry.clone()], true);
+                self.epilogue(entry);
             }
             Ending::Stall => return Err(self.stall().await),
             Ending::MissedThen(rest, text) => {
@@ -368,8 +374,8 @@ impl Stream {
                 }
                 self.pause(delay).await?;
                 let entry = self.set_reply(&text, "complete");
-                self.frame(vec![entry], true);
-                self.epilogue();
+                self.frame(vec![entry.clone()], true);
+                self.epilogue(entry);
             }
             Ending::LostThenSilent(text, refetch_channel) => {
                 // The reply completes server-side; the page only learns it by refetching.
@@ -388,15 +394,14 @@ impl Stream {
         Ok(())
     }
 
-    /// After the bot message's final frame: five identical repeats of it, the job's end and
-    /// cost, follow-ups, the title (first turn) and the viewer's points.
-    fn epilogue(&self) {
+    /// After the bot message's final frame (`last`, its entry): five identical repeats of it,
+    /// the job's end and cost, follow-ups, the title (first turn) and the viewer's points.
+    fn epilogue(&self, last: String) {
         let Some(t) = &self.y2025 else {
             return;
         };
         let (bot, n, turn, job) = (t.bot, t.chat_number, t.turn, t.job_id);
         let state = self.reply.state.clone();
-        let last = f25::message_added(n, &self.reply);
         for _ in 0..5 {
             self.frame(vec![last.clone()], true);
         }
