@@ -1886,3 +1886,353 @@ async fn y2025_updates_can_reach_every_page_of_the_account() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// 2025 mode: the page's script in real Chromium
+
+mod browser {
+    //! A headless Chromium on a temporary profile, and the few page helpers the test needs.
+
+    use std::time::Duration;
+
+    use chromiumoxide::browser::{Browser, BrowserConfig};
+    use chromiumoxide::cdp::browser_protocol::input::{
+        DispatchKeyEventParams, DispatchKeyEventType, InsertTextParams,
+    };
+    use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
+    use chromiumoxide::Page;
+    use futures::StreamExt;
+    use serde::de::DeserializeOwned;
+
+    /// Bound of one wait for the page.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    pub struct Chromium {
+        browser: Browser,
+        handler: tokio::task::JoinHandle<()>,
+        _profile: tempfile::TempDir,
+    }
+
+    impl Chromium {
+        pub async fn launch() -> Chromium {
+            let profile = tempfile::tempdir().expect("profile dir");
+            let mut cfg = BrowserConfig::builder()
+                .chrome_executable("/usr/bin/chromium")
+                .user_data_dir(profile.path())
+                .arg("disable-gpu")
+                .arg("disable-component-update");
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                cfg = cfg.no_sandbox();
+            }
+            let (browser, mut handler) = Browser::launch(cfg.build().expect("config"))
+                .await
+                .expect("chromium (Debian package chromium)");
+            let handler = tokio::spawn(async move { while handler.next().await.is_some() {} });
+            Chromium {
+                browser,
+                handler,
+                _profile: profile,
+            }
+        }
+
+        /// A blank tab in a window of its own (a background tab of headless Chromium is slow).
+        pub async fn tab(&self) -> Page {
+            let params = CreateTargetParams::builder()
+                .url("about:blank")
+                .new_window(true)
+                .build()
+                .expect("params");
+            self.browser.new_page(params).await.expect("tab")
+        }
+
+        pub async fn close(mut self) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.browser.close()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.browser.wait()).await;
+            self.handler.abort();
+        }
+    }
+
+    pub async fn goto(page: &Page, url: &str) {
+        tokio::time::timeout(WAIT, page.goto(url))
+            .await
+            .expect("navigation in time")
+            .expect("navigation");
+    }
+
+    /// The value of a JS expression (awaited if it is a promise).
+    pub async fn js<T: DeserializeOwned>(page: &Page, expr: &str) -> T {
+        tokio::time::timeout(WAIT, page.evaluate(expr))
+            .await
+            .expect("evaluation in time")
+            .expect("evaluation")
+            .into_value()
+            .expect("value")
+    }
+
+    /// Waits until the JS expression `cond` is true, watching the page's DOM (a navigation
+    /// in between is waited for, then the watch starts again on the new document).
+    pub async fn wait_for(page: &Page, cond: &str, what: &str) {
+        let expr = format!(
+            r#"new Promise((resolve) => {{
+  const check = () => {{ try {{ return !!({cond}); }} catch (_) {{ return false; }} }};
+  if (check()) return resolve(true);
+  let obs = null, tick = null, timer = null;
+  const done = (v) => {{ obs.disconnect(); clearInterval(tick); clearTimeout(timer); resolve(v); }};
+  obs = new MutationObserver(() => {{ if (check()) done(true); }});
+  obs.observe(document.documentElement || document,
+    {{childList: true, subtree: true, attributes: true, characterData: true}});
+  tick = setInterval(() => {{ if (check()) done(true); }}, 50);
+  timer = setTimeout(() => done(false), 2000);
+}})"#
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), page.evaluate(expr.as_str())).await {
+                Ok(Ok(v)) => {
+                    if v.into_value::<bool>().ok() == Some(true) {
+                        return;
+                    }
+                }
+                // The document went away: a navigation is under way.
+                _ => {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), page.wait_for_navigation())
+                            .await;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+        }
+    }
+
+    /// Types `text` into `selector` as the user would (trusted input events).
+    pub async fn type_into(page: &Page, selector: &str, text: &str) {
+        let q = serde_json::to_string(selector).expect("selector");
+        let focused: bool = js(page, &format!("(() => {{ const e = document.querySelector({q}); if (!e) return false; e.focus(); return true; }})()")).await;
+        assert!(focused, "no {selector}");
+        page.execute(InsertTextParams::new(text))
+            .await
+            .expect("insertText");
+    }
+
+    /// Presses Enter in the focused element.
+    pub async fn press_enter(page: &Page) {
+        let down = DispatchKeyEventParams::builder()
+            .r#type(DispatchKeyEventType::KeyDown)
+            .key("Enter")
+            .code("Enter")
+            .windows_virtual_key_code(13)
+            .native_virtual_key_code(13)
+            .text("\r")
+            .build()
+            .expect("key");
+        let up = DispatchKeyEventParams::builder()
+            .r#type(DispatchKeyEventType::KeyUp)
+            .key("Enter")
+            .code("Enter")
+            .windows_virtual_key_code(13)
+            .native_virtual_key_code(13)
+            .build()
+            .expect("key");
+        page.execute(down).await.expect("key down");
+        page.execute(up).await.expect("key up");
+    }
+
+    /// A real mouse click on the first element matching `selector`.
+    pub async fn click(page: &Page, selector: &str) {
+        let el = tokio::time::timeout(WAIT, page.find_element(selector))
+            .await
+            .expect("find in time")
+            .unwrap_or_else(|e| panic!("no {selector}: {e}"));
+        tokio::time::timeout(WAIT, el.click())
+            .await
+            .expect("click in time")
+            .expect("click");
+    }
+
+    /// The text of every element matching `selector`.
+    pub async fn texts(page: &Page, selector: &str) -> Vec<String> {
+        let q = serde_json::to_string(selector).expect("selector");
+        js(
+            page,
+            &format!("[...document.querySelectorAll({q})].map(e => e.textContent)"),
+        )
+        .await
+    }
+}
+
+/// Selectors from the 2025 evidence (poe-web.md): what a reader of the page would use.
+const PROMPT: &str = r#"textarea[class*="GrowingTextArea_textArea"]"#;
+const SEND: &str = r#"button[class*="sendButton"][aria-label="Send message"]"#;
+const STOP: &str = r#"button[aria-label="Stop message"][class*="StopButton"]"#;
+const BOT_TEXT: &str =
+    r#"div[class^="Message_leftSideMessageBubble__"] [class^="Markdown_markdownContainer__"]"#;
+const HUMAN_TEXT: &str =
+    r#"div[class^="Message_rightSideMessageBubble__"] [class^="Markdown_markdownContainer__"]"#;
+const TOAST: &str = r#"[class*="Toast_toast"]"#;
+
+/// `document.querySelector(selector)` as JS.
+fn q(selector: &str) -> String {
+    format!("document.querySelector({})", json!(selector))
+}
+
+/// JS: the last element matching `selector` has exactly `text`.
+fn last_text_is(selector: &str, text: &str) -> String {
+    format!(
+        "(() => {{ const a = document.querySelectorAll({}); return a.length > 0 && a[a.length - 1].textContent === {}; }})()",
+        json!(selector),
+        json!(text)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn y2025_page_script_in_chromium() {
+    use browser::{click, goto, js, press_enter, texts, type_into, wait_for};
+    let test = async {
+        let d = Double::start(DoubleOptions {
+            logged_in: false,
+            chunk_delay_ms: 5,
+            ..DoubleOptions::default()
+        })
+        .await
+        .unwrap();
+        let chromium = browser::Chromium::launch().await;
+        let page = chromium.tab().await;
+        let base = d.base_url();
+
+        // Signed out: the bot page sends the visitor to sign in; a button there signs in.
+        goto(&page, &format!("{base}/GPT-4")).await;
+        let at: String = js(&page, "location.pathname + location.search").await;
+        assert_eq!(at, "/login?redirect_url=%2FGPT-4");
+        assert!(!js::<bool>(&page, &format!("!!{}", q("textarea"))).await);
+        click(&page, "button").await;
+        wait_for(
+            &page,
+            "location.pathname === '/GPT-4'",
+            "back on the bot page",
+        )
+        .await;
+
+        // The prompt box comes late, not in a footer; only trusted input enables sending.
+        wait_for(&page, &q(PROMPT), "the prompt box").await;
+        assert!(!js::<bool>(&page, &format!("!!{}", q("footer textarea"))).await);
+        assert!(js::<bool>(&page, &format!("{}.disabled", q(SEND))).await);
+        let synthetic = format!(
+            "(() => {{ const t = {}; t.value = 'x'; t.dispatchEvent(new Event('input', {{bubbles: true}})); return {}.disabled; }})()",
+            q(PROMPT),
+            q(SEND)
+        );
+        assert!(
+            js::<bool>(&page, &synthetic).await,
+            "a script's input enables nothing"
+        );
+        js::<bool>(
+            &page,
+            &format!("(() => {{ {}.value = ''; return true; }})()", q(PROMPT)),
+        )
+        .await;
+        let prompt = "Hello from Chromium ✓";
+        type_into(&page, PROMPT, prompt).await;
+        assert!(!js::<bool>(&page, &format!("{}.disabled", q(SEND))).await);
+
+        // Enter sends; the page moves to /chat/{code} and shows both bubbles.
+        press_enter(&page).await;
+        let reply = expected_reply("GPT-4", prompt);
+        wait_for(&page, &last_text_is(BOT_TEXT, &reply), "the reply").await;
+        let r = d.chats()[0].clone();
+        assert!(r.taken());
+        let nonce = r.client_nonce.clone().expect("clientNonce");
+        assert!(
+            nonce.len() == 16 && nonce.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{nonce}"
+        );
+        let path: String = js(&page, "location.pathname").await;
+        assert_eq!(path, format!("/chat/{}", r.chat_code));
+        assert_eq!(texts(&page, HUMAN_TEXT).await, [prompt]);
+        wait_for(
+            &page,
+            &format!("!{} && !!{}", q(STOP), q(SEND)),
+            "send button back",
+        )
+        .await;
+
+        // A second message continues the chat (a real click this time).
+        type_into(&page, PROMPT, "[[turns]]").await;
+        click(&page, SEND).await;
+        wait_for(
+            &page,
+            &last_text_is(BOT_TEXT, "Earlier human messages: 1"),
+            "turn 2",
+        )
+        .await;
+        let r2 = d.chats()[1].clone();
+        assert_eq!((r2.turn, r2.chat_code.as_str()), (2, r.chat_code.as_str()));
+        assert_eq!(texts(&page, BOT_TEXT).await.len(), 2);
+
+        // A refusal: a toast with the site's message, no frames, nothing rendered.
+        wait_for(&page, &format!("!!{}", q(SEND)), "send button").await;
+        type_into(&page, PROMPT, "[[rate-limit-exceeded]] no").await;
+        press_enter(&page).await;
+        wait_for(&page, &format!("!!{}", q(TOAST)), "the toast").await;
+        let toast = texts(&page, TOAST).await.join(" ");
+        assert!(toast.contains("too quickly"), "{toast}");
+        assert_eq!(d.chats()[2].status, "rate_limit_exceeded");
+        assert_eq!(texts(&page, HUMAN_TEXT).await.len(), 2);
+        wait_for(
+            &page,
+            &format!("!{} && !!{}", q(STOP), q(SEND)),
+            "send button back",
+        )
+        .await;
+
+        // Lost updates: the page queries the chat again and renders the reply from that.
+        type_into(&page, PROMPT, "[[refetch]] please").await;
+        press_enter(&page).await;
+        let full = expected_reply("GPT-4", "[[refetch]] please");
+        wait_for(&page, &last_text_is(BOT_TEXT, &full), "the refetched reply").await;
+
+        // The stop button while a reply streams; a click stops it.
+        wait_for(&page, &format!("!!{}", q(SEND)), "send button").await;
+        type_into(&page, PROMPT, "[[slow]] long story").await;
+        press_enter(&page).await;
+        wait_for(&page, &format!("!!{}", q(STOP)), "the stop button").await;
+        click(&page, STOP).await;
+        assert!(d.wait_for_stop(&r.chat_id, Duration::from_secs(10)).await);
+        let last = d.chats().len() - 1;
+        assert_eq!(
+            d.wait_for_final(last, Duration::from_secs(10))
+                .await
+                .as_deref(),
+            Some("cancelled")
+        );
+        wait_for(
+            &page,
+            &format!("!{} && !!{}", q(STOP), q(SEND)),
+            "stop button gone",
+        )
+        .await;
+
+        // The chat's URL, loaded again, shows the conversation and a prompt box.
+        goto(&page, &format!("{base}/chat/{}", r.chat_code)).await;
+        wait_for(&page, &q(PROMPT), "the prompt box").await;
+        let humans = texts(&page, HUMAN_TEXT).await;
+        assert_eq!(humans.len(), 4, "{humans:?}");
+        assert_eq!(humans[0], prompt);
+        assert_eq!(texts(&page, BOT_TEXT).await[0], reply);
+
+        // The bot list renders every bot of the paginated query.
+        goto(&page, &format!("{base}/explore")).await;
+        let all = format!(
+            "document.querySelectorAll('a[class*=\"BotListItem_botListItem\"]').length === {}",
+            BOTS.len()
+        );
+        wait_for(&page, &all, "the whole bot list").await;
+        chromium.close().await;
+    };
+    tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .expect("test timed out");
+}
