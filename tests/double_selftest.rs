@@ -1,7 +1,9 @@
-//! Self-test of the local Poe double without Chromium: raw HTTP for the pages and the
-//! GraphQL endpoint, a plain WebSocket client for the update socket. It checks the markup
-//! contract of `shared/poe-web.md` and the frames the double streams, so an end-to-end failure
-//! can be pinned on poed rather than on its stand-in for poe.com.
+//! Self-test of the local Poe double, in both modes: raw HTTP for the pages and the GraphQL
+//! endpoint and a plain WebSocket client for the update socket check the contract of
+//! `shared/poe-web.md` (2023 markup and frames; 2025 markup, send responses and refusals,
+//! frame order and shapes, points, sessions, chats, lost updates, the bot list), and one test
+//! drives the 2025 page's script in real Chromium. An end-to-end failure can then be pinned on
+//! poed rather than on its stand-in for poe.com.
 
 mod double;
 
@@ -1166,10 +1168,7 @@ async fn y2025_frames_follow_the_captured_exchange() {
             .iter()
             .all(|f| f.as_object().unwrap().keys().len() == 2));
         let sizes: Vec<usize> = frames.iter().map(|f| inner(f).len()).collect();
-        assert!(
-            sizes.iter().any(|n| *n == 2),
-            "sometimes two entries: {sizes:?}"
-        );
+        assert!(sizes.contains(&2), "sometimes two entries: {sizes:?}");
         assert!(
             sizes.iter().filter(|n| **n == 1).count() > sizes.len() / 2,
             "{sizes:?}"

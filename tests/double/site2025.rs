@@ -585,16 +585,19 @@ fn message_2025(
     }
 }
 
+/// A taken send, ready to stream.
+struct Taken {
+    record: usize,
+    chat_id: String,
+    human: StoredMessage,
+    reply: StoredMessage,
+    stop: Arc<Notify>,
+    turn: Turn2025,
+}
+
 /// What the send decision came to.
 enum Decision {
-    Taken {
-        record: usize,
-        chat_id: String,
-        human: StoredMessage,
-        reply: StoredMessage,
-        stop: Arc<Notify>,
-        turn: Turn2025,
-    },
+    Taken(Box<Taken>),
     Refused {
         status: String,
         chat: Option<String>,
@@ -740,7 +743,7 @@ fn send(shared: Arc<Shared>, headers: &HeaderMap, vars: &Value, received_at: Ins
         record.status = "success".into();
         record.message_id = Some(reply.message_id);
         s.records.push(record);
-        Decision::Taken {
+        Decision::Taken(Box::new(Taken {
             record: index,
             chat_id,
             human,
@@ -754,7 +757,7 @@ fn send(shared: Arc<Shared>, headers: &HeaderMap, vars: &Value, received_at: Ins
                 cost,
                 job_id: 88_000_000 + shared.id(),
             },
-        }
+        }))
     });
     match decision {
         Decision::SignedOut => gql_error(
@@ -777,14 +780,15 @@ fn send(shared: Arc<Shared>, headers: &HeaderMap, vars: &Value, received_at: Ins
                 .end();
             json_response(StatusCode::OK, send_envelope(edge))
         }
-        Decision::Taken {
-            record,
-            chat_id,
-            human,
-            reply,
-            stop,
-            turn,
-        } => {
+        Decision::Taken(taken) => {
+            let Taken {
+                record,
+                chat_id,
+                human,
+                reply,
+                stop,
+                turn,
+            } = *taken;
             let message = Obj::new()
                 .val("cursor", human.message_id.to_string())
                 .raw("node", f25::message_object(&human, false))
