@@ -16,8 +16,12 @@
 //!   `/chat/{chatCode}` and continue there; anonymous `p-b` cookies and a server-side set of
 //!   signed-in ones (signed out, a bot page redirects to `/login?redirect_url=...`); lost
 //!   updates recovered by the page through a chat query; and an explore page listing bots.
-//!   Files: `site2025.rs` (pages and GraphQL), `frames2025.rs`, `page2025.html`,
-//!   `explore2025.html`, `bots.rs`.
+//!   Refusal triggers: `[[reached-limit]]`, `[[rate-limit-exceeded]]`, `[[concurrent]]`,
+//!   `[[too-many-tokens]]`, `[[no-access]]`, `[[refuse:STATUS]]`, and to test a retry
+//!   `[[rate-limit-once]]`, `[[concurrent-once]]`, `[[refuse-first:N:STATUS]]` (the first
+//!   sends of that prompt are refused, the next taken). Files: `site2025.rs` (pages,
+//!   sessions, points), `gql2025.rs` (sends, refusals, chat and bot-list queries),
+//!   `frames2025.rs`, `page2025.html`, `explore2025.html`, `bots.rs`.
 //! - [`Mode::Y2023`] is the 2023 picture: any handle is a bot page with the prompt box in a
 //!   `footer`, a chat per page load, batched `messageAdded` entries with noise subscriptions,
 //!   a `p-b` cookie that signs in by its presence, and a daily-limit tooltip. Files:
@@ -38,6 +42,7 @@
 mod bots;
 mod frames2023;
 mod frames2025;
+mod gql2025;
 mod replies;
 mod site2023;
 mod site2025;
@@ -783,7 +788,7 @@ async fn gql(AxumState(shared): St, headers: HeaderMap, body: Bytes) -> Response
     };
     match shared.mode() {
         Mode::Y2023 => site2023::gql(shared, body),
-        Mode::Y2025 => site2025::gql(shared, &headers, body),
+        Mode::Y2025 => gql2025::gql(shared, &headers, body),
     }
 }
 
