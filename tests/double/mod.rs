@@ -1,69 +1,174 @@
-//! The local Poe double: a faithful copy of Poe's chat page and its update WebSocket, as
-//! described in `shared/poe-web.md`, for the end-to-end tests, the benchmark and the offline
-//! demo (the machines running them cannot reach poe.com, and the real site must not be
-//! hammered by tests).
+//! The local Poe double: a copy of Poe's chat site and its update WebSocket, as described in
+//! `shared/poe-web.md`, for the end-to-end tests, the benchmark and the offline demo (the
+//! machines running them cannot reach poe.com, and the real site must not be hammered by
+//! tests). It has two modes ([`Mode`]):
 //!
-//! It serves bot pages (`page.html`) whose prompt box appears late, whose send button only
-//! real (trusted) input enables, with a stop button while a reply streams; on the update
-//! socket the human echo and the bot's cumulative text, batched `messages[]` entries and noise
-//! subscriptions, plus a second socket carrying nothing but noise; a logged-out mode with a
-//! cookie sign-in (`/login`) and a daily-limit mode; and deterministic replies
-//! ([`expected_reply`]) with trigger words for the site's misbehaviour: `[[long]]`,
-//! `[[unicode]]`, `[[rewrite]]`, `[[error]]`, `[[rate-limit]]`, `[[cancelled]]`, `[[stall]]`, `[[missed]]`,
-//! `[[missed-stop]]`, `[[refetch]]`, `[[slow]]`. It records every send and stop it receives
-//! ([`Double::chats`]), which tests and the benchmark compare with what the client saw.
+//! - [`Mode::Y2025`] (the default) follows the 2025 evidence: bot pages `/{Handle}` of a known
+//!   bot list (unknown handle: 404; other spellings redirect to the canonical handle) with
+//!   today's class names (hashed suffixes that differ per double); a send is a
+//!   `sendMessageMutation` POST whose RESPONSE says whether the site took it (`status`
+//!   `success` or a refusal: `reached_limit`, `rate_limit_exceeded`, `concurrent_messages`,
+//!   `too_many_tokens`, `no_access`, ...; a refused send gets no frame at all and the page shows
+//!   a toast); the 2025 frame sequence (`messageCreated`, the human echo with `clientNonce`,
+//!   `chatAddedV2`, jobs, the bot's cumulative `messageAdded` with its `bot` object and five
+//!   repeats of the final one, costs, follow-ups, title, `viewerStateUpdated` with points),
+//!   pings answered by pongs; points that each reply spends; chats that move the page to
+//!   `/chat/{chatCode}` and continue there; anonymous `p-b` cookies and a server-side set of
+//!   signed-in ones (signed out, a bot page redirects to `/login?redirect_url=...`); lost
+//!   updates recovered by the page through a chat query; and an explore page listing bots.
+//!   Refusal triggers: `[[reached-limit]]`, `[[rate-limit-exceeded]]`, `[[concurrent]]`,
+//!   `[[too-many-tokens]]`, `[[no-access]]`, `[[refuse:STATUS]]`, and to test a retry
+//!   `[[rate-limit-once]]`, `[[concurrent-once]]`, `[[refuse-first:N:STATUS]]` (the first
+//!   sends of that prompt are refused, the next taken). Files: `site2025.rs` (pages,
+//!   sessions, points), `gql2025.rs` (sends, refusals, chat and bot-list queries),
+//!   `frames2025.rs`, `page2025.html`, `explore2025.html`, `bots.rs`.
+//! - [`Mode::Y2023`] is the 2023 picture: any handle is a bot page with the prompt box in a
+//!   `footer`, a chat per page load, batched `messageAdded` entries with noise subscriptions,
+//!   a `p-b` cookie that signs in by its presence, and a daily-limit tooltip. Files:
+//!   `site2023.rs`, `frames2023.rs`, `page.html`.
 //!
-//! Routes: `GET /{bot}` (a new chat per load), `GET|POST /login`, `POST /api/gql_POST`
-//! (`sendMessageMutation`, `stopMessage`), `GET /api/chat/{chatId}` (the page's refetch),
-//! `GET /up/{box}/updates` (update socket), `GET /noise/socket`, and for scripts steering a
+//! Both modes share the replies ([`expected_reply`], trigger words in `replies.rs`), the
+//! streaming of a reply with stop and lost-update endings (`stream.rs`), a second socket that
+//! carries nothing but noise, and the records: every send ATTEMPT (taken or refused) and stop
+//! it receives ([`Double::chats`]), which tests and the benchmark compare with what the client
+//! saw.
+//!
+//! Routes: `GET /{bot}`, `GET /chat/{code}` (2025), `GET /explore` (2025), `GET|POST /login`,
+//! `POST /api/gql_POST`, `GET /api/chat/{chatId}` (the 2023 page's refetch), `GET
+//! /up/{box}/updates` (update socket), `GET /noise/socket`, and for scripts steering a
 //! separately started double `GET /__double/chats` and `POST /__double/mode`.
 #![allow(dead_code)]
 
+mod bots;
+mod frames2023;
+mod frames2025;
+mod gql2025;
+mod replies;
+mod site2023;
+mod site2025;
+mod stream;
+
+// Each user of the double needs only some of these.
+#[allow(unused_imports)]
+pub use bots::{Bot, BOTS};
+#[allow(unused_imports)]
+pub use replies::{expected_reply, expected_reply_at};
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
+/// Which picture of poe.com the double follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The 2023 sources: `footer` prompt box, batched frames, the presence of `p-b` signs in.
+    Y2023,
+    /// The 2025 evidence: see the module doc.
+    #[default]
+    Y2025,
+}
+
+impl Mode {
+    /// `"2023"` or `"2025"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Y2023 => "2023",
+            Mode::Y2025 => "2025",
+        }
+    }
+
+    /// Parses `"2023"` or `"2025"`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "2023" => Some(Mode::Y2023),
+            "2025" => Some(Mode::Y2025),
+            _ => None,
+        }
+    }
+}
+
+/// A send-rate limit of the account (2025 mode): more than `sends` taken sends within `per`
+/// and the next one is refused with `rate_limit_exceeded`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub sends: usize,
+    pub per: Duration,
+}
+
 /// How the double behaves.
 #[derive(Debug, Clone)]
 pub struct DoubleOptions {
-    /// When false, pages show the logged-out view unless the request has a non-empty `p-b`
-    /// cookie (set by the double's `/login`).
+    /// 2025 (default) or 2023; switchable later with [`Double::set_mode`].
+    pub mode: Mode,
+    /// True: every visitor counts as signed in. False: only a session signed in through
+    /// `/login` (2025: its `p-b` value is in the server's set; 2023: any non-empty `p-b`).
     pub logged_in: bool,
-    /// The send button never enables and a tooltip says the free messages are used up.
+    /// 2023: the send button never enables and a tooltip says the free messages are used up.
+    /// 2025: the points balance counts as 0, so sends are refused with `reached_limit`.
     pub daily_limit: bool,
     /// The prompt box appears this long after `load`, like the real single-page app.
     pub textarea_delay_ms: u64,
     /// Delay between two streamed updates of a reply (`[[slow]]` ignores it).
     pub chunk_delay_ms: u64,
+    /// 2025: the points balance at start.
+    pub points: u64,
+    /// 2025: `totalMessagePointAllotment`.
+    pub point_allotment: u64,
+    /// 2025: points per reply for these bot handles instead of the bot table's cost.
+    pub bot_costs: Vec<(String, u64)>,
+    /// 2025: replies of the account streaming at once beyond which a send is refused with
+    /// `concurrent_messages` (a send to a chat whose reply still streams is refused too).
+    pub max_in_flight: usize,
+    /// 2025: the account's send-rate limit; `None` (default) for none.
+    pub rate_limit: Option<RateLimit>,
+    /// 2025: prompts longer than this (in chars) are refused with `too_many_tokens`.
+    pub max_prompt_chars: Option<usize>,
+    /// 2025: every update socket gets the frames of every chat (as an account-wide channel
+    /// would), not only the socket of the page that sent.
+    pub updates_to_all_pages: bool,
+    /// 2025: how often the page pings its update socket.
+    pub ping_interval_ms: u64,
 }
 
 impl Default for DoubleOptions {
     fn default() -> Self {
         DoubleOptions {
+            mode: Mode::default(),
             logged_in: true,
             daily_limit: false,
             textarea_delay_ms: 300,
             chunk_delay_ms: 20,
+            points: 3000,
+            point_allotment: 3000,
+            bot_costs: Vec::new(),
+            max_in_flight: 3,
+            rate_limit: None,
+            max_prompt_chars: None,
+            updates_to_all_pages: false,
+            ping_interval_ms: 5000,
         }
     }
 }
 
-/// What the double received and sent for one send (one prompt) of a chat.
+/// What the double received for one send attempt, and what it sent back for it.
 #[derive(Clone, Debug)]
 pub struct ChatRecord {
+    /// The chat: `chat-N` in 2023 mode, the numeric `chatId` in 2025 mode (empty for a refused
+    /// first message: no chat was made).
     pub chat_id: String,
-    /// The bot handle of the page, e.g. `GPT-3.5-Turbo`.
+    /// The bot handle, e.g. `GPT-3.5-Turbo` (2025: the canonical spelling).
     pub bot: String,
     /// Exactly the text the page sent.
     pub prompt: String,
@@ -74,8 +179,27 @@ pub struct ChatRecord {
     pub frame_times: Vec<Instant>,
     /// When a stop for this chat arrived (also set if it came after the reply ended).
     pub stopped_at: Option<Instant>,
-    /// `complete`, `cancelled`, `error_...`; `None` while streaming or stalled.
+    /// `complete`, `cancelled`, `error_...`; `None` while streaming, stalled or refused.
     pub final_state: Option<String>,
+    /// `success` when the site took the prompt, else the refusal (`reached_limit`, ...).
+    pub status: String,
+    /// 2025: the chat's `chatCode` (empty when no chat was made, and in 2023 mode).
+    pub chat_code: String,
+    /// Which human message of its chat this is (or would have been): 1 for the first.
+    pub turn: u32,
+    /// 2025: the `clientNonce` of the send request.
+    pub client_nonce: Option<String>,
+    /// The bot message's `messageId` (taken sends).
+    pub message_id: Option<u64>,
+    /// 2025: points the reply cost (charged when it ends, except on `error_*`).
+    pub cost: u64,
+}
+
+impl ChatRecord {
+    /// The site took this prompt (a refused send was not taken).
+    pub fn taken(&self) -> bool {
+        self.status == "success"
+    }
 }
 
 /// A running double. Dropping it (or [`Double::shutdown`]) stops the server, its sockets and
@@ -96,15 +220,39 @@ impl Double {
     pub async fn start_on(addr: SocketAddr, opts: DoubleOptions) -> std::io::Result<Double> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 32)
+            ^ u64::from(addr.port());
+        let state = ServerState {
+            points: opts.points,
+            bot_costs: opts
+                .bot_costs
+                .iter()
+                .map(|(h, c)| (h.to_ascii_lowercase(), *c))
+                .collect(),
+            ..ServerState::default()
+        };
         let shared = Arc::new(Shared {
+            mode: AtomicU8::new(opts.mode as u8),
             logged_in: AtomicBool::new(opts.logged_in),
             daily_limit: AtomicBool::new(opts.daily_limit),
             textarea_delay_ms: opts.textarea_delay_ms,
             chunk_delay: Duration::from_millis(opts.chunk_delay_ms),
+            point_allotment: opts.point_allotment,
+            max_in_flight: opts.max_in_flight,
+            rate_limit: opts.rate_limit,
+            max_prompt_chars: opts.max_prompt_chars,
+            updates_to_all_pages: opts.updates_to_all_pages,
+            ping_interval_ms: opts.ping_interval_ms,
+            seed,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             next_seq: AtomicU64::new(1),
-            state: Mutex::new(ServerState::default()),
+            next_random: AtomicU64::new(1),
+            state: Mutex::new(state),
             changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
         });
@@ -112,8 +260,10 @@ impl Double {
             .route("/", get(home))
             .route("/favicon.ico", get(|| async { StatusCode::NOT_FOUND }))
             .route("/login", get(login_page).post(login))
+            .route("/explore", get(explore_page))
+            .route("/chat/{code}", get(chat_page))
             .route("/api/gql_POST", post(gql))
-            .route("/api/chat/{chat_id}", get(chat_state))
+            .route("/api/chat/{chat_id}", get(site2023::chat_state))
             .route("/up/{box_name}/updates", get(update_socket))
             .route("/noise/socket", get(noise_socket))
             .route("/__double/chats", get(chats_json))
@@ -140,25 +290,102 @@ impl Double {
         format!("http://{}", self.addr)
     }
 
-    /// Pages loaded from now on show the logged-in (or logged-out) view.
+    /// The mode pages and sends follow from now on.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode()
+    }
+
+    /// Pages loaded and sends received from now on follow `mode`.
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// True: every visitor counts as signed in from now on. False: only sessions signed in
+    /// through `/login` (or [`Double::add_signed_in_session`]) do.
     pub fn set_logged_in(&self, v: bool) {
         self.shared.logged_in.store(v, Ordering::SeqCst);
     }
 
-    /// Pages loaded from now on are (or are not) at the daily limit.
-    pub fn set_daily_limit(&self, v: bool) {
-        self.shared.daily_limit.store(v, Ordering::SeqCst);
+    /// Accepts `p_b` as the `p-b` cookie of a signed-in session (2025 mode), e.g. a cookie a
+    /// test imports into a browser profile.
+    pub fn add_signed_in_session(&self, p_b: &str) {
+        let p_b = p_b.to_owned();
+        self.shared.update(|s| s.sessions.insert(p_b));
     }
 
-    /// Every send received, in arrival order.
+    /// 2023: pages loaded from now on are (or are not) at the daily limit. 2025: sends are
+    /// (or are not) refused with `reached_limit`, as with no points left.
+    pub fn set_daily_limit(&self, v: bool) {
+        self.shared.daily_limit.store(v, Ordering::SeqCst);
+        self.shared.update(|_| ());
+    }
+
+    /// Sets the points balance (2025 mode).
+    pub fn set_points(&self, n: u64) {
+        self.shared.update(|s| s.points = n);
+    }
+
+    /// The points balance (2025 mode).
+    pub fn points(&self) -> u64 {
+        self.shared.lock().points
+    }
+
+    /// Sets what one reply of the bot `handle` costs (2025 mode).
+    pub fn set_bot_cost(&self, handle: &str, cost: u64) {
+        let handle = handle.to_ascii_lowercase();
+        self.shared.update(|s| s.bot_costs.insert(handle, cost));
+    }
+
+    /// Deletes the chat `code` (2025 mode): its page answers 404 and sends to it fail.
+    /// False if there is no such chat.
+    pub fn delete_chat(&self, code: &str) -> bool {
+        self.shared.update(|s| {
+            let Some(id) = s.codes.get(code).cloned() else {
+                return false;
+            };
+            match s.chats.get_mut(&id) {
+                Some(chat) if !chat.deleted => {
+                    chat.deleted = true;
+                    true
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// Every send attempt received (taken or refused), in arrival order.
     pub fn chats(&self) -> Vec<ChatRecord> {
         self.shared.lock().records.clone()
     }
 
-    /// Waits until at least `n` sends were received, or `timeout`; returns what there is.
+    /// The sends the site took (status `success`), in arrival order.
+    pub fn taken(&self) -> Vec<ChatRecord> {
+        self.chats().into_iter().filter(ChatRecord::taken).collect()
+    }
+
+    /// Waits until at least `n` send attempts were received, or `timeout`; returns what there
+    /// is.
     pub async fn wait_for_chats(&self, n: usize, timeout: Duration) -> Vec<ChatRecord> {
         self.wait_until(timeout, |s| s.records.len() >= n).await;
         self.chats()
+    }
+
+    /// Waits until the send attempt with index `record` (in [`Double::chats`]) reached a final
+    /// state, and returns it; `None` after `timeout` (or for a refused send, at once).
+    pub async fn wait_for_final(&self, record: usize, timeout: Duration) -> Option<String> {
+        let refused = |s: &ServerState| s.records.get(record).is_some_and(|r| !r.taken());
+        let done = |s: &ServerState| {
+            refused(s)
+                || s.records
+                    .get(record)
+                    .is_some_and(|r| r.final_state.is_some())
+        };
+        self.wait_until(timeout, done).await;
+        self.shared
+            .lock()
+            .records
+            .get(record)
+            .and_then(|r| r.final_state.clone())
     }
 
     /// Waits until a stop for `chat_id` arrived; false after `timeout`.
@@ -216,15 +443,27 @@ async fn shut_down(rx: &mut watch::Receiver<bool>) {
 // Server state
 
 struct Shared {
+    /// A [`Mode`] as u8.
+    mode: AtomicU8,
     logged_in: AtomicBool,
     daily_limit: AtomicBool,
     textarea_delay_ms: u64,
     chunk_delay: Duration,
+    point_allotment: u64,
+    max_in_flight: usize,
+    rate_limit: Option<RateLimit>,
+    max_prompt_chars: Option<usize>,
+    updates_to_all_pages: bool,
+    ping_interval_ms: u64,
+    /// Makes this double's class-name hashes, cookies, codes and nonces its own.
+    seed: u64,
     started: Instant,
     /// Chat ids, message ids and socket ids.
     next_id: AtomicU64,
     /// `min_seq` of the outer update frames: increasing.
     next_seq: AtomicU64,
+    /// Counter behind [`Shared::random`].
+    next_random: AtomicU64,
     state: Mutex<ServerState>,
     /// Bumped on every change of `state`, so waiters wake without polling.
     changed: watch::Sender<u64>,
@@ -235,20 +474,45 @@ struct Shared {
 #[derive(Default)]
 struct ServerState {
     records: Vec<ChatRecord>,
-    /// Server-side state of each chat, by chat id.
+    /// Server-side state of each chat, by chat id (`ChatRecord::chat_id`).
     chats: HashMap<String, Chat>,
+    /// 2025: chat id of each chat code.
+    codes: HashMap<String, String>,
     /// The connected update socket of each channel.
     sockets: HashMap<String, SocketHandle>,
     /// Chats a stop request arrived for.
     stops_seen: HashSet<String>,
+    /// 2025: `p-b` values of signed-in sessions.
+    sessions: HashSet<String>,
+    /// 2025: the account's points balance.
+    points: u64,
+    /// 2025: cost overrides by lower-case bot handle.
+    bot_costs: HashMap<String, u64>,
+}
+
+impl ServerState {
+    /// Replies streaming now, over all chats of the account.
+    fn in_flight(&self) -> usize {
+        self.chats.values().map(|c| c.streams.len()).sum()
+    }
 }
 
 #[derive(Default)]
 struct Chat {
-    /// What `/api/chat/{id}` returns: every message of the chat, latest state.
+    /// Every message of the chat, latest state (what a refetch returns).
     messages: Vec<StoredMessage>,
     /// Streams of this chat still running, each with its stop signal.
     streams: Vec<(usize, Arc<Notify>)>,
+    /// 2025: the chat's numeric `chatId` (0 in 2023 mode).
+    number: u64,
+    /// 2025: the chat's `chatCode`.
+    code: String,
+    /// 2025: the bot handle of the chat.
+    bot: String,
+    /// 2025: human messages taken so far.
+    humans: u32,
+    /// 2025: gone ([`Double::delete_chat`]).
+    deleted: bool,
 }
 
 struct SocketHandle {
@@ -262,6 +526,8 @@ struct Outgoing {
     record: Option<usize>,
 }
 
+/// A message as the server keeps it. The 2023 refetch (`/api/chat/{id}`) serialises the
+/// first five fields only.
 #[derive(Clone, Debug, serde::Serialize)]
 struct StoredMessage {
     id: String,
@@ -270,11 +536,28 @@ struct StoredMessage {
     author: String,
     text: String,
     state: String,
+    /// 2025: the human message's `clientNonce`.
+    #[serde(skip)]
+    client_nonce: Option<String>,
+    /// 2025: the bot of a bot message.
+    #[serde(skip)]
+    bot: Option<&'static Bot>,
+    /// 2025: microseconds since the epoch.
+    #[serde(skip)]
+    creation_time: u64,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, ServerState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mode(&self) -> Mode {
+        if self.mode.load(Ordering::SeqCst) == Mode::Y2023 as u8 {
+            Mode::Y2023
+        } else {
+            Mode::Y2025
+        }
     }
 
     /// Runs `f` on the state and wakes every waiter.
@@ -288,6 +571,19 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::SeqCst)
     }
 
+    /// A pseudo-random number, different per double and per call.
+    fn random(&self) -> u64 {
+        splitmix(self.seed ^ splitmix(self.next_random.fetch_add(1, Ordering::SeqCst)))
+    }
+
+    /// `n` random characters of `alphabet`.
+    fn token(&self, n: usize, alphabet: &[u8]) -> String {
+        (0..n)
+            .map(|_| char::from(alphabet[(self.random() % alphabet.len() as u64) as usize]))
+            .collect()
+    }
+
+    /// A 2023 message: small ids.
     fn message(&self, author: &str, text: &str, state: &str) -> StoredMessage {
         let n = self.id();
         StoredMessage {
@@ -296,6 +592,9 @@ impl Shared {
             author: author.into(),
             text: text.into(),
             state: state.into(),
+            client_nonce: None,
+            bot: None,
+            creation_time: now_us(),
         }
     }
 
@@ -309,9 +608,18 @@ impl Shared {
         });
     }
 
-    /// Queues `frame` on `channel`'s socket; a frame for a closed page is lost, as on the site.
+    /// Queues `frame` on `channel`'s socket (on every socket with `updates_to_all_pages` in
+    /// 2025 mode); a frame for a closed page is lost, as on the site. Only the channel's own
+    /// socket notes the frame on the record.
     fn emit(&self, channel: &str, frame: String, record: Option<usize>) {
-        if let Some(socket) = self.lock().sockets.get(channel) {
+        let s = self.lock();
+        if self.updates_to_all_pages && self.mode() == Mode::Y2025 {
+            for (name, socket) in &s.sockets {
+                let record = if name == channel { record } else { None };
+                let frame = frame.clone();
+                let _ = socket.tx.send(Outgoing { frame, record });
+            }
+        } else if let Some(socket) = s.sockets.get(channel) {
             let _ = socket.tx.send(Outgoing { frame, record });
         }
     }
@@ -334,366 +642,62 @@ impl Shared {
         }
     }
 
+    /// The 2023 outer frame.
     fn outer(&self, entries: Vec<String>) -> String {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         json!({"messages": entries, "min_seq": seq}).to_string()
     }
-}
 
-// ---------------------------------------------------------------------------------------
-// Replies
-
-const UNICODE_TEXT: &str = "Unicode check: emoji 😀👍🏽 and a family 👩‍👩‍👧‍👦,\nCJK 漢字かなカナ 한국어,\nRTL العربية مرحبا and עברית שלום,\n\ttab, \"double\" and 'single' quotes, backslashes \\ \\\\ \\n (literal),\nand markup shown as text: </div><script>alert(1)</script> & done.";
-
-fn long_text() -> String {
-    let mut s = String::new();
-    let mut i = 0;
-    while s.len() < 100 * 1024 {
-        i += 1;
-        s.push_str(&format!(
-            "Line {i:05}: the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n"
-        ));
-    }
-    s
-}
-
-/// `n` growing cumulative prefixes of `text`, the last one being `text`; split on char
-/// boundaries (fewer steps for very short texts).
-fn prefixes(text: &str, n: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let n = n.clamp(1, chars.len().max(1));
-    (1..=n)
-        .map(|k| chars[..chars.len() * k / n].iter().collect())
-        .collect()
-}
-
-/// How a scripted reply ends after its `incomplete` steps.
-enum Ending {
-    /// A last frame with this text and state.
-    Final(String, &'static str),
-    /// No more frames (until a stop).
-    Stall,
-    /// An outer `missed_messages` frame, then these steps and the complete text stream on.
-    MissedThen(Vec<String>, String),
-    /// The reply completes server-side with this text, then the socket signals lost updates
-    /// (outer `missed_messages`, or an inner `refetchChannel` when the flag is set) and falls
-    /// silent: only the page's refetch shows the end.
-    LostThenSilent(String, bool),
-}
-
-/// A reply: cumulative `incomplete` texts, then its ending; streamed `delay` apart
-/// (`None`: the double's `chunk_delay_ms`).
-struct Script {
-    steps: Vec<String>,
-    ending: Ending,
-    delay: Option<Duration>,
-}
-
-fn script(bot: &str, prompt: &str) -> Script {
-    let text = |s: &str| s.to_owned();
-    let normal = |full: String, n: usize| {
-        let mut steps = prefixes(&full, n);
-        steps.pop();
-        Script {
-            steps,
-            ending: Ending::Final(full, "complete"),
-            delay: None,
-        }
-    };
-    let echo = format!("Echo from {bot}: {prompt}");
-    let two = || prefixes(&echo, 5).into_iter().take(2).collect::<Vec<_>>();
-    let with_end = |ending: Ending| Script {
-        steps: two(),
-        ending,
-        delay: None,
-    };
-    let last_of_two = || two().pop().unwrap_or_default();
-    if prompt.contains("[[long]]") {
-        normal(long_text(), 25)
-    } else if prompt.contains("[[unicode]]") {
-        normal(text(UNICODE_TEXT), 5)
-    } else if prompt.contains("[[rewrite]]") {
-        Script {
-            steps: vec![text("Here is **bold"), text("Here is **bold text*")],
-            ending: Ending::Final(text("Here is bold text, rewritten."), "complete"),
-            delay: None,
-        }
-    } else if prompt.contains("[[error]]") {
-        with_end(Ending::Final(last_of_two(), "error_user_message_too_long"))
-    } else if prompt.contains("[[rate-limit]]") {
-        with_end(Ending::Final(last_of_two(), "error_rate_limit_exceeded"))
-    } else if prompt.contains("[[cancelled]]") {
-        with_end(Ending::Final(last_of_two(), "cancelled"))
-    } else if prompt.contains("[[stall]]") {
-        with_end(Ending::Stall)
-    } else if prompt.contains("[[missed-stop]]") {
-        with_end(Ending::LostThenSilent(echo.clone(), false))
-    } else if prompt.contains("[[refetch]]") {
-        with_end(Ending::LostThenSilent(echo.clone(), true))
-    } else if prompt.contains("[[missed]]") {
-        let mut rest: Vec<String> = prefixes(&echo, 5).into_iter().skip(2).collect();
-        rest.pop();
-        with_end(Ending::MissedThen(rest, echo.clone()))
-    } else if prompt.contains("[[slow]]") {
-        let words: Vec<String> = (1..=200).map(|i| format!("word{i}")).collect();
-        let steps = (1..200).map(|k| words[..k].join(" ")).collect();
-        Script {
-            steps,
-            ending: Ending::Final(words.join(" "), "complete"),
-            delay: Some(Duration::from_millis(50)),
-        }
-    } else {
-        normal(echo, 5)
-    }
-}
-
-/// The final text the double produces for `prompt` sent to `bot`: the bot message's last
-/// `text` (for `[[error]]`, `[[cancelled]]` and `[[stall]]` the text it stopped at; for
-/// `[[missed-stop]]` and `[[refetch]]` the text only the page's refetch shows).
-pub fn expected_reply(bot: &str, prompt: &str) -> String {
-    let s = script(bot, prompt);
-    match s.ending {
-        Ending::Final(t, _) | Ending::MissedThen(_, t) | Ending::LostThenSilent(t, _) => t,
-        Ending::Stall => s.steps.last().cloned().unwrap_or_default(),
-    }
-}
-
-/// The bot's codename, the `author` of its messages.
-fn codename(bot: &str) -> &'static str {
-    match bot {
-        "GPT-3.5-Turbo" => "chinchilla",
-        "GPT-4" => "beaver",
-        _ => "acouchy",
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Frames
-
-fn inner_message(chat_id: &str, m: &StoredMessage) -> String {
-    json!({"message_type": "subscriptionUpdate", "payload": {
-        "subscription_name": "messageAdded",
-        "unique_id": format!("messageAdded:{chat_id}"),
-        "data": {"messageAdded": {
-            "id": m.id, "messageId": m.message_id, "author": m.author, "text": m.text,
-            "state": m.state, "contentType": "text_markdown", "suggestedReplies": []}}}})
-    .to_string()
-}
-
-/// A subscription entry readers must ignore.
-fn inner_noise(name: &str, chat_id: &str, bot_message: &StoredMessage) -> String {
-    let data = match name {
-        "chatTitleUpdated" => json!({"id": chat_id, "title": "Chat with the double"}),
-        "messageStateUpdated" => json!({"id": bot_message.id,
-            "messageId": bot_message.message_id, "state": bot_message.state}),
-        _ => json!({"id": "Vmlld2VyOjE=", "messagePointsDisplay": {"remaining": 42}}),
-    };
-    json!({"message_type": "subscriptionUpdate", "payload": {
-        "subscription_name": name, "unique_id": format!("{name}:{chat_id}"),
-        "data": {name: data}}})
-    .to_string()
-}
-
-/// One send being answered: the human echo, then the bot message streamed on the channel.
-struct Stream {
-    shared: Arc<Shared>,
-    chat_id: String,
-    channel: String,
-    /// Index of this send in the records.
-    record: usize,
-    reply: StoredMessage,
-    stop: Arc<Notify>,
-    shutdown: watch::Receiver<bool>,
-}
-
-/// Why a stream ended early.
-enum Interrupt {
-    Stop,
-    Shutdown,
-}
-
-impl Stream {
-    /// Waits `delay`, unless a stop or the shutdown comes first.
-    async fn pause(&mut self, delay: Duration) -> Result<(), Interrupt> {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Ok(()),
-            _ = self.stop.notified() => Err(Interrupt::Stop),
-            _ = shut_down(&mut self.shutdown) => Err(Interrupt::Shutdown),
-        }
-    }
-
-    /// Sets the bot message, stores it server-side and sends one frame: the `before` entries,
-    /// the bot message, then the `noise` subscription if any. Records a final state first, so
-    /// `chats()` has it by the time a reader sees the frame.
-    fn bot(&mut self, text: &str, state: &str, before: Vec<String>, noise: Option<&str>) {
-        self.reply.text = text.to_owned();
-        self.reply.state = state.to_owned();
-        self.shared.store(&self.chat_id, &self.reply);
-        self.finish_if_final();
-        let mut entries = before;
-        entries.push(inner_message(&self.chat_id, &self.reply));
-        if let Some(name) = noise {
-            entries.push(inner_noise(name, &self.chat_id, &self.reply));
-        }
-        let frame = self.shared.outer(entries);
-        self.shared.emit(&self.channel, frame, Some(self.record));
-    }
-
-    fn finish_if_final(&self) {
-        if self.reply.state != "incomplete" {
-            let (record, state) = (self.record, self.reply.state.clone());
-            self.shared.update(|s| {
-                if let Some(r) = s.records.get_mut(record) {
-                    r.final_state = Some(state);
-                }
-            });
-        }
-    }
-
-    fn noise_frame(&self, name: &str) {
-        let frame = self
-            .shared
-            .outer(vec![inner_noise(name, &self.chat_id, &self.reply)]);
-        self.shared.emit(&self.channel, frame, None);
-    }
-
-    async fn run(mut self, human: StoredMessage, script: Script) {
-        let delay = script.delay.unwrap_or(self.shared.chunk_delay);
-        let ended = self.play(&human, script, delay).await;
-        if let Err(Interrupt::Stop) = ended {
-            if self.reply.state == "incomplete" {
-                let text = self.reply.text.clone();
-                self.bot(&text, "cancelled", Vec::new(), None);
+    /// Notes a stop for `chat_id` on its streaming sends (or, when nothing streams, on its
+    /// last send) and stops those streams.
+    fn stop_chat(&self, chat_id: &str, received_at: Instant) {
+        self.update(|s| {
+            s.stops_seen.insert(chat_id.to_owned());
+            let streams: Vec<(usize, Arc<Notify>)> = s
+                .chats
+                .get(chat_id)
+                .map(|c| c.streams.clone())
+                .unwrap_or_default();
+            let mut marked: Vec<usize> = streams.iter().map(|(r, _)| *r).collect();
+            if marked.is_empty() {
+                // Nothing streams: the stop still arrived, note it on the chat's last send.
+                marked.extend(
+                    s.records
+                        .iter()
+                        .rposition(|r| r.chat_id == chat_id && r.taken()),
+                );
             }
-        }
-        let (chat_id, record) = (self.chat_id.clone(), self.record);
-        self.shared.update(|s| {
-            if let Some(chat) = s.chats.get_mut(&chat_id) {
-                chat.streams.retain(|(r, _)| *r != record);
+            for i in marked {
+                if let Some(r) = s.records.get_mut(i) {
+                    r.stopped_at.get_or_insert(received_at);
+                }
+            }
+            for (_, stop) in streams {
+                stop.notify_one();
             }
         });
     }
-
-    async fn play(
-        &mut self,
-        human: &StoredMessage,
-        script: Script,
-        delay: Duration,
-    ) -> Result<(), Interrupt> {
-        let echo = inner_message(&self.chat_id, human);
-        let title = inner_noise("chatTitleUpdated", &self.chat_id, &self.reply);
-        let mut steps = script.steps.iter();
-        // The first frame batches the echo, a noise entry and the bot's first update.
-        match steps.next() {
-            Some(first) => self.bot(first, "incomplete", vec![echo, title], None),
-            None => {
-                let frame = self.shared.outer(vec![echo, title]);
-                self.shared.emit(&self.channel, frame, None);
-            }
-        }
-        for (i, text) in steps.enumerate() {
-            self.pause(delay).await?;
-            match i {
-                0 => {
-                    self.noise_frame("viewerStateUpdated");
-                    self.bot(text, "incomplete", Vec::new(), None);
-                }
-                1 => self.bot(text, "incomplete", Vec::new(), Some("messageStateUpdated")),
-                _ => self.bot(text, "incomplete", Vec::new(), None),
-            }
-        }
-        self.pause(delay).await?;
-        match script.ending {
-            Ending::Final(text, state) => self.bot(&text, state, Vec::new(), None),
-            Ending::Stall => {
-                // Nothing more, ever; a stop still cancels it.
-                tokio::select! {
-                    _ = self.stop.notified() => return Err(Interrupt::Stop),
-                    _ = shut_down(&mut self.shutdown) => return Err(Interrupt::Shutdown),
-                }
-            }
-            Ending::MissedThen(rest, text) => {
-                let frame = json!({"error": "missed_messages"}).to_string();
-                self.shared.emit(&self.channel, frame, None);
-                for step in rest {
-                    self.pause(delay).await?;
-                    self.bot(&step, "incomplete", Vec::new(), None);
-                }
-                self.pause(delay).await?;
-                self.bot(&text, "complete", Vec::new(), None);
-            }
-            Ending::LostThenSilent(text, refetch_channel) => {
-                self.reply.text = text;
-                self.reply.state = "complete".into();
-                self.shared.store(&self.chat_id, &self.reply);
-                self.finish_if_final();
-                let frame = if refetch_channel {
-                    let entry = json!({"message_type": "refetchChannel",
-                        "payload": {"channel": self.channel}});
-                    self.shared.outer(vec![entry.to_string()])
-                } else {
-                    json!({"error": "missed_messages"}).to_string()
-                };
-                self.shared.emit(&self.channel, frame, None);
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Answers one send: registers the chat's messages, then streams on `channel`.
-fn start_stream(shared: Arc<Shared>, record: usize, chat_id: String, channel: String) {
-    let (bot, prompt) = {
-        let s = shared.lock();
-        match s.records.get(record) {
-            Some(r) => (r.bot.clone(), r.prompt.clone()),
-            None => return,
-        }
-    };
-    let human = shared.message("human", &prompt, "complete");
-    let reply = shared.message(codename(&bot), "", "incomplete");
-    let stop = Arc::new(Notify::new());
-    shared.store(&chat_id, &human);
-    shared.update(|s| {
-        s.chats
-            .entry(chat_id.clone())
-            .or_default()
-            .streams
-            .push((record, stop.clone()))
-    });
-    let stream = Stream {
-        shutdown: shared.shutdown.subscribe(),
-        shared,
-        chat_id,
-        channel,
-        record,
-        reply,
-        stop,
-    };
-    tokio::spawn(async move {
-        let script = script(&bot, &prompt);
-        stream
-            .shared
-            .wait_for_socket(&stream.channel, Duration::from_secs(5))
-            .await;
-        stream.run(human, script).await;
-    });
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Microseconds since the epoch.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------
-// HTTP handlers
+// HTTP handlers shared by both modes (each dispatches on the mode)
 
 type St = AxumState<Arc<Shared>>;
-
-fn has_session_cookie(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .any(|(k, v)| k == "p-b" && !v.is_empty())
-}
 
 /// JSON for embedding in a `<script>`: `<` escaped so no string can end the script.
 fn script_json(v: &Value) -> String {
@@ -704,129 +708,88 @@ fn html_text(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-}
-
-const LOGGED_OUT: &str = r#"<div class="LoggedOutBotInfoPage_container__Ab3x1"><p>Talk to bot</p><p>Sign in to chat with this bot.</p><a href="/login"><button class="LoggedOutBotInfoPage_appButton__UO6NU">Sign in</button></a></div>"#;
-
-/// A bot's chat page; every load is a new chat.
-async fn bot_page(AxumState(shared): St, Path(bot): Path<String>, headers: HeaderMap) -> Response {
-    let chat_id = format!("chat-{}", shared.id());
-    let logged_in = shared.logged_in.load(Ordering::SeqCst) || has_session_cookie(&headers);
-    let config = json!({
-        "chatId": chat_id, "bot": bot, "loggedIn": logged_in,
-        "dailyLimit": shared.daily_limit.load(Ordering::SeqCst),
-        "textareaDelayMs": shared.textarea_delay_ms,
-    });
-    let page = include_str!("page.html")
-        .replace("__BOT_TITLE__", &html_text(&bot))
-        .replace("__LOGGED_OUT__", if logged_in { "" } else { LOGGED_OUT })
-        .replace("__CONFIG__", &script_json(&config));
-    ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
-}
-
-async fn home() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Poe double</title></head><body>",
-        "<h1>Poe double</h1><ul><li><a href=\"/GPT-3.5-Turbo\">GPT-3.5-Turbo</a></li>",
-        "<li><a href=\"/GPT-4\">GPT-4</a></li></ul></body></html>"
-    ))
-}
-
-async fn login_page() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign in - Poe</title></head><body>",
-        "<h1>Sign in to the Poe double</h1>",
-        "<form method=\"post\" action=\"/login\">",
-        "<button class=\"LoginButton\" type=\"submit\">Sign in</button></form>",
-        "</body></html>"
-    ))
-}
-
-async fn login() -> Response {
-    let mut response = Redirect::to("/GPT-3.5-Turbo").into_response();
-    for cookie in [
-        "p-b=double-session; Path=/; Max-Age=31536000",
-        "p-lat=double-lat; Path=/; Max-Age=31536000",
-    ] {
-        response
-            .headers_mut()
-            .append(header::SET_COOKIE, header::HeaderValue::from_static(cookie));
-    }
-    response
+        .replace('"', "&quot;")
 }
 
 fn bad_request(msg: String) -> Response {
     (StatusCode::BAD_REQUEST, msg).into_response()
 }
 
-async fn gql(AxumState(shared): St, Json(body): Json<Value>) -> Response {
-    let received_at = Instant::now();
-    let vars = &body["variables"];
-    let var = |k: &str| vars[k].as_str().map(str::to_owned);
-    match body["queryName"].as_str() {
-        Some("sendMessageMutation") => {
-            let (Some(chat_id), Some(prompt)) = (var("chatId"), var("query")) else {
-                return bad_request("sendMessageMutation needs chatId and query".into());
-            };
-            let bot = var("bot").unwrap_or_default();
-            let channel = var("channel").unwrap_or_else(|| format!("poe-chan5-{chat_id}"));
-            let record = shared.update(|s| {
-                s.records.push(ChatRecord {
-                    chat_id: chat_id.clone(),
-                    bot,
-                    prompt,
-                    received_at,
-                    frame_times: Vec::new(),
-                    stopped_at: None,
-                    final_state: None,
-                });
-                s.records.len() - 1
-            });
-            start_stream(shared, record, chat_id.clone(), channel);
-            Json(json!({"data": {"messageEdgeCreate": {"status": "success",
-                "chat": {"chatId": chat_id}}}}))
-            .into_response()
-        }
-        Some("stopMessage") => {
-            let Some(chat_id) = var("chatId") else {
-                return bad_request("stopMessage needs chatId".into());
-            };
-            shared.update(|s| {
-                s.stops_seen.insert(chat_id.clone());
-                let streams: Vec<(usize, Arc<Notify>)> = s
-                    .chats
-                    .get(&chat_id)
-                    .map(|c| c.streams.clone())
-                    .unwrap_or_default();
-                let mut marked: Vec<usize> = streams.iter().map(|(r, _)| *r).collect();
-                if marked.is_empty() {
-                    // Nothing streams: the stop still arrived, note it on the chat's last send.
-                    marked.extend(s.records.iter().rposition(|r| r.chat_id == chat_id));
-                }
-                for i in marked {
-                    if let Some(r) = s.records.get_mut(i) {
-                        r.stopped_at.get_or_insert(received_at);
-                    }
-                }
-                for (_, stop) in streams {
-                    stop.notify_one();
-                }
-            });
-            Json(json!({"data": {"stopMessage": {"success": true}}})).into_response()
-        }
-        other => bad_request(format!("unknown queryName {other:?}")),
+/// The value of cookie `name` in the request, if any.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+async fn home(AxumState(shared): St, headers: HeaderMap) -> Response {
+    match shared.mode() {
+        Mode::Y2023 => site2023::home().await.into_response(),
+        Mode::Y2025 => site2025::home(&shared, &headers),
     }
 }
 
-/// The page's refetch after lost updates: the chat's messages as the server has them.
-async fn chat_state(AxumState(shared): St, Path(chat_id): Path<String>) -> Json<Value> {
-    let messages = shared
-        .lock()
-        .chats
-        .get(&chat_id)
-        .map(|c| c.messages.clone())
-        .unwrap_or_default();
-    Json(json!({"chatId": chat_id, "messages": messages}))
+async fn bot_page(AxumState(shared): St, Path(bot): Path<String>, headers: HeaderMap) -> Response {
+    match shared.mode() {
+        Mode::Y2023 => site2023::bot_page(&shared, &bot, &headers),
+        Mode::Y2025 => site2025::bot_page(&shared, &bot, &headers),
+    }
+}
+
+async fn chat_page(
+    AxumState(shared): St,
+    Path(code): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match shared.mode() {
+        Mode::Y2023 => StatusCode::NOT_FOUND.into_response(),
+        Mode::Y2025 => site2025::chat_page(&shared, &code, &headers),
+    }
+}
+
+async fn explore_page(AxumState(shared): St, headers: HeaderMap) -> Response {
+    match shared.mode() {
+        Mode::Y2023 => site2023::bot_page(&shared, "explore", &headers),
+        Mode::Y2025 => site2025::explore_page(&shared, &headers),
+    }
+}
+
+async fn login_page(
+    AxumState(shared): St,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    match shared.mode() {
+        Mode::Y2023 => site2023::login_page().await.into_response(),
+        Mode::Y2025 => site2025::login_page(&shared, &query, &headers),
+    }
+}
+
+async fn login(
+    AxumState(shared): St,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match shared.mode() {
+        Mode::Y2023 => site2023::login().await,
+        Mode::Y2025 => site2025::login(&shared, &query, &headers, &body),
+    }
+}
+
+async fn gql(AxumState(shared): St, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("the body is not JSON".into());
+    };
+    match shared.mode() {
+        Mode::Y2023 => site2023::gql(shared, body),
+        Mode::Y2025 => gql2025::gql(shared, &headers, body),
+    }
 }
 
 async fn update_socket(
@@ -838,10 +801,18 @@ async fn update_socket(
     ws.on_upgrade(move |socket| serve_updates(shared, channel, socket))
 }
 
-/// Writes the channel's frames to its socket, noting when each bot frame is written.
+/// Writes the channel's frames to its socket, noting when each bot frame is written. In 2025
+/// mode it first sends the viewer's points and answers the page's pings.
 async fn serve_updates(shared: Arc<Shared>, channel: String, mut socket: WebSocket) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let id = shared.id();
+    if shared.mode() == Mode::Y2025 {
+        let frame = site2025::viewer_state_frame(&shared);
+        let _ = tx.send(Outgoing {
+            frame,
+            record: None,
+        });
+    }
     shared.update(|s| s.sockets.insert(channel.clone(), SocketHandle { id, tx }));
     let mut shutdown = shared.shutdown.subscribe();
     loop {
@@ -864,6 +835,12 @@ async fn serve_updates(shared: Arc<Shared>, channel: String, mut socket: WebSock
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(Message::Text(t))) if shared.mode() == Mode::Y2025 && is_ping(t.as_str()) => {
+                    let pong = Message::Text(r#"{"type":"pong"}"#.into());
+                    if socket.send(pong).await.is_err() {
+                        break;
+                    }
+                }
                 Some(Ok(_)) => {}
             },
             _ = shut_down(&mut shutdown) => break,
@@ -874,6 +851,10 @@ async fn serve_updates(shared: Arc<Shared>, channel: String, mut socket: WebSock
             s.sockets.remove(&channel);
         }
     });
+}
+
+fn is_ping(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|v| v["type"] == "ping")
 }
 
 /// The page's second socket: heartbeats, a non-JSON text and a binary frame, never an update.
@@ -916,19 +897,34 @@ async fn chats_json(AxumState(shared): St) -> Json<Value> {
             json!({"chat_id": c.chat_id, "bot": c.bot, "prompt": c.prompt,
                    "received_ms": ms(c.received_at),
                    "frame_ms": c.frame_times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
-                   "stopped_ms": c.stopped_at.map(ms), "final_state": c.final_state})
+                   "stopped_ms": c.stopped_at.map(ms), "final_state": c.final_state,
+                   "status": c.status, "chat_code": c.chat_code, "turn": c.turn,
+                   "client_nonce": c.client_nonce, "message_id": c.message_id,
+                   "cost": c.cost})
         })
         .collect();
     Json(Value::Array(chats))
 }
 
-async fn set_mode(AxumState(shared): St, Json(body): Json<Value>) -> Json<Value> {
+async fn set_mode(AxumState(shared): St, Json(body): Json<Value>) -> Response {
+    if let Some(v) = body.get("mode") {
+        let Some(mode) = v.as_str().and_then(Mode::parse) else {
+            return bad_request(format!("mode must be \"2023\" or \"2025\", not {v}"));
+        };
+        shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
     if let Some(v) = body["logged_in"].as_bool() {
         shared.logged_in.store(v, Ordering::SeqCst);
     }
     if let Some(v) = body["daily_limit"].as_bool() {
         shared.daily_limit.store(v, Ordering::SeqCst);
     }
+    if let Some(v) = body["points"].as_u64() {
+        shared.update(|s| s.points = v);
+    }
     Json(json!({"logged_in": shared.logged_in.load(Ordering::SeqCst),
-                "daily_limit": shared.daily_limit.load(Ordering::SeqCst)}))
+                "daily_limit": shared.daily_limit.load(Ordering::SeqCst),
+                "mode": shared.mode().as_str(),
+                "points": shared.lock().points}))
+    .into_response()
 }
