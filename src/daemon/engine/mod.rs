@@ -125,7 +125,10 @@ impl Engine {
             models,
             browser,
             account,
-            pacer: Pacer::new(Duration::from_millis(config.pool.min_send_interval_ms)),
+            pacer: Pacer::new(
+                Duration::from_millis(config.pool.min_send_interval_ms),
+                config.pool.max_sends_per_minute,
+            ),
             stats: Stats::default(),
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
