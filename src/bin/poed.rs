@@ -249,3 +249,21 @@ async fn serve(config: Config, activated: Option<std::os::fd::OwnedFd>) -> anyho
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_level_caps_the_traffic_crates() {
+        for verbose in 0..=3 {
+            let filter = default_filter(verbose);
+            EnvFilter::try_new(&filter).expect("a valid filter");
+            for krate in TRAFFIC_CRATES {
+                assert!(filter.contains(&format!(",{krate}=warn")), "{filter}");
+            }
+        }
+        assert!(default_filter(0).contains("poed=info"));
+        assert!(default_filter(2).contains("poed=trace"));
+    }
+}

@@ -85,9 +85,7 @@ pub fn private_dir(dir: &Path) -> Result<(), String> {
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
-                .map_err(|e| {
-                    format!("cannot create the directory {}: {e}", parent.display())
-                })?;
+                .map_err(|e| format!("cannot create the directory {}: {e}", parent.display()))?;
         }
     }
     // Not recursive: if the directory appeared meanwhile, it is inspected like any other.
@@ -177,8 +175,9 @@ pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if len as usize != std::mem::size_of::<libc::ucred>() || cred.pid == 0 {
-        // The kernel reports no peer (pid 0) when the other end is already gone.
+    // No credentials recorded (the peer is gone, or never connected): uid is -1. A peer
+    // whose pid is not visible here (another pid namespace) still has a valid uid.
+    if len as usize != std::mem::size_of::<libc::ucred>() || cred.uid == u32::MAX {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionReset,
             "the peer's credentials are not available",
@@ -288,8 +287,15 @@ mod tests {
         std::fs::create_dir(&shared).expect("mkdir");
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let e = private_dir(&shared).expect_err("0755 is refused");
-        assert!(e.contains("open to other users") && e.contains("0755"), "{e}");
-        let mode = std::fs::metadata(&shared).expect("meta").permissions().mode() & 0o777;
+        assert!(
+            e.contains("open to other users") && e.contains("0755"),
+            "{e}"
+        );
+        let mode = std::fs::metadata(&shared)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o755, "left unchanged");
 
         let file = root.path().join("file");
@@ -313,7 +319,10 @@ mod tests {
         let path = root.path().join("poed.sock");
         std::fs::write(&path, "keep me").expect("write");
         let e = bind(&path).await.expect_err("a regular file");
-        assert!(e.contains("not a socket") && e.contains("regular file"), "{e}");
+        assert!(
+            e.contains("not a socket") && e.contains("regular file"),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "keep me");
 
         let link = root.path().join("link.sock");
