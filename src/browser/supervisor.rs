@@ -24,8 +24,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::browser::profile_lock::{self, LockState};
 use crate::config::{secs, BrowserConfig};
-use crate::redact;
 use crate::protocol::BrowserStatus;
+use crate::redact;
 
 /// How often the supervisor checks that the browser still answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(3);
