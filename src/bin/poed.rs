@@ -66,8 +66,8 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
-    /// More logging (-v debug, -vv trace, which shows prompts and replies); a non-empty
-    /// RUST_LOG replaces these levels.
+    /// More logging (-v debug, -vv trace; prompts and replies never below trace); a
+    /// non-empty RUST_LOG replaces these levels.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -153,7 +153,7 @@ const TRAFFIC_CRATES: &[&str] = &[
 ];
 
 /// The filter for `-v` counted `verbose` times: poed's own lines at info, debug (`-v`) or
-/// trace (`-vv`, the only level that shows prompts and replies), other crates one step
+/// trace (`-vv`, the only level that may show prompts and replies), other crates one step
 /// quieter, and the traffic crates capped at `warn`.
 fn default_filter(verbose: u8) -> String {
     let base = match verbose {
