@@ -6,7 +6,8 @@
 //! the page's WebSocket frames ([`browser::tab`] pumps them, [`site::poe::frames`] parses
 //! them). Clients speak newline-delimited JSON over a local socket ([`protocol`],
 //! [`daemon::ipc_server`]); [`client`] is the reference client that `poectl` is built on.
-//! [`daemon::run`] ties it together and shuts it down in order.
+//! [`daemon::run`] ties it together and shuts it down in order. [`redact`] keeps secrets
+//! (cookies, keys, credentials, socket tokens) out of every log line.
 
 pub mod browser;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod redact;
 pub mod reply;
 pub mod site;
 

@@ -248,7 +248,8 @@ async fn a_second_instance_refuses_and_stale_files_are_replaced() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("already running"), "{}", out.stderr);
     // Same profile, other socket: refused, naming the process that holds it.
-    let other_socket = first.dir.path().join("other.sock");
+    // In a directory poed creates: the temporary directory itself may be open to others.
+    let other_socket = first.dir.path().join("other").join("poed.sock");
     let out = run(poed(&[
         "--socket",
         other_socket.to_str().expect("utf8"),
@@ -271,6 +272,12 @@ async fn a_second_instance_refuses_and_stale_files_are_replaced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("run").join("poed.sock");
     std::fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
+    // poed refuses a socket directory that others can enter.
+    std::fs::set_permissions(
+        socket.parent().expect("parent"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
     assert!(socket.exists());
     let profile = dir.path().join("profile");

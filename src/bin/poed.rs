@@ -66,7 +66,8 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    /// More logging (-v debug, -vv trace; prompts and replies never below trace); a
+    /// non-empty RUST_LOG replaces these levels.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -136,20 +137,64 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "poed=info,warn",
-        1 => "poed=debug,info",
-        _ => "poed=trace,debug",
+/// Crates whose debug and trace output carries page traffic: CDP messages (cookies, request
+/// headers, replies), WebSocket frames, HTTP headers. They stay at `warn` whatever `-v`
+/// says; a `RUST_LOG` that raises them is the user's own choice.
+const TRAFFIC_CRATES: &[&str] = &[
+    "chromiumoxide",
+    "tungstenite",
+    "tokio_tungstenite",
+    "async_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "axum",
+    "tower_http",
+    "reqwest",
+];
+
+/// The filter for `-v` counted `verbose` times: poed's own lines at info, debug (`-v`) or
+/// trace (`-vv`, the only level that may show prompts and replies), other crates one step
+/// quieter, and the traffic crates capped at `warn`.
+fn default_filter(verbose: u8) -> String {
+    let base = match verbose {
+        0 => "warn,poed=info",
+        1 => "info,poed=debug",
+        _ => "debug,poed=trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    TRAFFIC_CRATES
+        .iter()
+        .fold(base.to_owned(), |f, krate| format!("{f},{krate}=warn"))
+}
+
+/// Logs to stderr, every line scrubbed of the configuration's secrets (see `poed::redact`).
+/// A non-empty `RUST_LOG` replaces the `-v` filter entirely.
+fn init_logging(verbose: u8, config: &Config) {
+    poed::redact::register_config(config);
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (filter, bad_env) = match from_env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(e)) => (EnvFilter::new(default_filter(verbose)), Some(e)),
+        None => (EnvFilter::new(default_filter(verbose)), None),
+    };
     // SAFETY: isatty has no preconditions.
     let tty = unsafe { libc::isatty(libc::STDERR_FILENO) } == 1;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(poed::redact::Scrubbed(std::io::stderr))
         .with_ansi(tty)
         .init();
+    match (bad_env, from_env) {
+        (Some(e), _) => {
+            tracing::warn!(error = %e, "RUST_LOG is not a valid filter; using the -v levels")
+        }
+        (None, Some(_)) => tracing::info!(
+            "log levels from RUST_LOG; raising chromiumoxide, tungstenite or hyper above warn logs page traffic, cookies included"
+        ),
+        (None, None) => {}
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -159,7 +204,10 @@ fn main() -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    init_logging(args.verbose);
+    // Whatever poed creates (socket, files, directories) is private to the user.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0o077) };
+    init_logging(args.verbose, &config);
     // Read (and clear) socket activation's variables before any thread exists.
     let activated = poed::daemon::notify::activated_fd();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -201,4 +249,22 @@ async fn serve(config: Config, activated: Option<std::os::fd::OwnedFd>) -> anyho
         bail!("{e}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_level_caps_the_traffic_crates() {
+        for verbose in 0..=3 {
+            let filter = default_filter(verbose);
+            EnvFilter::try_new(&filter).expect("a valid filter");
+            for krate in TRAFFIC_CRATES {
+                assert!(filter.contains(&format!(",{krate}=warn")), "{filter}");
+            }
+        }
+        assert!(default_filter(0).contains("poed=info"));
+        assert!(default_filter(2).contains("poed=trace"));
+    }
 }

@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 use crate::browser::profile_lock::{self, LockState};
 use crate::config::{secs, BrowserConfig};
 use crate::protocol::BrowserStatus;
+use crate::redact;
 
 /// How often the supervisor checks that the browser still answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(3);
@@ -179,8 +180,8 @@ async fn open(cfg: &BrowserConfig) -> Result<Instance, String> {
     let (browser, mut handler) = match &cfg.connect {
         Some(url) => tokio::time::timeout(secs(cfg.launch_timeout_secs), Browser::connect(url.clone()))
             .await
-            .map_err(|_| format!("no answer from the browser at {url} within {}s; is it running with --remote-debugging-port?", cfg.launch_timeout_secs))?
-            .map_err(|e| format!("cannot attach to the browser at {url}: {e}; start it with --remote-debugging-port=PORT and pass http://127.0.0.1:PORT"))?,
+            .map_err(|_| format!("no answer from the browser at {} within {}s; is it running with --remote-debugging-port?", redact::url(url), cfg.launch_timeout_secs))?
+            .map_err(|e| format!("cannot attach to the browser at {}: {}; start it with --remote-debugging-port=PORT and pass http://127.0.0.1:PORT", redact::url(url), redact::text(&e.to_string())))?,
         None => launch(cfg).await?,
     };
     let (died_tx, died_rx) = oneshot::channel::<String>();
@@ -232,7 +233,14 @@ async fn launch(cfg: &BrowserConfig) -> Result<(Browser, Handler), String> {
         ));
     }
     let config = chromium_config(cfg)?;
-    debug!(?config, "launching chromium");
+    debug!(
+        chromium = %cfg.chromium.display(),
+        profile = %cfg.profile.display(),
+        headless = cfg.headless,
+        proxy = ?cfg.proxy.as_deref().map(redact::proxy),
+        args = ?cfg.args.iter().map(|a| redact::arg(a)).collect::<Vec<_>>(),
+        "launching chromium"
+    );
     Browser::launch(config).await.map_err(|e| {
         format!(
             "cannot start Chromium ({}) on profile {}: {e}",

@@ -356,7 +356,7 @@ async fn pump(
         match event {
             Raw::Created(c) => {
                 let is_update = c.url.contains(&update_socket_contains);
-                debug!(tab, url = %c.url, is_update, "websocket created");
+                debug!(tab, url = %crate::redact::url(&c.url), is_update, "websocket created");
                 sockets.insert(c.request_id.inner().clone(), is_update);
             }
             Raw::Closed(c) => {

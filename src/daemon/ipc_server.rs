@@ -57,6 +57,10 @@ pub async fn serve(
         };
         match conn {
             Ok(stream) => {
+                // Another user's process gets `permission_denied` before any request is read.
+                let Some(stream) = crate::daemon::socket::admit(stream) else {
+                    continue;
+                };
                 next_conn += 1;
                 let conn = Connection {
                     id: next_conn,
