@@ -405,7 +405,10 @@ async fn socket_activation_and_readiness_like_systemd() {
                 Err(_) => return last.elapsed(),
                 Ok(n) => {
                     let n = n.expect("recv");
-                    if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "WATCHDOG=1") {
+                    if String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .any(|l| l == "WATCHDOG=1")
+                    {
                         if last.elapsed() >= Duration::from_millis(2500) {
                             return last.elapsed();
                         }
@@ -416,7 +419,10 @@ async fn socket_activation_and_readiness_like_systemd() {
         }
     })
     .await;
-    assert!(gap >= Duration::from_millis(2500), "watchdog kept being fed: gap {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(2500),
+        "watchdog kept being fed: gap {gap:?}"
+    );
     // SAFETY: as above (the supervisor may have killed it already).
     unsafe { libc::kill(chromium, libc::SIGCONT) };
     // SAFETY: signalling our own child.

@@ -234,3 +234,12 @@ pub async fn has_cookie(page: &Page, name: &str, limit: Duration) -> Result<bool
         .iter()
         .any(|c| c.name == name && !c.value.is_empty()))
 }
+
+/// The URL of the page's main frame, as the browser has it now.
+pub async fn current_url(page: &Page, limit: Duration) -> Result<String, CdpFailure> {
+    let url = tokio::time::timeout(limit, page.url())
+        .await
+        .map_err(|_| CdpFailure::Timeout(limit))?
+        .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    url.ok_or_else(|| CdpFailure::Command("the page has no URL".into()))
+}

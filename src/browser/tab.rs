@@ -151,11 +151,7 @@ const BODY_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 impl Tab {
     /// Opens a blank tab and starts its pump. `update_socket_contains` selects the update
     /// socket among the page's WebSockets.
-    pub async fn open(
-        browser: &BrowserHandle,
-        id: usize,
-        watch: Watch,
-    ) -> Result<Tab, String> {
+    pub async fn open(browser: &BrowserHandle, id: usize, watch: Watch) -> Result<Tab, String> {
         let (page, browser_gone) = browser.new_page().await?;
         let listen =
             |e: chromiumoxide::error::CdpError| format!("cannot listen to tab events: {e}");
@@ -378,7 +374,11 @@ async fn pump(
                 }
                 seq += 1;
                 if pending.len() >= MAX_TRACKED_REQUESTS {
-                    if let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.seq).map(|(k, _)| k.clone()) {
+                    if let Some(oldest) = pending
+                        .iter()
+                        .min_by_key(|(_, p)| p.seq)
+                        .map(|(k, _)| k.clone())
+                    {
                         pending.remove(&oldest);
                     }
                 }
@@ -417,7 +417,11 @@ async fn pump(
                 let relay = relay.clone();
                 let id = f.request_id.clone();
                 tokio::spawn(async move {
-                    let got = tokio::time::timeout(BODY_LIMIT, page.execute(GetResponseBodyParams::new(id))).await;
+                    let got = tokio::time::timeout(
+                        BODY_LIMIT,
+                        page.execute(GetResponseBodyParams::new(id)),
+                    )
+                    .await;
                     let Ok(Ok(body)) = got else {
                         debug!(tab, "could not read a response body");
                         return;
@@ -431,7 +435,12 @@ async fn pump(
                     } else {
                         body.result.body.clone()
                     };
-                    trace!(tab, status = exchange.status, bytes = exchange.body.len(), "api response");
+                    trace!(
+                        tab,
+                        status = exchange.status,
+                        bytes = exchange.body.len(),
+                        "api response"
+                    );
                     relay.send(TabSignal::Http(exchange));
                 });
             }

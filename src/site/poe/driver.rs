@@ -1,10 +1,17 @@
-//! The Poe driver: runs one completion in a tab, the way a person would.
+//! The Poe driver: runs one completion in a tab, the way a person would, and reads what the
+//! site says from the page's network traffic.
 //!
-//! Open the bot page (a fresh chat) unless the tab is already warm for that bot, wait for the
-//! prompt box (it never comes when the profile is signed out), focus it, enter the prompt
-//! with `Input.insertText`, wait until the send button is enabled, click it, and then read
-//! the reply only from the tab's update-WebSocket frames (see [`crate::browser::tab`]): no
-//! injected script, no polling of the page. Stopping clicks the page's stop button.
+//! Open the bot page (a fresh chat) unless the tab is already warm for that bot; a redirect
+//! to the sign-in page means signed out at once, otherwise wait for the prompt box. Focus
+//! it, enter the prompt with `Input.insertText`, wait until the send button is enabled,
+//! click it. Then everything comes from the network (see [`crate::browser::tab`]): the
+//! response to the page's own send request says whether the site took the prompt (a
+//! refusal ends the request at once with its own kind; a refusal for the site's rate or for
+//! too many replies in flight is sent again after the account's backoff), the update
+//! socket's frames carry the reply, and after lost updates the page's refetch response
+//! holds it. Only if that response does not come is the page's DOM read, as a last resort
+//! that can be switched off. No injected script, no polling. Stopping clicks the page's
+//! stop button. A prompt the site took is never sent again.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +25,7 @@ use crate::config::{secs, SiteConfig, Timeouts};
 use crate::error::{Error, ErrorKind};
 use crate::reply::Chunk;
 use crate::site::poe::frames::{parse_frame, Outcome, ReplyStep, ReplyTracker, Update};
+use crate::site::poe::network::{self, Refusal, ReplyTarget, SendResult};
 use crate::site::poe::pacer::Pacer;
 
 /// What a running completion tells its request.
@@ -61,6 +69,26 @@ impl Driver {
         format!("{}/{}", self.site.base_url.trim_end_matches('/'), bot)
     }
 
+    /// Whether `url` is the site's sign-in page (`site.login_path`, any query).
+    pub fn is_sign_in(&self, url: &str) -> bool {
+        let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+            return false;
+        };
+        let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let login = self.site.login_path.trim_end_matches('/');
+        !login.is_empty() && (path == login || path.starts_with(&format!("{login}/")))
+    }
+
+    fn redirected(&self) -> Error {
+        let mut e = self.not_logged_in();
+        e.message = format!(
+            "the site sent the bot page to its sign-in page; {}",
+            e.message
+        );
+        e
+    }
+
     fn not_logged_in(&self) -> Error {
         Error::new(
             ErrorKind::NotLoggedIn,
@@ -84,23 +112,45 @@ impl Driver {
                 ),
                 other => browser_error("opening the bot page", other),
             })?;
+        // A signed-out visit is redirected to the sign-in page: no need to wait for a
+        // prompt box that will never come.
+        let landed = cdp::current_url(&tab.page, COMMAND_LIMIT)
+            .await
+            .unwrap_or_else(|_| tab.url());
+        if self.is_sign_in(&landed) {
+            return Err(self.redirected());
+        }
         let sel = &self.site.selectors;
-        let found = cdp::wait_for_first(
-            &tab.page,
-            &[
-                Wanted {
-                    selector: &sel.prompt_box,
-                    enabled: false,
-                },
-                Wanted {
-                    selector: &sel.logged_out,
-                    enabled: false,
-                },
-            ],
-            secs(self.timeouts.prompt_box_secs),
-        )
-        .await
-        .map_err(|e| browser_error("waiting for the prompt box", e))?;
+        let mut moves = tab.watch_url();
+        let wanted = [
+            Wanted {
+                selector: &sel.prompt_box,
+                enabled: false,
+            },
+            Wanted {
+                selector: &sel.logged_out,
+                enabled: false,
+            },
+        ];
+        let wait = cdp::wait_for_first(&tab.page, &wanted, secs(self.timeouts.prompt_box_secs));
+        let redirect = async {
+            // The page itself may move to the sign-in page after loading.
+            loop {
+                if moves.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if self.is_sign_in(&moves.borrow_and_update()) {
+                    return;
+                }
+            }
+        };
+        let found = tokio::select! {
+            found = wait => found.map_err(|e| browser_error("waiting for the prompt box", e))?,
+            () = redirect => return Err(self.redirected()),
+        };
+        if self.is_sign_in(&tab.url()) {
+            return Err(self.redirected());
+        }
         match found.index {
             Some(0) => {
                 tab.warm_for = Some(bot.to_owned());
@@ -120,8 +170,39 @@ impl Driver {
     }
 
     /// Sends `prompt` to `bot` in `tab` and streams the reply through `progress`.
-    /// Returns the site's final text.
+    /// Returns the site's final text. A send the site refuses for its rate or for too many
+    /// replies in flight was not taken: it is sent again after the account's backoff, as
+    /// long as the request's time allows.
     pub async fn complete(
+        &self,
+        tab: &mut Tab,
+        bot: &str,
+        prompt: &str,
+        pacer: &Pacer,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<String, Error> {
+        let deadline = Instant::now() + secs(self.timeouts.reply_secs);
+        loop {
+            match self
+                .send_once(tab, bot, prompt, pacer, progress, cancel)
+                .await
+            {
+                Err(e) if e.sent == Some(false) && is_pace_refusal(&e) => {
+                    let backoff = pacer.refused().await;
+                    if Instant::now() + backoff >= deadline {
+                        return Err(e);
+                    }
+                    info!(tab = tab.id, kind = %e.kind, ?backoff, "the site refused the send for now; sending again after the backoff");
+                    // A fresh chat for the next attempt: the refused page may keep the text.
+                    tab.warm_for = None;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_once(
         &self,
         tab: &mut Tab,
         bot: &str,
@@ -135,7 +216,6 @@ impl Driver {
         // is abandoned at once; the tab is made fresh again afterwards.
         let before_send = async {
             let send = self.prepare_send(tab, bot, prompt).await?;
-            // The account's minimum interval holds between actual sends.
             pacer.wait(cancel).await?;
             Ok::<_, Error>(send)
         };
@@ -154,7 +234,7 @@ impl Driver {
                 .await
                 .map_err(|e| browser_error("clicking send", e))
         };
-        let read = self.read_reply(tab, &mut sub.rx, progress, cancel);
+        let read = self.read_reply(tab, &mut sub.rx, pacer, progress, cancel);
         tokio::pin!(read);
         let result = tokio::select! {
             clicked = click => match clicked {
@@ -254,6 +334,7 @@ impl Driver {
         &self,
         tab: &Tab,
         rx: &mut UnboundedReceiver<TabSignal>,
+        pacer: &Pacer,
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &CancellationToken,
     ) -> Result<String, Error> {
@@ -264,22 +345,43 @@ impl Driver {
         let idle = tokio::time::sleep(idle_limit);
         tokio::pin!(idle);
         let mut tracker = ReplyTracker::new();
-        // Set once the page lost its update stream: reads the finished reply from the page.
+        // What identifies this prompt's messages in a refetch response.
+        let mut target = ReplyTarget::default();
+        // Set once the page lost its update stream: its refetch response is awaited until
+        // this moment, then (if allowed) the page itself is read.
+        let mut refetch_until: Option<tokio::time::Instant> = None;
         let mut recovery: Option<
             futures::future::BoxFuture<'_, Result<Option<String>, CdpFailure>>,
         > = None;
         let sel = &self.site.selectors;
         loop {
+            let refetch_at = refetch_until.filter(|_| recovery.is_none());
+            let refetch_wait = async {
+                match refetch_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 recovered = async { match recovery.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
                     recovery = None;
+                    refetch_until = None;
                     match recovered {
                         Ok(Some(text)) => {
-                            info!(tab = tab.id, "reply recovered from the page after lost updates");
+                            info!(tab = tab.id, "reply read from the page after lost updates");
                             return Ok(finish_recovered(&tracker, text, progress));
                         }
                         Ok(None) => warn!(tab = tab.id, "the page did not show a finished reply in time"),
                         Err(e) => warn!(tab = tab.id, error = %e, "could not read the reply from the page"),
+                    }
+                }
+                () = refetch_wait => {
+                    refetch_until = None;
+                    if self.site.recover_from_dom {
+                        warn!(tab = tab.id, "no refetch response showed the reply; reading the page");
+                        recovery = Some(Box::pin(cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, secs(self.timeouts.recover_secs))));
+                    } else {
+                        warn!(tab = tab.id, "no refetch response showed the reply (reading the page is off)");
                     }
                 }
                 _ = cancel.cancelled() => {
@@ -295,10 +397,12 @@ impl Driver {
                 _ = &mut idle => {
                     // Last chance before `stalled`: the page may show a finished reply that
                     // no frame announced. The prompt is never sent again.
-                    if let Ok(Some(text)) = cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, Duration::from_millis(500)).await {
-                        if tracker.started() || !text.is_empty() {
-                            info!(tab = tab.id, "stalled reply recovered from the page");
-                            return Ok(finish_recovered(&tracker, text, progress));
+                    if self.site.recover_from_dom {
+                        if let Ok(Some(text)) = cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, Duration::from_millis(500)).await {
+                            if tracker.started() || !text.is_empty() {
+                                info!(tab = tab.id, "stalled reply recovered from the page");
+                                return Ok(finish_recovered(&tracker, text, progress));
+                            }
                         }
                     }
                     self.stop(tab, rx).await;
@@ -327,20 +431,55 @@ impl Driver {
                                     }
                                 }
                                 Update::LostUpdates(reason) => {
-                                    warn!(tab = tab.id, reason, "the page lost updates; reading the reply from the page too");
-                                    if recovery.is_none() {
-                                        recovery = Some(Box::pin(cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, secs(self.timeouts.recover_secs))));
-                                    }
+                                    warn!(tab = tab.id, reason, "the page lost updates; taking the reply from its refetch");
+                                    refetch_until.get_or_insert_with(|| tokio::time::Instant::now() + secs(self.timeouts.refetch_secs));
                                 }
                                 Update::Points(_) => {}
                             }
                         }
                     }
-                    Some(TabSignal::SocketClosed) => {
-                        warn!(tab = tab.id, "the update socket closed during a reply; reading the reply from the page too");
-                        if recovery.is_none() {
-                            recovery = Some(Box::pin(cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, secs(self.timeouts.recover_secs))));
+                    Some(TabSignal::Http(exchange)) => {
+                        let name = network::query_name(&exchange.request_headers, exchange.post_data.as_deref());
+                        if name.as_deref().is_some_and(network::is_send_query) {
+                            target.client_nonce = exchange.post_data.as_deref().and_then(network::client_nonce);
+                            match network::parse_send_response(&exchange.body) {
+                                Some(SendResult::Refused { refusal, message }) => {
+                                    warn!(tab = tab.id, status = refusal.as_str(), "the site refused the send");
+                                    return Err(refusal_error(&refusal, message.as_deref()).sent(false));
+                                }
+                                Some(SendResult::Taken { message_id, .. }) => {
+                                    debug!(tab = tab.id, "the site took the prompt");
+                                    if target.human_message_id.is_none() {
+                                        target.human_message_id = message_id;
+                                    }
+                                    pacer.taken().await;
+                                }
+                                None => {}
+                            }
+                            continue;
                         }
+                        // Any other API response of the page (a refetch after lost updates,
+                        // whatever the query is called) may hold the finished reply.
+                        target.bot_message_id = tracker.bot_message_id().or(target.bot_message_id);
+                        if target.human_message_id.is_none() {
+                            target.human_message_id = tracker.human_message_id();
+                        }
+                        if target.bot_message_id.is_none() && target.human_message_id.is_none() && target.client_nonce.is_none() {
+                            continue;
+                        }
+                        let Some(found) = network::find_reply(&exchange.body, &target) else { continue };
+                        match found.outcome() {
+                            Some(Outcome::Complete(text)) => {
+                                info!(tab = tab.id, "reply taken from the page's refetch response");
+                                return Ok(finish_recovered(&tracker, text, progress));
+                            }
+                            Some(Outcome::Failed { state, .. }) => return Err(site_failure(state)),
+                            None => {}
+                        }
+                    }
+                    Some(TabSignal::SocketClosed) => {
+                        warn!(tab = tab.id, "the update socket closed during a reply; taking the reply from the page's refetch");
+                        refetch_until.get_or_insert_with(|| tokio::time::Instant::now() + secs(self.timeouts.refetch_secs));
                     }
                     Some(TabSignal::Gone) | None => {
                         return Err(Error::new(ErrorKind::BrowserCrashed,
@@ -390,6 +529,49 @@ impl Driver {
         })
         .await;
     }
+}
+
+/// Whether a refusal only says "not now": the send may go again after a backoff.
+fn is_pace_refusal(e: &Error) -> bool {
+    matches!(
+        e.state.as_deref(),
+        Some("rate_limit_exceeded") | Some("concurrent_messages")
+    )
+}
+
+/// The error for a send the site refused (it did not take the prompt).
+fn refusal_error(refusal: &Refusal, message: Option<&str>) -> Error {
+    let said = message
+        .map(|m| format!(" (the site says: {m:?})"))
+        .unwrap_or_default();
+    let (kind, advice) = match refusal {
+        Refusal::ReachedLimit => (
+            ErrorKind::DailyLimit,
+            "the account's points (its quota) are used up; wait until they reset (see `poectl status`) or use a cheaper bot",
+        ),
+        Refusal::RateLimitExceeded => (
+            ErrorKind::RateLimited,
+            "the site refuses more messages for now; wait a while and retry",
+        ),
+        Refusal::ConcurrentMessages => (
+            ErrorKind::Busy,
+            "the site refuses more replies in flight for this account; retry when running replies finished, or lower pool.tabs",
+        ),
+        Refusal::TooManyTokens => (
+            ErrorKind::PromptTooLong,
+            "the site refused the prompt as too long; shorten it",
+        ),
+        Refusal::NoAccess => (
+            ErrorKind::BotUnavailable,
+            "the site does not let this account use this bot; pick another model",
+        ),
+        Refusal::Other(status) => (
+            ErrorKind::SiteError,
+            if status.is_empty() { "the site refused the send" } else { "the site refused the send; see the state for its reason" },
+        ),
+    };
+    Error::new(kind, format!("{advice}{said}; the prompt was not taken"))
+        .with_state(refusal.as_str())
 }
 
 /// The error for a reply the site ended with a failure state.

@@ -59,7 +59,11 @@ impl Pacer {
         }
         if self.per_minute > 0 {
             let minute = Duration::from_secs(60);
-            while s.recent.front().is_some_and(|t| now.duration_since(*t) >= minute) {
+            while s
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= minute)
+            {
                 s.recent.pop_front();
             }
             if s.recent.len() >= self.per_minute as usize {
