@@ -16,7 +16,8 @@
 //! Routes: `GET /{bot}` (a new chat per load), `GET|POST /login`, `POST /api/gql_POST`
 //! (`sendMessageMutation`, `stopMessage`), `GET /api/chat/{chatId}` (the page's refetch),
 //! `GET /up/{box}/updates` (update socket), `GET /noise/socket`, and for scripts steering a
-//! separately started double `GET /__double/chats` and `POST /__double/mode`.
+//! separately started double `GET /__double/chats` and `POST /__double/mode`; the sign-in
+//! page waits on `GET /__double/user-clicks` ([`Double::user_clicks_sign_in`]).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -107,6 +108,7 @@ impl Double {
             state: Mutex::new(ServerState::default()),
             changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
+            user_clicks: watch::channel(false).0,
         });
         let app = Router::new()
             .route("/", get(home))
@@ -118,6 +120,7 @@ impl Double {
             .route("/noise/socket", get(noise_socket))
             .route("/__double/chats", get(chats_json))
             .route("/__double/mode", post(set_mode))
+            .route("/__double/user-clicks", get(user_clicks))
             .route("/{bot}", get(bot_page))
             .with_state(shared.clone());
         let mut stop = shared.shutdown.subscribe();
@@ -141,6 +144,13 @@ impl Double {
     }
 
     /// Pages loaded from now on show the logged-in (or logged-out) view.
+    /// The user at the browser window clicks "Sign in": every sign-in page open now or later
+    /// clicks its own button, a real form submission in that browser that stores the session
+    /// cookie. For a browser that nothing outside can drive (poed's own has no debugging port).
+    pub fn user_clicks_sign_in(&self) {
+        self.shared.user_clicks.send_replace(true);
+    }
+
     pub fn set_logged_in(&self, v: bool) {
         self.shared.logged_in.store(v, Ordering::SeqCst);
     }
@@ -230,6 +240,8 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// Set once when the double stops; every task of the double watches it.
     shutdown: watch::Sender<bool>,
+    /// Set by [`Double::user_clicks_sign_in`]: sign-in pages click their button.
+    user_clicks: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -738,8 +750,21 @@ async fn login_page() -> Html<&'static str> {
         "<h1>Sign in to the Poe double</h1>",
         "<form method=\"post\" action=\"/login\">",
         "<button class=\"LoginButton\" type=\"submit\">Sign in</button></form>",
+        "<script>fetch('/__double/user-clicks').then(r => { if (r.status === 200) ",
+        "document.querySelector('button').click(); });</script>",
         "</body></html>"
     ))
+}
+
+/// Answers 200 once the user clicks (see [`Double::user_clicks_sign_in`]); the sign-in page
+/// waits on it. 204 when the double stops first.
+async fn user_clicks(AxumState(shared): St) -> StatusCode {
+    let mut clicks = shared.user_clicks.subscribe();
+    let mut stop = shared.shutdown.subscribe();
+    tokio::select! {
+        _ = clicks.wait_for(|v| *v) => StatusCode::OK,
+        () = shut_down(&mut stop) => StatusCode::NO_CONTENT,
+    }
 }
 
 async fn login() -> Response {
