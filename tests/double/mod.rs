@@ -143,7 +143,6 @@ impl Double {
         format!("http://{}", self.addr)
     }
 
-    /// Pages loaded from now on show the logged-in (or logged-out) view.
     /// The user at the browser window clicks "Sign in": every sign-in page open now or later
     /// clicks its own button, a real form submission in that browser that stores the session
     /// cookie. For a browser that nothing outside can drive (poed's own has no debugging port).
@@ -151,6 +150,7 @@ impl Double {
         self.shared.user_clicks.send_replace(true);
     }
 
+    /// Pages loaded from now on show the logged-in (or logged-out) view.
     pub fn set_logged_in(&self, v: bool) {
         self.shared.logged_in.store(v, Ordering::SeqCst);
     }
