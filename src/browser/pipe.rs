@@ -172,7 +172,7 @@ impl PipeChromium {
     /// Chromium's last stderr lines (after waiting briefly for them if it has exited), for
     /// the message of a failed launch; empty when it said nothing.
     pub async fn last_words(&mut self) -> String {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) && !self.drain.is_finished() {
             let _ = tokio::time::timeout(LAST_WORDS_WAIT, &mut self.drain).await;
         }
         let tail = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
