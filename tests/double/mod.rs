@@ -255,6 +255,7 @@ impl Double {
             state: Mutex::new(state),
             changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
+            user_clicks: watch::channel(false).0,
         });
         let app = Router::new()
             .route("/", get(home))
@@ -268,6 +269,7 @@ impl Double {
             .route("/noise/socket", get(noise_socket))
             .route("/__double/chats", get(chats_json))
             .route("/__double/mode", post(set_mode))
+            .route("/__double/user-clicks", get(user_clicks))
             .route("/{bot}", get(bot_page))
             .with_state(shared.clone());
         let mut stop = shared.shutdown.subscribe();
@@ -288,6 +290,13 @@ impl Double {
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The user at the browser window clicks "Sign in": every sign-in page open now or later
+    /// clicks its own button, a real form submission in that browser that stores the session
+    /// cookie. For a browser that nothing outside can drive (poed's own has no debugging port).
+    pub fn user_clicks_sign_in(&self) {
+        self.shared.user_clicks.send_replace(true);
     }
 
     /// The mode pages and sends follow from now on.
@@ -469,6 +478,8 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// Set once when the double stops; every task of the double watches it.
     shutdown: watch::Sender<bool>,
+    /// Set by [`Double::user_clicks_sign_in`]: sign-in pages click their button.
+    user_clicks: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -756,6 +767,17 @@ async fn explore_page(AxumState(shared): St, headers: HeaderMap) -> Response {
     match shared.mode() {
         Mode::Y2023 => site2023::bot_page(&shared, "explore", &headers),
         Mode::Y2025 => site2025::explore_page(&shared, &headers),
+    }
+}
+
+/// Answers 200 once the user clicks (see [`Double::user_clicks_sign_in`]); the sign-in page
+/// waits on it. 204 when the double stops first.
+async fn user_clicks(AxumState(shared): St) -> StatusCode {
+    let mut clicks = shared.user_clicks.subscribe();
+    let mut stop = shared.shutdown.subscribe();
+    tokio::select! {
+        _ = clicks.wait_for(|v| *v) => StatusCode::OK,
+        () = shut_down(&mut stop) => StatusCode::NO_CONTENT,
     }
 }
 

@@ -48,6 +48,8 @@ pub(super) async fn login_page() -> Html<&'static str> {
         "<h1>Sign in to the Poe double</h1>",
         "<form method=\"post\" action=\"/login\">",
         "<button class=\"LoginButton\" type=\"submit\">Sign in</button></form>",
+        "<script>fetch('/__double/user-clicks').then(r => { if (r.status === 200) ",
+        "document.querySelector('form button').click(); });</script>",
         "</body></html>"
     ))
 }

@@ -379,7 +379,8 @@ pub(super) fn login_page(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Poe - Fast AI Chat</title></head>\
          <body><div class=\"%%LoggedOutSection_main%%\"><h1>Poe</h1><p>Sign in to chat with bots.</p>\
          <form method=\"post\" action=\"/login\"><input type=\"hidden\" name=\"redirect_url\" value=\"{}\">\
-         {}{}{}</form></div></body></html>",
+         {}{}{}</form></div><script>fetch('/__double/user-clicks').then(r => {{ if (r.status === 200) \
+         document.querySelector('form button').click(); }});</script></body></html>",
         html_text(&to),
         button("google", "Continue with Google"),
         button("apple", "Continue with Apple"),
