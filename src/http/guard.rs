@@ -120,7 +120,7 @@ impl Guard {
     fn check_origin(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
         if let Some(origin) = headers.get(header::ORIGIN) {
             let text = String::from_utf8_lossy(origin.as_bytes()).to_ascii_lowercase();
-            if self.allowed_origins.iter().any(|o| *o == text) {
+            if self.allowed_origins.contains(&text) {
                 return Ok(Some(origin.clone()));
             }
             return Err(forbidden(format!(
