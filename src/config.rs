@@ -25,7 +25,8 @@ pub struct Config {
     pub http: HttpConfig,
 }
 
-/// The OpenAI-compatible HTTP front door (off unless `listen` is set).
+/// The OpenAI-compatible HTTP front door (off unless `listen` is set). docs/SECURITY.md says
+/// what each setting guards against.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -33,6 +34,15 @@ pub struct HttpConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// File holding the API key clients must send as `Authorization: Bearer <key>`.
     pub api_key_file: Option<PathBuf>,
+    /// Host names (or addresses) accepted in the `Host` header besides loopback names and
+    /// the listen address, e.g. the name a reverse proxy forwards. Anything else is refused,
+    /// which is what stops DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://app.example`) whose pages may call the API from a browser.
+    /// Empty (the default): every request that carries an `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+    /// With an API key, `/health` and `/metrics` answer without it when this is true.
+    pub public_health: bool,
 }
 
 impl HttpConfig {
@@ -50,6 +60,46 @@ impl HttpConfig {
         }
         Ok(Some(key))
     }
+
+    /// Checks the `[http]` values the types cannot: a reachable address without a key, and
+    /// host or origin entries that could never match (or would match everything).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(addr) = self.listen {
+            if !addr.ip().is_loopback() && self.api_key_file.is_none() {
+                return Err(format!(
+                    "http.listen {addr} is reachable from other machines; set an API key with --api-key-file (http.api_key_file), or listen on 127.0.0.1"
+                ));
+            }
+        }
+        for host in &self.allowed_hosts {
+            let h = host.trim();
+            if h.is_empty() || h == "*" || h.contains(['/', ' ', '@']) || h.contains("://") {
+                return Err(format!(
+                    "http.allowed_hosts entry {host:?} is not a host name; write names like \"poed.lan\" or addresses like \"192.168.1.5\" (no scheme, no path, no wildcard)"
+                ));
+            }
+        }
+        for origin in &self.allowed_origins {
+            if !is_origin(origin) {
+                return Err(format!(
+                    "http.allowed_origins entry {origin:?} is not a web origin; write it as the browser sends it, e.g. \"https://app.example\" or \"http://localhost:3000\" (no path, no wildcard)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://host[:port]` with an http(s) scheme, no path, no wildcard, not `null`.
+fn is_origin(s: &str) -> bool {
+    let rest = match s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    {
+        Some(rest) => rest,
+        None => return false,
+    };
+    !rest.is_empty() && !rest.contains(['/', '*', ' ', '@', '?', '#'])
 }
 
 /// How Chromium is started or reached.
@@ -261,6 +311,7 @@ impl Config {
     /// Checks values that the types cannot: every duration and size within its range, so
     /// nothing later can overflow or hang on a bad value.
     pub fn validate(&self) -> Result<(), String> {
+        self.http.validate()?;
         let sizes: [(&str, u64, u64, u64); 4] = [
             ("pool.tabs", self.pool.tabs as u64, 1, MAX_TABS),
             ("pool.queue", self.pool.queue as u64, 0, MAX_QUEUE),
@@ -509,5 +560,47 @@ mod tests {
             expand_home(Path::new("~other/x")),
             PathBuf::from("~other/x")
         );
+    }
+
+    #[test]
+    fn http_settings_are_checked_before_anything_starts() {
+        let c = Config::from_toml(
+            r#"
+            [http]
+            listen = "127.0.0.1:8080"
+            allowed_hosts = ["poed.lan", "192.168.1.5"]
+            allowed_origins = ["https://app.example", "http://localhost:3000"]
+            public_health = true
+            "#,
+        )
+        .expect("valid");
+        c.validate().expect("loopback without a key is fine");
+        assert!(c.http.public_health);
+
+        let mut open = c.clone();
+        open.http.listen = Some("0.0.0.0:8080".parse().expect("addr"));
+        let e = open.validate().expect_err("no key");
+        assert!(e.contains("--api-key-file"), "{e}");
+        open.http.api_key_file = Some("/k".into());
+        open.validate().expect("with a key file");
+
+        for bad in ["*", "https://poed.lan", "a/b", ""] {
+            let mut c = c.clone();
+            c.http.allowed_hosts = vec![bad.into()];
+            let e = c.validate().expect_err(bad);
+            assert!(e.contains("allowed_hosts"), "{e}");
+        }
+        for bad in [
+            "*",
+            "null",
+            "app.example",
+            "https://app.example/",
+            "https://*.example",
+        ] {
+            let mut c = c.clone();
+            c.http.allowed_origins = vec![bad.into()];
+            let e = c.validate().expect_err(bad);
+            assert!(e.contains("allowed_origins"), "{e}");
+        }
     }
 }

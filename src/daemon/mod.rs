@@ -40,13 +40,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let config = Arc::new(config);
     // The HTTP listener is bound first, so a bad address fails before Chromium starts.
-    let http = match config.http.listen {
-        Some(addr) => {
-            let key = config.http.api_key()?;
-            Some((crate::http::bind(addr, key.as_deref()).await?, key))
-        }
-        None => None,
-    };
+    let http = crate::http::bind(&config.http).await?;
     let browser = tokio::select! {
         b = supervisor::start(&config.browser) => b?,
         _ = shutdown.cancelled() => return Ok(()),
@@ -75,14 +69,13 @@ pub async fn run(
         requests.clone(),
         tasks.clone(),
     ));
-    let http_task = http.map(|(listener, key)| {
-        if let Ok(addr) = listener.local_addr() {
+    let http_task = http.map(|bound| {
+        if let Some(addr) = bound.local_addr() {
             let _ = engine.http_addr.set(addr.to_string());
         }
         tokio::spawn(crate::http::serve(
-            listener,
+            bound,
             engine.clone(),
-            key,
             config.max_line_bytes,
             shutdown.clone(),
             requests.clone(),
