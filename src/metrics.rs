@@ -149,6 +149,27 @@ impl Stats {
         for (name, kind, help, value) in values {
             render_value(&mut out, name, kind, help, value);
         }
+        let a = &status.account;
+        if let Some(p) = &a.points {
+            let points: [(&str, &str, Option<i64>); 4] = [
+                ("poed_points_balance", "The account's points left, as last seen.", p.balance),
+                ("poed_points_allotment", "The account's points per period.", p.allotment),
+                ("poed_points_reset_timestamp_seconds", "When the points reset (Unix time).", p.reset_at.and_then(|t| i64::try_from(t).ok())),
+                ("poed_points_seen_timestamp_seconds", "When the points were last seen (Unix time).", i64::try_from(p.seen_at).ok()),
+            ];
+            for (name, help, value) in points {
+                if let Some(v) = value {
+                    render_value(&mut out, name, "gauge", help, v);
+                }
+            }
+        }
+        render_value(
+            &mut out,
+            "poed_send_backoff_seconds",
+            "gauge",
+            "How long sends are held back after the site refused some for its rate.",
+            a.send_backoff_ms as f64 / 1000.0,
+        );
         let s = self.lock();
         s.first_token.render(
             &mut out,

@@ -264,6 +264,32 @@ pub struct AccountStatus {
     pub daily_limits: Vec<DailyLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_site_error: Option<String>,
+    /// The account's points (the site's quota), as last seen in its updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<Points>,
+    /// Set when the site refused a send because the points ran out: when they reset
+    /// (seconds since the Unix epoch; 0 when the reset time is unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_points_until: Option<u64>,
+    /// How long sends of the account are held back after the site refused some for its
+    /// rate or for too many replies in flight (0: the site takes every send).
+    #[serde(default)]
+    pub send_backoff_ms: u64,
+}
+
+/// The account's points, from the site's `messagePointInfo`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Points {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+    /// Points per period (e.g. 3000 on a free plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allotment: Option<i64>,
+    /// When the balance resets, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_at: Option<u64>,
+    /// When these figures were seen, in seconds since the Unix epoch.
+    pub seen_at: u64,
 }
 
 /// A daily limit the site showed for a bot.

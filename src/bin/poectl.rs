@@ -228,11 +228,40 @@ async fn main() -> ExitCode {
                             .map(|e| format!(", last site error: {e}"))
                             .unwrap_or_default()
                     );
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    if let Some(p) = &s.account.points {
+                        let figure = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+                        let reset = p
+                            .reset_at
+                            .map(|t| format!(", reset in {}", human_secs(t.saturating_sub(now))))
+                            .unwrap_or_default();
+                        println!(
+                            "points   {} of {}{reset} (seen {} ago)",
+                            figure(p.balance),
+                            figure(p.allotment),
+                            human_secs(now.saturating_sub(p.seen_at))
+                        );
+                    }
+                    if let Some(until) = s.account.out_of_points_until {
+                        if until == 0 {
+                            println!("         out of points (the site refused a send)");
+                        } else {
+                            println!("         out of points until the reset, in {}", human_secs(until.saturating_sub(now)));
+                        }
+                    }
+                    if s.account.send_backoff_ms > 0 {
+                        println!(
+                            "pacing   sends held back {} ms after the site refused some",
+                            s.account.send_backoff_ms
+                        );
+                    } else {
+                        println!("pacing   no backoff (the site takes every send)");
+                    }
                     for limit in &s.account.daily_limits {
-                        let ago = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs().saturating_sub(limit.seen_at))
-                            .unwrap_or(0);
+                        let ago = now.saturating_sub(limit.seen_at);
                         println!(
                             "         daily limit reached for {} (seen {ago}s ago)",
                             limit.bot
@@ -368,5 +397,14 @@ async fn ask(
             }
             _ => {}
         }
+    }
+}
+
+/// `secs` as a short human duration (`42s`, `5m 3s`, `7h 12m`).
+fn human_secs(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{}h {}m", s / 3600, (s % 3600) / 60),
     }
 }

@@ -224,17 +224,6 @@ pub fn cookie_params(
         .collect()
 }
 
-/// Whether the page's cookies include a non-empty one named `name`.
-pub async fn has_cookie(page: &Page, name: &str, limit: Duration) -> Result<bool, CdpFailure> {
-    let cookies = tokio::time::timeout(limit, page.get_cookies())
-        .await
-        .map_err(|_| CdpFailure::Timeout(limit))?
-        .map_err(|e| CdpFailure::Command(e.to_string()))?;
-    Ok(cookies
-        .iter()
-        .any(|c| c.name == name && !c.value.is_empty()))
-}
-
 /// The URL of the page's main frame, as the browser has it now.
 pub async fn current_url(page: &Page, limit: Duration) -> Result<String, CdpFailure> {
     let url = tokio::time::timeout(limit, page.url())

@@ -20,6 +20,7 @@ use crate::browser::tab_pool::{Lease, TabPool};
 use crate::daemon::account::Account;
 use crate::error::ErrorKind;
 use crate::site::poe::driver::Driver;
+use crate::site::poe::frames::{parse_frame, Update};
 
 /// Refill backoff: first delay, doubled per failed attempt up to the maximum.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -73,10 +74,23 @@ impl WarmPool {
         Ok(())
     }
 
-    /// Opens a blank tab in the current browser.
+    /// Opens a blank tab in the current browser; what its pages say of the account (the
+    /// points) goes to the account, also while no request runs.
     pub async fn open_tab(&self) -> Result<Tab, String> {
         let id = self.next_tab_id.fetch_add(1, Ordering::Relaxed);
-        Tab::open(&self.browser, id, self.watch.clone()).await
+        let tab = Tab::open(&self.browser, id, self.watch.clone()).await?;
+        let account = self.account.clone();
+        tab.set_observer(Arc::new(move |frame: &str| {
+            if !frame.contains("messagePointInfo") {
+                return;
+            }
+            for update in parse_frame(frame) {
+                if let Update::Points(p) = update {
+                    account.points(&p);
+                }
+            }
+        }));
+        Ok(tab)
     }
 
     /// Replaces lost tabs, with backoff, whenever the pool is short; after a browser

@@ -168,6 +168,9 @@ async fn health(State(state): State<Arc<HttpState>>) -> Response {
         "account": s.account.state,
         "tabs": s.pool.tabs,
         "not_ready": not_ready,
+        "points": s.account.points,
+        "out_of_points_until": s.account.out_of_points_until,
+        "send_backoff_ms": s.account.send_backoff_ms,
     });
     let status = if browser_ok && account_ok {
         StatusCode::OK

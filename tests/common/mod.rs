@@ -95,6 +95,19 @@ impl Daemon {
         Self::start_with_env(dir, profile, socket, base_url, extra, &[]).await
     }
 
+    /// Like [`Daemon::start`] with a config file holding `toml`.
+    pub async fn start_with_config(base_url: &str, toml: &str, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = dir.path().join("profile");
+        let socket = dir.path().join("run").join("poed.sock");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, toml).expect("config");
+        let config = config.display().to_string();
+        let mut args = vec!["--config", config.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_in(dir, profile, socket, base_url, &args).await
+    }
+
     /// Like [`Daemon::start_in`] with extra environment variables (e.g. `DISPLAY`).
     pub async fn start_with_env(
         dir: tempfile::TempDir,

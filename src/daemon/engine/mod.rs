@@ -341,7 +341,11 @@ impl Engine {
             base_url: self.config.site.base_url.clone(),
             browser: self.browser.status(),
             pool: self.pool.status(),
-            account: self.account.snapshot(),
+            account: {
+                let mut a = self.account.snapshot();
+                a.send_backoff_ms = self.pacer.backoff().as_millis() as u64;
+                a
+            },
             requests: self.stats.outcomes(),
         }
     }

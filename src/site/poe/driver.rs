@@ -37,6 +37,10 @@ pub enum Progress {
     Text(Chunk),
 }
 
+/// How many times a prompt the site refused for its rate or for too many replies in flight
+/// is sent in all, before the refusal is the request's answer.
+const SEND_ATTEMPTS: u32 = 3;
+
 /// A short limit for single DevTools commands that should answer at once.
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
 
@@ -183,6 +187,7 @@ impl Driver {
         cancel: &CancellationToken,
     ) -> Result<String, Error> {
         let deadline = Instant::now() + secs(self.timeouts.reply_secs);
+        let mut attempt = 1;
         loop {
             match self
                 .send_once(tab, bot, prompt, pacer, progress, cancel)
@@ -190,9 +195,10 @@ impl Driver {
             {
                 Err(e) if e.sent == Some(false) && is_pace_refusal(&e) => {
                     let backoff = pacer.refused().await;
-                    if Instant::now() + backoff >= deadline {
+                    if attempt >= SEND_ATTEMPTS || Instant::now() + backoff >= deadline {
                         return Err(e);
                     }
+                    attempt += 1;
                     info!(tab = tab.id, kind = %e.kind, ?backoff, "the site refused the send for now; sending again after the backoff");
                     // A fresh chat for the next attempt: the refused page may keep the text.
                     tab.warm_for = None;

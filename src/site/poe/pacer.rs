@@ -9,7 +9,9 @@
 //! before the send is pressed, so the pace holds between actual sends.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +87,7 @@ impl Pacer {
                 break;
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(at.into()) => {}
+                _ = tokio::time::sleep_until(at) => {}
                 _ = cancel.cancelled() => {
                     return Err(Error::new(ErrorKind::Cancelled, "the request was cancelled while waiting for its turn to send"))
                 }
@@ -143,7 +145,7 @@ mod tests {
     async fn by_default_nothing_waits() {
         let pacer = Pacer::new(Duration::ZERO, 0);
         let cancel = CancellationToken::new();
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         for _ in 0..20 {
             pacer.wait(&cancel).await.expect("send");
         }

@@ -32,6 +32,9 @@ pub struct Session<'a> {
     pub bot: &'a str,
 }
 
+/// How often a sign-in that did not navigate is checked.
+const SIGN_IN_CHECK: Duration = Duration::from_secs(5);
+
 fn cancelled() -> Error {
     Error::new(ErrorKind::Cancelled, "cancelled")
 }
@@ -140,35 +143,44 @@ impl Session<'_> {
             .await
             .map_err(|e| Error::new(ErrorKind::SiteError, format!("cannot open {url}: {e}")))?;
         started(url);
-        let waited = tokio::time::timeout(timeout, async {
-            // Checked after every navigation of the sign-in tab, and once a second in case
-            // the site signs in without navigating (a human-paced check).
+        // Signed in is decided only by a bot page that keeps its URL and shows its prompt
+        // box (a session cookie alone proves nothing: the site sets one for visitors too).
+        // Checked in a tab of its own whenever the sign-in tab moves, and every few seconds
+        // in case the site signs in without navigating (a human-paced check).
+        let signed_in = tokio::time::timeout(timeout, async {
             loop {
-                if cdp::has_cookie(&tab.page, "p-b", Duration::from_secs(5))
-                    .await
-                    .unwrap_or(false)
-                {
-                    return;
-                }
                 tokio::select! {
-                    changed = url_changes.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    changed = url_changes.changed() => if changed.is_err() {
+                        return Err(Error::new(ErrorKind::BrowserUnavailable, "the sign-in window went away"));
+                    },
+                    _ = tokio::time::sleep(SIGN_IN_CHECK) => {}
+                }
+                if self.driver.is_sign_in(&tab.url()) {
+                    continue;
+                }
+                let mut check = Tab::open(self.browser, 0, self.site.watch())
+                    .await
+                    .map_err(unavailable)?;
+                let checked = self.driver.open_chat(&mut check, self.bot).await;
+                check.close().await;
+                match checked {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind == ErrorKind::NotLoggedIn => continue,
+                    Err(e) => return Err(e),
                 }
             }
         })
         .await;
-        if waited.is_err() {
-            return Err(Error::new(
+        tab.close().await;
+        match signed_in {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
                 format!(
                     "nobody signed in within {}s; run `poectl login` again",
                     timeout.as_secs()
                 ),
-            ));
+            )),
         }
-        let mut tab = tab;
-        let checked = self.driver.open_chat(&mut tab, self.bot).await;
-        tab.close().await;
-        checked
     }
 }

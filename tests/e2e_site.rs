@@ -1,0 +1,209 @@
+//! What the site says, read from the network, end to end on real Chromium and the double
+//! in its 2025 mode (today's site): send refusals and their kinds, pacing by refusals,
+//! lost updates taken from the page's refetch response with the DOM switched off, the
+//! sign-in redirect, and the account's points. `POE_DOUBLE_MODE=2023` runs the mode-neutral
+//! ones against the 2023 picture.
+
+mod common;
+mod double;
+
+use std::time::{Duration, Instant};
+
+use common::{run, Daemon, STEP};
+use double::{expected_reply, Double, DoubleOptions, Mode};
+use poed::protocol::{ChatMessage, CompleteRequest, Event};
+use poed::ErrorKind;
+
+fn ask(prompt: &str) -> CompleteRequest {
+    CompleteRequest {
+        model: None,
+        messages: vec![ChatMessage::new("user", prompt)],
+        stream: true,
+    }
+}
+
+async fn double_in(mode: Option<Mode>) -> Double {
+    let mut opts = DoubleOptions {
+        chunk_delay_ms: 10,
+        ..DoubleOptions::default()
+    };
+    if let Some(mode) = mode {
+        opts.mode = mode;
+    }
+    Double::start(opts).await.expect("double")
+}
+
+/// Sends `prompt` and returns the final event with the time it took.
+async fn answer(daemon: &Daemon, prompt: &str) -> (Event, Duration) {
+    let client = daemon.client().await;
+    let t0 = Instant::now();
+    let mut reply = client.complete(ask(prompt)).await.expect("send");
+    let last = common::final_event(&mut reply, STEP).await;
+    (last, t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_gives_its_own_kind_at_once_and_nothing_is_taken() {
+    let double = double_in(Some(Mode::Y2025)).await;
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    daemon.wait_warm(3).await;
+    for (word, kind) in [
+        ("[[reached-limit]]", ErrorKind::DailyLimit),
+        ("[[too-many-tokens]]", ErrorKind::PromptTooLong),
+        ("[[no-access]]", ErrorKind::BotUnavailable),
+        ("[[refuse:something_new]]", ErrorKind::SiteError),
+    ] {
+        let prompt = format!("refused {word}");
+        let (last, took) = answer(&daemon, &prompt).await;
+        match &last {
+            Event::Error {
+                kind: k,
+                sent,
+                message,
+                ..
+            } => {
+                assert_eq!(k, &kind, "{prompt}: {message}");
+                assert_eq!(*sent, Some(false), "a refused prompt was not taken");
+            }
+            other => panic!("{prompt}: expected an error, got {other:?}"),
+        }
+        // The idle timeout of the test daemon is 3 s: a refusal must not wait for it.
+        assert!(took < Duration::from_secs(3), "{prompt} took {took:?}");
+        let attempts: Vec<_> = double.chats().into_iter().filter(|c| c.prompt == prompt).collect();
+        assert_eq!(attempts.len(), 1, "{prompt} was sent once");
+        assert!(!attempts[0].taken());
+    }
+    // The kinds of refusals that only say "not now" are sent again after a backoff, up to
+    // three times in all, and then answered with their kind; never taken.
+    for (word, kind) in [
+        ("[[rate-limit-exceeded]]", ErrorKind::RateLimited),
+        ("[[concurrent]]", ErrorKind::Busy),
+    ] {
+        let prompt = format!("refused {word}");
+        let (last, _) = answer(&daemon, &prompt).await;
+        assert!(
+            matches!(&last, Event::Error { kind: k, sent: Some(false), .. } if *k == kind),
+            "{prompt}: {last:?}"
+        );
+        let attempts: Vec<_> = double.chats().into_iter().filter(|c| c.prompt == prompt).collect();
+        assert_eq!(attempts.len(), 3, "{prompt}: sent three times in all");
+        assert!(attempts.iter().all(|c| !c.taken()));
+    }
+    assert!(double.taken().is_empty(), "no refused prompt was taken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_refused_for_the_rate_goes_again_after_a_backoff_and_is_taken_once() {
+    let double = double_in(Some(Mode::Y2025)).await;
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    daemon.wait_warm(3).await;
+    for word in ["[[rate-limit-once]]", "[[concurrent-once]]"] {
+        let prompt = format!("once {word}");
+        let (last, _) = answer(&daemon, &prompt).await;
+        assert!(
+            matches!(&last, Event::Done { text, .. } if *text == expected_reply("GPT-3.5-Turbo", &prompt)),
+            "{prompt}: {last:?}"
+        );
+        let attempts: Vec<_> = double.chats().into_iter().filter(|c| c.prompt == prompt).collect();
+        assert_eq!(attempts.len(), 2, "{prompt}: refused, then sent again");
+        assert_eq!(attempts.iter().filter(|c| c.taken()).count(), 1, "taken once");
+    }
+    // The backoff the refusals set shows in `status`, and shrinks as sends are taken.
+    let status = daemon.client().await.status().await.expect("status");
+    assert!(status.account.send_backoff_ms <= 1000, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_updates_are_taken_from_the_refetch_response_with_the_dom_switched_off() {
+    let double = double_in(None).await;
+    let daemon = Daemon::start_with_config(
+        &double.base_url(),
+        "[site]\nrecover_from_dom = false\n",
+        &["--idle-timeout", "20"],
+    )
+    .await;
+    daemon.wait_warm(3).await;
+    for prompt in ["lost [[missed]]", "lost [[refetch]]", "lost [[missed-stop]]"] {
+        let (last, took) = answer(&daemon, prompt).await;
+        assert!(
+            matches!(&last, Event::Done { text, .. } if *text == expected_reply("GPT-3.5-Turbo", prompt)),
+            "{prompt}: {last:?}"
+        );
+        assert!(took < Duration::from_secs(10), "{prompt} took {took:?}");
+    }
+    let log = daemon.log();
+    assert!(!log.contains("reading the page"), "the DOM was read:\n{log}");
+    let sent: Vec<_> = double.taken();
+    assert_eq!(sent.len(), 3, "each prompt was taken once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_out_profile_is_reported_as_soon_as_the_site_redirects() {
+    let double = Double::start(DoubleOptions {
+        logged_in: false,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double");
+    // A long prompt-box limit: the answer must come from the redirect, not from waiting.
+    let daemon = Daemon::start(&double.base_url(), &["--prompt-timeout", "30"]).await;
+    let (last, took) = answer(&daemon, "hello while signed out").await;
+    assert!(
+        matches!(&last, Event::Error { kind: ErrorKind::NotLoggedIn, .. }),
+        "{last:?}"
+    );
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let status = daemon.client().await.status().await.expect("status");
+    assert_eq!(status.account.state, poed::protocol::AccountState::SignedOut);
+    assert!(double.chats().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_show_in_status_and_change_after_a_reply() {
+    let double = double_in(Some(Mode::Y2025)).await;
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    daemon.wait_warm(3).await;
+    let client = daemon.client().await;
+    let (last, _) = answer(&daemon, "first, for the points").await;
+    assert!(matches!(last, Event::Done { .. }), "{last:?}");
+    let before = common::within(STEP, "points seen", async {
+        loop {
+            let s = client.status().await.expect("status");
+            if let Some(b) = s.account.points.as_ref().and_then(|p| p.balance) {
+                if b == double.points() as i64 {
+                    return b;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let (last, _) = answer(&daemon, "second, it costs points").await;
+    assert!(matches!(last, Event::Done { .. }), "{last:?}");
+    let after = double.points() as i64;
+    assert!(after < before, "the reply cost points on the site");
+    let shown = common::within(STEP, "new points seen", async {
+        loop {
+            let s = client.status().await.expect("status");
+            if s.account.points.as_ref().and_then(|p| p.balance) == Some(after) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let p = shown.account.points.expect("points");
+    assert_eq!(p.allotment, Some(3000));
+    assert!(p.reset_at.is_some());
+    let out = run(daemon.poectl(&["status"])).await;
+    assert!(out.stdout.contains(&format!("points   {after} of 3000")), "{}", out.stdout);
+    // Out of points: the site refuses, and the account shows it.
+    double.set_points(0);
+    let (last, _) = answer(&daemon, "no points left").await;
+    assert!(
+        matches!(&last, Event::Error { kind: ErrorKind::DailyLimit, .. }),
+        "{last:?}"
+    );
+    let s = client.status().await.expect("status");
+    assert!(s.account.out_of_points_until.is_some(), "{s:?}");
+}
