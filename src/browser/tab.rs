@@ -334,6 +334,39 @@ fn post_data_of(r: &chromiumoxide::cdp::browser_protocol::network::Request) -> O
     String::from_utf8(bytes).ok()
 }
 
+/// Reads the body of a finished API response off the pump (frames keep flowing meanwhile)
+/// and hands the exchange to the subscribed request.
+fn fetch_body(
+    tab: usize,
+    page: &Page,
+    relay: &Arc<Relay>,
+    id: chromiumoxide::cdp::browser_protocol::network::RequestId,
+    mut exchange: HttpExchange,
+) {
+    if !relay.has_subscriber() {
+        return;
+    }
+    let page = page.clone();
+    let relay = relay.clone();
+    tokio::spawn(async move {
+        let got = tokio::time::timeout(BODY_LIMIT, page.execute(GetResponseBodyParams::new(id))).await;
+        let Ok(Ok(body)) = got else {
+            debug!(tab, "could not read a response body");
+            return;
+        };
+        exchange.body = if body.result.base64_encoded {
+            match base64::engine::general_purpose::STANDARD.decode(&body.result.body) {
+                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                Err(_) => return,
+            }
+        } else {
+            body.result.body.clone()
+        };
+        trace!(tab, status = exchange.status, bytes = exchange.body.len(), "api response");
+        relay.send(TabSignal::Http(exchange));
+    });
+}
+
 async fn pump(
     tab: usize,
     mut events: BoxStream<'static, Raw>,
@@ -347,6 +380,8 @@ async fn pump(
     let mut sockets: HashMap<String, bool> = HashMap::new();
     // request id -> an API request of the page still loading
     let mut pending: HashMap<String, Pending> = HashMap::new();
+    // request ids whose loading finished before their start was seen
+    let mut finished_early: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut seq = 0u64;
     while let Some(event) = events.next().await {
         match event {
@@ -382,20 +417,19 @@ async fn pump(
                         pending.remove(&oldest);
                     }
                 }
-                pending.insert(
-                    r.request_id.inner().clone(),
-                    Pending {
-                        exchange: HttpExchange {
-                            url: r.request.url.clone(),
-                            method: r.request.method.clone(),
-                            request_headers: headers_of(&r.request.headers),
-                            post_data: post_data_of(&r.request),
-                            status: 0,
-                            body: String::new(),
-                        },
-                        seq,
-                    },
-                );
+                let exchange = HttpExchange {
+                    url: r.request.url.clone(),
+                    method: r.request.method.clone(),
+                    request_headers: headers_of(&r.request.headers),
+                    post_data: post_data_of(&r.request),
+                    status: 0,
+                    body: String::new(),
+                };
+                if finished_early.remove(r.request_id.inner()) {
+                    fetch_body(tab, &page, &relay, r.request_id.clone(), exchange);
+                } else {
+                    pending.insert(r.request_id.inner().clone(), Pending { exchange, seq });
+                }
             }
             Raw::Response(r) => {
                 if let Some(p) = pending.get_mut(r.request_id.inner()) {
@@ -406,43 +440,18 @@ async fn pump(
                 pending.remove(f.request_id.inner());
             }
             Raw::Finished(f) => {
-                let Some(p) = pending.remove(f.request_id.inner()) else {
-                    continue;
-                };
-                if !relay.has_subscriber() {
-                    continue;
-                }
-                // Fetched off the pump, so frames keep flowing meanwhile.
-                let page = page.clone();
-                let relay = relay.clone();
-                let id = f.request_id.clone();
-                tokio::spawn(async move {
-                    let got = tokio::time::timeout(
-                        BODY_LIMIT,
-                        page.execute(GetResponseBodyParams::new(id)),
-                    )
-                    .await;
-                    let Ok(Ok(body)) = got else {
-                        debug!(tab, "could not read a response body");
-                        return;
-                    };
-                    let mut exchange = p.exchange;
-                    exchange.body = if body.result.base64_encoded {
-                        match base64::engine::general_purpose::STANDARD.decode(&body.result.body) {
-                            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-                            Err(_) => return,
+                let id = f.request_id.inner().clone();
+                match pending.remove(&id) {
+                    Some(p) => fetch_body(tab, &page, &relay, f.request_id.clone(), p.exchange),
+                    // The events of one request come on separate streams: its end may be
+                    // seen before its start. Remember it for the start.
+                    None => {
+                        if finished_early.len() >= MAX_TRACKED_REQUESTS {
+                            finished_early.clear();
                         }
-                    } else {
-                        body.result.body.clone()
-                    };
-                    trace!(
-                        tab,
-                        status = exchange.status,
-                        bytes = exchange.body.len(),
-                        "api response"
-                    );
-                    relay.send(TabSignal::Http(exchange));
-                });
+                        finished_early.insert(id);
+                    }
+                }
             }
             Raw::Frame(f) => {
                 // A socket whose creation we did not see is parsed anyway: non-updates are
