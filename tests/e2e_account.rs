@@ -63,7 +63,9 @@ async fn cookie_import_signs_the_profile_in_and_the_account_state_is_honest() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("p-b"), "{}", out.stderr);
 
-    // A cookies.txt with the session cookies signs the profile in.
+    // A cookies.txt with the session cookies signs the profile in (the site knows that
+    // session: in 2025 a `p-b` alone proves nothing).
+    double.add_signed_in_session("secret-session");
     let good = dir.path().join("cookies.txt");
     std::fs::write(
         &good,

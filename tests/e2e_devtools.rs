@@ -457,7 +457,7 @@ async fn poed_with_chromium(script: &str, launch_timeout_secs: f64) -> (i32, Str
     cmd.arg("--config")
         .arg(&config)
         .arg("--socket")
-        .arg(dir.path().join("poed.sock"))
+        .arg(dir.path().join("run").join("poed.sock"))
         .arg("--profile")
         .arg(dir.path().join("profile"))
         .arg("--chromium")

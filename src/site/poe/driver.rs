@@ -439,6 +439,10 @@ impl Driver {
                                 Update::LostUpdates(reason) => {
                                     warn!(tab = tab.id, reason, "the page lost updates; taking the reply from its refetch");
                                     refetch_until.get_or_insert_with(|| tokio::time::Instant::now() + secs(self.timeouts.refetch_secs));
+                                    // Silence is expected now: leave the refetch (and the
+                                    // page) their time before the reply counts as stalled.
+                                    let recovering = secs(self.timeouts.refetch_secs + self.timeouts.recover_secs).max(idle_limit);
+                                    idle.as_mut().reset(tokio::time::Instant::now() + recovering);
                                 }
                                 Update::Points(_) => {}
                             }
@@ -486,6 +490,8 @@ impl Driver {
                     Some(TabSignal::SocketClosed) => {
                         warn!(tab = tab.id, "the update socket closed during a reply; taking the reply from the page's refetch");
                         refetch_until.get_or_insert_with(|| tokio::time::Instant::now() + secs(self.timeouts.refetch_secs));
+                        let recovering = secs(self.timeouts.refetch_secs + self.timeouts.recover_secs).max(idle_limit);
+                        idle.as_mut().reset(tokio::time::Instant::now() + recovering);
                     }
                     Some(TabSignal::Gone) | None => {
                         return Err(Error::new(ErrorKind::BrowserCrashed,
