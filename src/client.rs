@@ -100,12 +100,14 @@ impl Reply {
                     message,
                     state,
                     sent,
+                    reset_at,
                 } => {
                     return Err(ClientError::Request(Error {
                         kind,
                         message,
                         state,
                         sent,
+                        reset_at,
                     }))
                 }
                 e if e.is_final() => return Ok(e),

@@ -98,6 +98,9 @@ pub struct Error {
     /// (a retry could make the site answer twice), `Some(false)` when it certainly did not
     /// (never sent, or refused), `None` when not a completion or not known.
     pub sent: Option<bool>,
+    /// For `daily_limit`: when the account's quota resets (seconds since the Unix epoch), if
+    /// the site said.
+    pub reset_at: Option<u64>,
 }
 
 impl Error {
@@ -107,6 +110,7 @@ impl Error {
             message: message.into(),
             state: None,
             sent: None,
+            reset_at: None,
         }
     }
 

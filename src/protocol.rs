@@ -357,6 +357,9 @@ pub enum Event {
         /// it answer twice), `false` when it certainly did not.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sent: Option<bool>,
+        /// For `daily_limit`: when the quota resets (seconds since the Unix epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reset_at: Option<u64>,
     },
     /// Sent on a connection while requests run, so that a client that went away is noticed.
     /// Carries no id; readers ignore it.
@@ -409,6 +412,7 @@ impl Event {
             message: err.message.clone(),
             state: err.state.clone(),
             sent: err.sent,
+            reset_at: err.reset_at,
         }
     }
 }
@@ -593,6 +597,7 @@ mod tests {
                         message: "m".into(),
                         state: Some("error_user_message_too_long".into()),
                         sent: Some(true),
+                        reset_at: None,
                     },
                 },
                 json!({"id":4,"event":"error","kind":"site_error","message":"m",

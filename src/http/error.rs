@@ -94,14 +94,13 @@ pub fn retry_after(e: &Error) -> Option<u64> {
             Some(SHORT_WAIT_SECS)
         }
         ErrorKind::RateLimited => Some(RATE_LIMIT_WAIT_SECS),
-        ErrorKind::DailyLimit => Some(daily_limit_wait(None, crate::http::unix_now())),
+        ErrorKind::DailyLimit => Some(daily_limit_wait(e.reset_at, crate::http::unix_now())),
         _ => None,
     }
 }
 
-/// Seconds until the site's quota resets. `reset_at` (seconds since the epoch) is where the
-/// reset time goes once the error carries it (the site sends `messagePointResetTime`); until
-/// then, and for a time already past, [`DAILY_LIMIT_DEFAULT_WAIT_SECS`].
+/// Seconds until the site's quota resets (`reset_at`, seconds since the epoch, from the
+/// account's points); without it, or for a time already past, [`DAILY_LIMIT_DEFAULT_WAIT_SECS`].
 pub fn daily_limit_wait(reset_at: Option<u64>, now: u64) -> u64 {
     match reset_at {
         Some(t) if t > now => t - now,

@@ -212,6 +212,11 @@ impl Engine {
                 e.sent = sent;
             }
         }
+        if let Err(e) = &mut result {
+            if e.kind == ErrorKind::DailyLimit && e.reset_at.is_none() {
+                e.reset_at = self.account.snapshot().points.and_then(|p| p.reset_at);
+            }
+        }
         match &result {
             Ok(c) => self.stats.completed(&c.timings),
             Err(e) => self.stats.count(e.kind.as_str()),
