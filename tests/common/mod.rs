@@ -95,6 +95,25 @@ impl Daemon {
         Self::start_with_env(dir, profile, socket, base_url, extra, &[]).await
     }
 
+    /// poed with its DEFAULT settings (none of the tests' short timeouts): what a user gets.
+    /// For the benchmark.
+    pub async fn start_as_users_get_it(base_url: &str, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = dir.path().join("profile");
+        let socket = dir.path().join("run").join("poed.sock");
+        let (child, log, notify) =
+            spawn_with(dir.path(), &profile, &socket, base_url, &[], extra, &[]);
+        let mut daemon = Daemon {
+            child: Some(child),
+            socket,
+            profile,
+            log,
+            dir,
+        };
+        daemon.wait_ready(notify).await;
+        daemon
+    }
+
     /// Like [`Daemon::start`] with a config file holding `toml`.
     pub async fn start_with_config(base_url: &str, toml: &str, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -249,6 +268,18 @@ fn spawn(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (Child, PathBuf, UnixDatagram) {
+    spawn_with(dir, profile, socket, base_url, TEST_FLAGS, extra, env)
+}
+
+fn spawn_with(
+    dir: &Path,
+    profile: &Path,
+    socket: &Path,
+    base_url: &str,
+    flags: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, PathBuf, UnixDatagram) {
     let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
@@ -268,7 +299,7 @@ fn spawn(
         .arg("--profile")
         .arg(profile)
         .args(["--base-url", base_url])
-        .args(TEST_FLAGS)
+        .args(flags)
         .args(extra)
         .env("NOTIFY_SOCKET", &notify_path)
         .env("RUST_LOG", "poed=debug,warn")

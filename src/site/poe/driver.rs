@@ -240,7 +240,7 @@ impl Driver {
                 .await
                 .map_err(|e| browser_error("clicking send", e))
         };
-        let read = self.read_reply(tab, &mut sub.rx, pacer, progress, cancel);
+        let read = self.read_reply(tab, bot, &mut sub.rx, pacer, progress, cancel);
         tokio::pin!(read);
         let result = tokio::select! {
             clicked = click => match clicked {
@@ -339,6 +339,7 @@ impl Driver {
     async fn read_reply(
         &self,
         tab: &Tab,
+        bot: &str,
         rx: &mut UnboundedReceiver<TabSignal>,
         pacer: &Pacer,
         progress: &mut (dyn FnMut(Progress) + Send),
@@ -455,7 +456,7 @@ impl Driver {
                             match network::parse_send_response(&exchange.body) {
                                 Some(SendResult::Refused { refusal, message }) => {
                                     warn!(tab = tab.id, status = refusal.as_str(), "the site refused the send");
-                                    return Err(refusal_error(&refusal, message.as_deref()).sent(false));
+                                    return Err(refusal_error(&refusal, message.as_deref(), bot).sent(false));
                                 }
                                 Some(SendResult::Taken { message_id, .. }) => {
                                     debug!(tab = tab.id, "the site took the prompt");
@@ -552,7 +553,7 @@ fn is_pace_refusal(e: &Error) -> bool {
 }
 
 /// The error for a send the site refused (it did not take the prompt).
-fn refusal_error(refusal: &Refusal, message: Option<&str>) -> Error {
+fn refusal_error(refusal: &Refusal, message: Option<&str>, bot: &str) -> Error {
     let said = message
         .map(|m| format!(" (the site says: {m:?})"))
         .unwrap_or_default();
@@ -582,7 +583,7 @@ fn refusal_error(refusal: &Refusal, message: Option<&str>) -> Error {
             if status.is_empty() { "the site refused the send" } else { "the site refused the send; see the state for its reason" },
         ),
     };
-    Error::new(kind, format!("{advice}{said}; the prompt was not taken"))
+    Error::new(kind, format!("{advice}{said}; the prompt for bot {bot} was not taken"))
         .with_state(refusal.as_str())
 }
 
@@ -591,7 +592,7 @@ fn site_failure(state: String) -> Error {
     if state.contains("rate_limit") {
         return Error::new(
             ErrorKind::RateLimited,
-            format!("the site refuses more messages for now (state {state:?}); wait a while, or raise pool.min_send_interval_ms"),
+            format!("the site refuses more messages for now (state {state:?}); wait a while and retry (or set pool.min_send_interval_ms)"),
         )
         .with_state(state);
     }
