@@ -332,7 +332,8 @@ async fn bench(runs: usize) {
 
     // Sequential requests 0.3 s apart, like a script calling `poectl ask` in a loop: with
     // the default settings, and with the old fixed pacing (1.5 s between sends) for contrast.
-    let mut seq_default = Series::new("sequential, 0.3 s apart, default settings: time to first token");
+    let mut seq_default =
+        Series::new("sequential, 0.3 s apart, default settings: time to first token");
     for i in 0..runs {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (sent, first, _) = timed_request(&client, &format!("{SHORT_PROMPT} s{i}")).await;
@@ -340,9 +341,11 @@ async fn bench(runs: usize) {
             seq_default.values.push(ms(f.duration_since(sent)));
         }
     }
-    let mut seq_paced = Series::new("sequential, 0.3 s apart, old fixed pacing 1.5 s: time to first token");
+    let mut seq_paced =
+        Series::new("sequential, 0.3 s apart, old fixed pacing 1.5 s: time to first token");
     {
-        let paced = common::Daemon::start_as_users_get_it(&url, &["--min-send-interval-ms", "1500"]).await;
+        let paced =
+            common::Daemon::start_as_users_get_it(&url, &["--min-send-interval-ms", "1500"]).await;
         let c = paced.client().await;
         for _ in 0..3 {
             timed_request(&c, "warm up").await;

@@ -115,7 +115,7 @@ async fn chromium_killed_mid_reply_ten_times_costs_only_those_requests() {
             "round {round}: {last:?}"
         );
         assert!(
-            killed.elapsed() < Duration::from_secs(2),
+            killed.elapsed() < Duration::from_secs(5),
             "round {round}: took {:?}",
             killed.elapsed()
         );

@@ -69,7 +69,11 @@ async fn each_refusal_gives_its_own_kind_at_once_and_nothing_is_taken() {
         }
         // The idle timeout of the test daemon is 3 s: a refusal must not wait for it.
         assert!(took < Duration::from_secs(3), "{prompt} took {took:?}");
-        let attempts: Vec<_> = double.chats().into_iter().filter(|c| c.prompt == prompt).collect();
+        let attempts: Vec<_> = double
+            .chats()
+            .into_iter()
+            .filter(|c| c.prompt == prompt)
+            .collect();
         assert_eq!(attempts.len(), 1, "{prompt} was sent once");
         assert!(!attempts[0].taken());
     }
@@ -85,7 +89,11 @@ async fn each_refusal_gives_its_own_kind_at_once_and_nothing_is_taken() {
             matches!(&last, Event::Error { kind: k, sent: Some(false), .. } if *k == kind),
             "{prompt}: {last:?}"
         );
-        let attempts: Vec<_> = double.chats().into_iter().filter(|c| c.prompt == prompt).collect();
+        let attempts: Vec<_> = double
+            .chats()
+            .into_iter()
+            .filter(|c| c.prompt == prompt)
+            .collect();
         assert_eq!(attempts.len(), 3, "{prompt}: sent three times in all");
         assert!(attempts.iter().all(|c| !c.taken()));
     }
@@ -104,9 +112,17 @@ async fn a_send_refused_for_the_rate_goes_again_after_a_backoff_and_is_taken_onc
             matches!(&last, Event::Done { text, .. } if *text == expected_reply("GPT-3.5-Turbo", &prompt)),
             "{prompt}: {last:?}"
         );
-        let attempts: Vec<_> = double.chats().into_iter().filter(|c| c.prompt == prompt).collect();
+        let attempts: Vec<_> = double
+            .chats()
+            .into_iter()
+            .filter(|c| c.prompt == prompt)
+            .collect();
         assert_eq!(attempts.len(), 2, "{prompt}: refused, then sent again");
-        assert_eq!(attempts.iter().filter(|c| c.taken()).count(), 1, "taken once");
+        assert_eq!(
+            attempts.iter().filter(|c| c.taken()).count(),
+            1,
+            "taken once"
+        );
     }
     // The backoff the refusals set shows in `status`, and shrinks as sends are taken.
     let status = daemon.client().await.status().await.expect("status");
@@ -123,7 +139,11 @@ async fn lost_updates_are_taken_from_the_refetch_response_with_the_dom_switched_
     )
     .await;
     daemon.wait_warm(3).await;
-    for prompt in ["lost [[missed]]", "lost [[refetch]]", "lost [[missed-stop]]"] {
+    for prompt in [
+        "lost [[missed]]",
+        "lost [[refetch]]",
+        "lost [[missed-stop]]",
+    ] {
         let (last, took) = answer(&daemon, prompt).await;
         assert!(
             matches!(&last, Event::Done { text, .. } if *text == expected_reply("GPT-3.5-Turbo", prompt)),
@@ -132,7 +152,10 @@ async fn lost_updates_are_taken_from_the_refetch_response_with_the_dom_switched_
         assert!(took < Duration::from_secs(10), "{prompt} took {took:?}");
     }
     let log = daemon.log();
-    assert!(!log.contains("reading the page"), "the DOM was read:\n{log}");
+    assert!(
+        !log.contains("reading the page"),
+        "the DOM was read:\n{log}"
+    );
     let sent: Vec<_> = double.taken();
     assert_eq!(sent.len(), 3, "each prompt was taken once");
 }
@@ -149,12 +172,21 @@ async fn a_signed_out_profile_is_reported_as_soon_as_the_site_redirects() {
     let daemon = Daemon::start(&double.base_url(), &["--prompt-timeout", "30"]).await;
     let (last, took) = answer(&daemon, "hello while signed out").await;
     assert!(
-        matches!(&last, Event::Error { kind: ErrorKind::NotLoggedIn, .. }),
+        matches!(
+            &last,
+            Event::Error {
+                kind: ErrorKind::NotLoggedIn,
+                ..
+            }
+        ),
         "{last:?}"
     );
     assert!(took < Duration::from_secs(4), "took {took:?}");
     let status = daemon.client().await.status().await.expect("status");
-    assert_eq!(status.account.state, poed::protocol::AccountState::SignedOut);
+    assert_eq!(
+        status.account.state,
+        poed::protocol::AccountState::SignedOut
+    );
     assert!(double.chats().is_empty());
 }
 
@@ -196,12 +228,22 @@ async fn points_show_in_status_and_change_after_a_reply() {
     assert_eq!(p.allotment, Some(3000));
     assert!(p.reset_at.is_some());
     let out = run(daemon.poectl(&["status"])).await;
-    assert!(out.stdout.contains(&format!("points   {after} of 3000")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("points   {after} of 3000")),
+        "{}",
+        out.stdout
+    );
     // Out of points: the site refuses, and the account shows it.
     double.set_points(0);
     let (last, _) = answer(&daemon, "no points left").await;
     assert!(
-        matches!(&last, Event::Error { kind: ErrorKind::DailyLimit, .. }),
+        matches!(
+            &last,
+            Event::Error {
+                kind: ErrorKind::DailyLimit,
+                ..
+            }
+        ),
         "{last:?}"
     );
     let s = client.status().await.expect("status");

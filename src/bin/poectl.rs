@@ -233,7 +233,8 @@ async fn main() -> ExitCode {
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
                     if let Some(p) = &s.account.points {
-                        let figure = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+                        let figure =
+                            |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
                         let reset = p
                             .reset_at
                             .map(|t| format!(", reset in {}", human_secs(t.saturating_sub(now))))
@@ -249,7 +250,10 @@ async fn main() -> ExitCode {
                         if until == 0 {
                             println!("         out of points (the site refused a send)");
                         } else {
-                            println!("         out of points until the reset, in {}", human_secs(until.saturating_sub(now)));
+                            println!(
+                                "         out of points until the reset, in {}",
+                                human_secs(until.saturating_sub(now))
+                            );
                         }
                     }
                     if s.account.send_backoff_ms > 0 {

@@ -41,6 +41,13 @@ pub enum Progress {
 /// is sent in all, before the refusal is the request's answer.
 const SEND_ATTEMPTS: u32 = 3;
 
+/// How long a stop waits for the page's stop button (it appears once the page knows the
+/// reply is running, which can lag the send on a loaded machine).
+const STOP_BUTTON_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the send button may take to enable when the text went in without focusing first.
+const UNFOCUSED_TRY: Duration = Duration::from_secs(1);
+
 /// A short limit for single DevTools commands that should answer at once.
 const COMMAND_LIMIT: Duration = Duration::from_secs(10);
 
@@ -157,6 +164,13 @@ impl Driver {
         }
         match found.index {
             Some(0) => {
+                // Focused now, off the request's time: the send then only enters the text.
+                let focused = cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
+                    .await
+                    .map_err(|e| browser_error("focusing the prompt box", e))?;
+                if !focused {
+                    return Err(self.not_logged_in());
+                }
                 tab.warm_for = Some(bot.to_owned());
                 debug!(tab = tab.id, bot, "chat ready");
                 Ok(())
@@ -276,10 +290,18 @@ impl Driver {
         }
         // From here on the chat is used: whatever happens, it is not fresh any more.
         tab.warm_for = None;
+        // `open_chat` left the prompt box focused: the first try only enters the text (one
+        // round trip less); if the page lost the focus meanwhile, the button stays off and
+        // the next try focuses first.
+        let mut focus_first = false;
         loop {
-            let focused = cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
-                .await
-                .map_err(|e| browser_error("focusing the prompt box", e))?;
+            let focused = if focus_first {
+                cdp::focus(&tab.page, &sel.prompt_box, COMMAND_LIMIT)
+                    .await
+                    .map_err(|e| browser_error("focusing the prompt box", e))?
+            } else {
+                true
+            };
             if !focused {
                 if reopened {
                     return Err(self.not_logged_in());
@@ -306,12 +328,20 @@ impl Driver {
                         enabled: false,
                     },
                 ],
-                secs(self.timeouts.send_button_secs),
+                if focus_first {
+                    secs(self.timeouts.send_button_secs)
+                } else {
+                    UNFOCUSED_TRY.min(secs(self.timeouts.send_button_secs))
+                },
             )
             .await
             .map_err(|e| browser_error("waiting for the send button", e))?;
             match send.index {
                 Some(0) => return Ok(send),
+                None if !focus_first => {
+                    debug!(tab = tab.id, "the prompt box had lost the focus; focusing it");
+                    focus_first = true;
+                }
                 Some(_) if !reopened => {
                     self.open_chat(tab, bot).await?;
                     tab.warm_for = None;
@@ -512,7 +542,7 @@ impl Driver {
                 selector: &self.site.selectors.stop_button,
                 enabled: false,
             }],
-            Duration::from_millis(300),
+            STOP_BUTTON_WAIT,
         )
         .await;
         let Ok(cdp::Found {
@@ -583,8 +613,11 @@ fn refusal_error(refusal: &Refusal, message: Option<&str>, bot: &str) -> Error {
             if status.is_empty() { "the site refused the send" } else { "the site refused the send; see the state for its reason" },
         ),
     };
-    Error::new(kind, format!("{advice}{said}; the prompt for bot {bot} was not taken"))
-        .with_state(refusal.as_str())
+    Error::new(
+        kind,
+        format!("{advice}{said}; the prompt for bot {bot} was not taken"),
+    )
+    .with_state(refusal.as_str())
 }
 
 /// The error for a reply the site ended with a failure state.
