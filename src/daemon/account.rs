@@ -51,14 +51,12 @@ impl Account {
         let mut a = self.lock();
         match e.kind {
             ErrorKind::NotLoggedIn => a.state = AccountState::SignedOut,
-            ErrorKind::DailyLimit if e.state.as_deref() == Some("reached_limit") => {
-                // The points ran out: the account is out until they reset.
-                a.state = AccountState::SignedIn;
-                a.out_of_points_until =
-                    Some(a.points.as_ref().and_then(|p| p.reset_at).unwrap_or(0));
-                a.last_site_error = Some(e.to_string());
-            }
             ErrorKind::DailyLimit => {
+                if e.state.as_deref() == Some("reached_limit") {
+                    // The points ran out: the whole account is out until they reset.
+                    a.out_of_points_until =
+                        Some(a.points.as_ref().and_then(|p| p.reset_at).unwrap_or(0));
+                }
                 a.state = AccountState::SignedIn;
                 a.daily_limits.retain(|d| d.bot != bot);
                 a.daily_limits.push(DailyLimit {
