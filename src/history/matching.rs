@@ -106,12 +106,12 @@ mod tests {
         let turns = [m("user", "hi"), m("assistant", "hello"), m("user", "more")];
         let mut other_model = asked(&turns);
         other_model.model = "claude";
-        assert_eq!(continued(&[c.clone()], other_model), None);
+        assert_eq!(continued(std::slice::from_ref(&c), other_model), None);
         let mut no_system = asked(&turns);
         no_system.system = None;
-        assert_eq!(continued(&[c.clone()], no_system), None);
+        assert_eq!(continued(std::slice::from_ref(&c), no_system), None);
         let edited = [m("user", "hi"), m("assistant", "HELLO"), m("user", "more")];
-        assert_eq!(continued(&[c.clone()], asked(&edited)), None);
+        assert_eq!(continued(std::slice::from_ref(&c), asked(&edited)), None);
         let edited = [m("user", "Hi"), m("assistant", "hello"), m("user", "more")];
         assert_eq!(continued(&[c], asked(&edited)), None);
     }
@@ -120,7 +120,7 @@ mod tests {
     fn the_same_turns_again_or_fewer_are_a_new_conversation() {
         let c = stored(7, vec![m("user", "hi"), m("assistant", "hello")]);
         let same = [m("user", "hi"), m("assistant", "hello")];
-        assert_eq!(continued(&[c.clone()], asked(&same)), None);
+        assert_eq!(continued(std::slice::from_ref(&c), asked(&same)), None);
         assert_eq!(continued(&[c], asked(&same[..1])), None);
     }
 
