@@ -23,7 +23,33 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub site: SiteConfig,
     pub http: HttpConfig,
+    pub history: HistoryConfig,
 }
+
+/// The record of requests kept in SQLite (see `crate::history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Record every completion request; `false` writes nothing (the file is never created).
+    pub enabled: bool,
+    /// Conversations unused for this many days are deleted (0 keeps everything).
+    pub keep_days: u32,
+    /// The SQLite file; default `history.sqlite3` next to the browser profile.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            enabled: true,
+            keep_days: 90,
+            path: None,
+        }
+    }
+}
+
+/// The longest `history.keep_days`: a hundred years.
+pub const MAX_KEEP_DAYS: u32 = 36_500;
 
 /// The OpenAI-compatible HTTP front door (off unless `listen` is set). docs/SECURITY.md says
 /// what each setting guards against.
@@ -213,6 +239,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             site: SiteConfig::default(),
             http: HttpConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -354,6 +381,22 @@ impl Config {
                 ));
             }
         }
+        if self.history.keep_days > MAX_KEEP_DAYS {
+            return Err(format!(
+                "history.keep_days = {} is out of range: use 0 (keep everything) to {MAX_KEEP_DAYS}",
+                self.history.keep_days
+            ));
+        }
+        if self
+            .history
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir())
+        {
+            return Err(
+                "history.path must name a file (e.g. \"~/.local/share/poed/history.sqlite3\"), not a directory".into(),
+            );
+        }
         if !(self.site.base_url.starts_with("http://")
             || self.site.base_url.starts_with("https://"))
         {
@@ -375,6 +418,9 @@ impl Config {
             *path = expand_home(path);
         }
         if let Some(p) = self.http.api_key_file.as_mut() {
+            *p = expand_home(p);
+        }
+        if let Some(p) = self.history.path.as_mut() {
             *p = expand_home(p);
         }
     }
@@ -542,6 +588,30 @@ mod tests {
         for v in [1e20, f64::NAN, f64::INFINITY, -5.0, 0.0] {
             assert!(secs(v) <= std::time::Duration::from_secs_f64(MAX_SECS));
         }
+    }
+
+    #[test]
+    fn history_settings_default_on_and_are_checked() {
+        let c = Config::default();
+        assert!(c.history.enabled);
+        assert_eq!(c.history.keep_days, 90);
+        assert_eq!(c.history.path, None);
+        let mut c = Config::from_toml(
+            "[history]\nenabled = false\nkeep_days = 7\npath = \"~/h.sqlite3\"\n",
+        )
+        .expect("valid");
+        c.expand_home();
+        assert!(!c.history.enabled);
+        assert_eq!(c.history.keep_days, 7);
+        assert_eq!(c.history.path, Some(home().join("h.sqlite3")));
+        c.validate().expect("valid");
+        c.history.keep_days = MAX_KEEP_DAYS + 1;
+        assert!(c
+            .validate()
+            .expect_err("range")
+            .contains("history.keep_days"));
+        let e = Config::from_toml("[history]\nkeep = 3").expect_err("unknown key");
+        assert!(e.contains("keep"), "{e}");
     }
 
     #[test]

@@ -7,14 +7,17 @@
 //! them). Clients speak newline-delimited JSON over a local socket ([`protocol`],
 //! [`daemon::ipc_server`]); [`client`] is the reference client that `poectl` is built on.
 //! [`daemon::run`] ties it together and shuts it down in order. [`redact`] keeps secrets
-//! (cookies, keys, credentials, socket tokens) out of every log line.
+//! (cookies, keys, credentials, socket tokens) out of every log line. [`history`] records
+//! every request in SQLite for `poectl history`; [`chat`] is `poectl chat`.
 
 pub mod browser;
+pub mod chat;
 pub mod client;
 pub mod config;
 pub mod cookies;
 pub mod daemon;
 pub mod error;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod protocol;

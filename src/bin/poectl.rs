@@ -32,6 +32,13 @@ struct Args {
     /// poed's socket.
     #[arg(long, env = "POED_SOCKET", value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
+    /// poed's config file, read for the history file's place (default:
+    /// $XDG_CONFIG_HOME/poed/config.toml, if it exists).
+    #[arg(long, value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+    /// The history file (default: from the config, next to the browser profile).
+    #[arg(long, env = "POED_HISTORY", value_name = "PATH", global = true)]
+    history_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +82,59 @@ enum Command {
     Cookies {
         #[command(subcommand)]
         action: CookiesAction,
+    },
+    /// Talk in the terminal: answers stream, /help lists commands, Ctrl-D leaves.
+    Chat {
+        /// Model name (see `poectl models`); the daemon's default when absent.
+        #[arg(short, long)]
+        model: Option<String>,
+        /// A system message sent before the conversation.
+        #[arg(long, value_name = "TEXT")]
+        system: Option<String>,
+        /// Go on with a conversation from the history (its ID in `poectl history`).
+        #[arg(long = "continue", value_name = "ID")]
+        continue_id: Option<i64>,
+    },
+    /// The record of past requests: recent conversations, or show/search/export. Read from
+    /// the history file; poed need not run.
+    History {
+        #[command(subcommand)]
+        action: Option<HistoryAction>,
+        /// How many conversations to list.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HistoryAction {
+    /// Print one conversation.
+    Show {
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find messages containing every word (full-text search).
+    Search {
+        #[arg(required = true)]
+        words: Vec<String>,
+        /// How many messages to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write conversations as JSON (all of them when no ID is given).
+    Export {
+        ids: Vec<i64>,
+        /// Write to this file (created 0600) instead of stdout.
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -138,11 +198,38 @@ async fn main() -> ExitCode {
         },
         _ => None,
     };
+    let chat = match &args.command {
+        Command::History {
+            action,
+            limit,
+            json,
+        } => return history(&args, action.as_ref(), *limit, *json),
+        Command::Chat {
+            model,
+            system,
+            continue_id,
+        } => match start_chat(&args, model.clone(), system.clone(), *continue_id) {
+            Ok(chat) => Some(chat),
+            Err(code) => return code,
+        },
+        _ => None,
+    };
     let client = match Client::connect(&socket).await {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if let Some(chat) = chat {
+        return match poed::chat::run(&client, chat).await {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(poed::chat::ChatError::Client(e)) => fail(&e),
+            Err(e) => {
+                eprintln!("poectl: {e}");
+                ExitCode::from(exit::CONNECTION)
+            }
+        };
+    }
     match args.command {
+        Command::History { .. } | Command::Chat { .. } => ExitCode::from(exit::OK),
         Command::Ask {
             model,
             system,
@@ -402,6 +489,164 @@ async fn ask(
             _ => {}
         }
     }
+}
+
+/// The history file: `--history-file`, else where poed's config puts it.
+fn history_path(args: &Args) -> Result<PathBuf, String> {
+    if let Some(p) = &args.history_file {
+        return Ok(poed::config::expand_home(p));
+    }
+    let mut config = match &args.config {
+        Some(path) => poed::config::Config::from_file(path)?,
+        None => {
+            let path = poed::config::default_config_path();
+            if path.exists() {
+                poed::config::Config::from_file(&path)?
+            } else {
+                poed::config::Config::default()
+            }
+        }
+    };
+    config.expand_home();
+    if !config.history.enabled {
+        return Err("the history is off (history.enabled = false in the config); name a file with --history-file to read an old one".into());
+    }
+    Ok(poed::history::file_path(
+        &config.history,
+        &config.browser.profile,
+    ))
+}
+
+fn open_history(args: &Args) -> Result<poed::history::Store, ExitCode> {
+    let opened = history_path(args)
+        .and_then(|path| poed::history::Store::open_read_only(&path).map_err(|e| e.to_string()));
+    opened.map_err(|e| {
+        eprintln!("poectl: {e}");
+        ExitCode::from(exit::REQUEST_FAILED)
+    })
+}
+
+fn history(args: &Args, action: Option<&HistoryAction>, limit: usize, json: bool) -> ExitCode {
+    let store = match open_history(args) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result: Result<String, poed::history::HistoryError> = match action {
+        None => store.list(limit).map(|rows| {
+            if json {
+                pretty(&rows)
+            } else {
+                poed::history::text::list(&rows)
+            }
+        }),
+        Some(HistoryAction::Show { id, json }) => match store.show(*id) {
+            Ok(Some(c)) if *json => Ok(pretty(&c)),
+            Ok(Some(c)) => Ok(poed::history::text::conversation(&c)),
+            Ok(None) => {
+                eprintln!(
+                    "poectl: no conversation {id} in {}; `poectl history` lists them",
+                    store.path().display()
+                );
+                return ExitCode::from(exit::REQUEST_FAILED);
+            }
+            Err(e) => Err(e),
+        },
+        Some(HistoryAction::Search { words, limit, json }) => {
+            store.search(&words.join(" "), *limit).map(|hits| {
+                if *json {
+                    pretty(&hits)
+                } else {
+                    poed::history::text::hits(&hits)
+                }
+            })
+        }
+        Some(HistoryAction::Export { ids, output }) => match store.export(ids) {
+            Ok(export) => {
+                let text = pretty(&export);
+                let Some(path) = output else {
+                    return print_out(&text);
+                };
+                use std::os::unix::fs::OpenOptionsExt;
+                let written = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(path)
+                    .and_then(|mut f| f.write_all(text.as_bytes()));
+                return match written {
+                    Ok(()) => ExitCode::from(exit::OK),
+                    Err(e) => {
+                        eprintln!("poectl: cannot write {}: {e}", path.display());
+                        ExitCode::from(exit::BAD_INPUT)
+                    }
+                };
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(text) => print_out(&text),
+        Err(e) => {
+            eprintln!("poectl: {e}");
+            ExitCode::from(exit::REQUEST_FAILED)
+        }
+    }
+}
+
+/// Prints `text` whole (a closed pipe, as with `| head`, is no error).
+fn print_out(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    if !text.is_empty() && !text.ends_with('\n') {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+    ExitCode::from(exit::OK)
+}
+
+/// Pretty JSON of the history's views (plain data: serialising cannot fail).
+fn pretty<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+/// The chat to start: a new one, or one from the history (`--continue`).
+fn start_chat(
+    args: &Args,
+    model: Option<String>,
+    system: Option<String>,
+    continue_id: Option<i64>,
+) -> Result<poed::chat::Chat, ExitCode> {
+    let Some(id) = continue_id else {
+        return Ok(poed::chat::Chat {
+            model,
+            system,
+            turns: Vec::new(),
+        });
+    };
+    let store = open_history(args)?;
+    let conversation = match store.show(id) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            eprintln!(
+                "poectl: no conversation {id} in {}; `poectl history` lists them",
+                store.path().display()
+            );
+            return Err(ExitCode::from(exit::REQUEST_FAILED));
+        }
+        Err(e) => {
+            eprintln!("poectl: {e}");
+            return Err(ExitCode::from(exit::REQUEST_FAILED));
+        }
+    };
+    let mut chat = poed::chat::Chat::from_transcript(
+        Some(model.unwrap_or_else(|| conversation.model.clone())),
+        conversation.transcript(),
+    );
+    if system.is_some() {
+        chat.system = system;
+    }
+    Ok(chat)
 }
 
 /// `secs` as a short human duration (`42s`, `5m 3s`, `7h 12m`).

@@ -65,6 +65,8 @@ pub struct Engine {
     socket: Mutex<String>,
     /// The HTTP front door's bound address, for `status`.
     pub http_addr: std::sync::OnceLock<String>,
+    /// Records every finished request (see [`crate::history`]).
+    history: crate::history::Recorder,
 }
 
 /// Keeps the in-flight count right whatever way a request ends.
@@ -136,6 +138,7 @@ impl Engine {
             session_op: tokio::sync::Mutex::new(()),
             socket: Mutex::new(config.socket.display().to_string()),
             http_addr: std::sync::OnceLock::new(),
+            history: crate::history::Recorder::start(&config.history, &config.browser.profile),
             config,
         }))
     }
@@ -180,6 +183,8 @@ impl Engine {
                     )))
                 }
             };
+            let resolved = engine.models.resolve(request.model.as_deref()).ok();
+            engine.history.record(&request, resolved, &result).await;
             sink.finish(match result {
                 Ok(c) => ReplyEvent::Done(c),
                 Err(e) => ReplyEvent::Failed(e),
