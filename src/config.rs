@@ -178,6 +178,9 @@ pub struct SiteConfig {
     /// The sign-in page, relative to `base_url` (`poectl login` opens it). A bot page that
     /// redirects here means the profile is signed out.
     pub login_path: String,
+    /// The site's bot list page, relative to `base_url`: `poectl models --refresh` opens it
+    /// and collects the bots its API responses name.
+    pub bots_path: String,
     /// The page's API requests are those whose URL contains this; their responses (the
     /// send's result, a refetch after lost updates) are read from the network.
     pub api_path_contains: String,
@@ -265,6 +268,7 @@ impl Default for SiteConfig {
             models: BTreeMap::new(),
             update_socket_contains: "/updates".into(),
             login_path: "/login".into(),
+            bots_path: "/explore".into(),
             api_path_contains: "/api/".into(),
             recover_from_dom: true,
             selectors: Selectors::default(),
@@ -353,6 +357,12 @@ impl Config {
                     "{name} = {v} is not a usable number of seconds: use a positive number up to {MAX_SECS} (a week)"
                 ));
             }
+        }
+        if !self.site.bots_path.starts_with('/') {
+            return Err(format!(
+                "site.bots_path {:?} must be a path on the site starting with '/', such as \"/explore\"",
+                self.site.bots_path
+            ));
         }
         if !(self.site.base_url.starts_with("http://")
             || self.site.base_url.starts_with("https://"))

@@ -10,7 +10,8 @@
 //! - [`find_reply`]: the reply read back from the chat the page refetches after lost updates.
 //!   That query's name and shape are not known, so the whole body is searched for message
 //!   objects.
-//! - [`bots_in`], [`points_in`]: bots of a bot-list response, the account's points.
+//! - [`bots_in`], [`bot_list_ended`], [`points_in`]: bots of a bot-list response, whether
+//!   it was the list's last page, the account's points.
 //!
 //! Bodies are searched wherever the wanted object sits (extra wrappers, batched responses)
 //! with the bounded walk of [`frames`](super::frames): depth-capped, no recursion.
@@ -300,6 +301,27 @@ pub fn bots_in(body: &str) -> Vec<BotInfo> {
         .filter_map(BotInfo::from_map)
         .filter(|b| seen.insert(b.handle.clone()))
         .collect()
+}
+
+/// Whether a response is the last page of a bot list: a connection (an object with
+/// `edges` holding bots and a `pageInfo`) whose `pageInfo.hasNextPage` is `false`. Other
+/// paged lists of the page (chats, messages) do not count.
+pub fn bot_list_ended(body: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return false;
+    };
+    objects(&v).any(|o| {
+        let last = o
+            .get("pageInfo")
+            .and_then(|p| p.get("hasNextPage"))
+            .and_then(Value::as_bool)
+            == Some(false);
+        last && o.get("edges").is_some_and(|edges| {
+            objects(edges).any(|e| {
+                e.get("displayName").is_some_and(Value::is_string) && BotInfo::from_map(e).is_some()
+            })
+        })
+    })
 }
 
 /// The account's points in a response (a settings or viewer query): the first
@@ -660,6 +682,24 @@ mod tests {
             ]
         );
         assert_eq!(bots_in("nope"), vec![]);
+    }
+
+    #[test]
+    fn the_last_page_of_a_bot_list_is_told() {
+        let page = |more: bool, node: Value| {
+            json!({"data": {"exploreBotsConnection": {
+                "edges": [{"cursor": "1", "node": node}],
+                "pageInfo": {"endCursor": "1", "hasNextPage": more}}}})
+            .to_string()
+        };
+        let bot = json!({"handle": "GPT-4o", "displayName": "GPT-4o"});
+        assert!(bot_list_ended(&page(false, bot.clone())));
+        assert!(!bot_list_ended(&page(true, bot)));
+        // The last page of another list (chats, messages) is not the end of the bot list.
+        let chat = json!({"chatCode": "x", "title": "t", "messageId": 1, "text": "hi"});
+        assert!(!bot_list_ended(&page(false, chat)));
+        assert!(!bot_list_ended("not json"));
+        assert!(!bot_list_ended("{\"pageInfo\": {\"hasNextPage\": false}}"));
     }
 
     #[test]
