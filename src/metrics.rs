@@ -152,26 +152,10 @@ impl Stats {
         let a = &status.account;
         if let Some(p) = &a.points {
             let points: [(&str, &str, Option<i64>); 4] = [
-                (
-                    "poed_points_balance",
-                    "The account's points left, as last seen.",
-                    p.balance,
-                ),
-                (
-                    "poed_points_allotment",
-                    "The account's points per period.",
-                    p.allotment,
-                ),
-                (
-                    "poed_points_reset_timestamp_seconds",
-                    "When the points reset (Unix time).",
-                    p.reset_at.and_then(|t| i64::try_from(t).ok()),
-                ),
-                (
-                    "poed_points_seen_timestamp_seconds",
-                    "When the points were last seen (Unix time).",
-                    i64::try_from(p.seen_at).ok(),
-                ),
+                ("poed_points_balance", "The account's points left, as last seen.", p.balance),
+                ("poed_points_allotment", "The account's points per period.", p.allotment),
+                ("poed_points_reset_timestamp_seconds", "When the points reset (Unix time).", p.reset_at.and_then(|t| i64::try_from(t).ok())),
+                ("poed_points_seen_timestamp_seconds", "When the points were last seen (Unix time).", i64::try_from(p.seen_at).ok()),
             ];
             for (name, help, value) in points {
                 if let Some(v) = value {

@@ -135,10 +135,8 @@ async fn models(client: &Client, json: bool, refresh: bool) -> ExitCode {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     for m in &models {
+        let mark = if m.name == default { " (default)" } else { "" };
         let mut notes = Vec::new();
-        if m.name == default {
-            notes.push("default".to_owned());
-        }
         if let Some(name) = m.display_name.as_deref().filter(|n| *n != m.bot) {
             notes.push(format!("\"{name}\""));
         }
@@ -148,13 +146,14 @@ async fn models(client: &Client, json: bool, refresh: bool) -> ExitCode {
         let notes = if notes.is_empty() {
             String::new()
         } else {
-            format!(" ({})", notes.join(", "))
+            format!("  {}", notes.join(", "))
         };
         println!(
-            "{:<40} {:<28} {:<10}{}",
+            "{:<40} {:<28} {:<10}{}{}",
             m.name,
             m.bot,
             m.source.as_str(),
+            mark,
             notes
         );
     }
@@ -299,8 +298,7 @@ async fn main() -> ExitCode {
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
                     if let Some(p) = &s.account.points {
-                        let figure =
-                            |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+                        let figure = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
                         let reset = p
                             .reset_at
                             .map(|t| format!(", reset in {}", human_secs(t.saturating_sub(now))))
@@ -316,10 +314,7 @@ async fn main() -> ExitCode {
                         if until == 0 {
                             println!("         out of points (the site refused a send)");
                         } else {
-                            println!(
-                                "         out of points until the reset, in {}",
-                                human_secs(until.saturating_sub(now))
-                            );
+                            println!("         out of points until the reset, in {}", human_secs(until.saturating_sub(now)));
                         }
                     }
                     if s.account.send_backoff_ms > 0 {

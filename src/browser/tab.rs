@@ -386,8 +386,7 @@ fn fetch_body(
     let page = page.clone();
     let relay = relay.clone();
     tokio::spawn(async move {
-        let got =
-            tokio::time::timeout(BODY_LIMIT, page.execute(GetResponseBodyParams::new(id))).await;
+        let got = tokio::time::timeout(BODY_LIMIT, page.execute(GetResponseBodyParams::new(id))).await;
         let Ok(Ok(body)) = got else {
             debug!(tab, "could not read a response body");
             return;
@@ -400,12 +399,7 @@ fn fetch_body(
         } else {
             body.result.body.clone()
         };
-        trace!(
-            tab,
-            status = exchange.status,
-            bytes = exchange.body.len(),
-            "api response"
-        );
+        trace!(tab, status = exchange.status, bytes = exchange.body.len(), "api response");
         relay.send(TabSignal::Http(exchange));
     });
 }

@@ -78,9 +78,7 @@ impl Account {
     /// The site told the account's points.
     pub fn points(&self, info: &PointInfo) {
         let mut a = self.lock();
-        let reset_at = info
-            .reset_micros
-            .and_then(|us| u64::try_from(us / 1_000_000).ok());
+        let reset_at = info.reset_micros.and_then(|us| u64::try_from(us / 1_000_000).ok());
         let old = a.points.take().unwrap_or_default();
         let points = Points {
             balance: info.balance.or(old.balance),
@@ -121,10 +119,7 @@ mod tests {
         };
         a.points(&info(2731));
         let p = a.snapshot().points.expect("points");
-        assert_eq!(
-            (p.balance, p.allotment, p.reset_at),
-            (Some(2731), Some(3000), Some(1_900_000_000))
-        );
+        assert_eq!((p.balance, p.allotment, p.reset_at), (Some(2731), Some(3000), Some(1_900_000_000)));
         a.failed(
             "GPT-4",
             &Error::new(ErrorKind::DailyLimit, "used up").with_state("reached_limit"),

@@ -373,8 +373,8 @@ async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::Receiver<String>, gone: C
     let _ = send.shutdown().await;
 }
 
-/// A sign-in, cookie import or bot list refresh of a connection: runs `work`, answers with its event (or
-/// `internal` if it panicked), and frees its id.
+/// A sign-in, cookie import or bot list refresh of a connection: runs `work`, answers with
+/// its event (or `internal` if it panicked), and frees its id.
 struct SessionTask {
     id: RequestId,
     tx: mpsc::Sender<String>,
