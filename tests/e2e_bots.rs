@@ -131,7 +131,10 @@ async fn handles_outside_the_table_are_answered_listed_as_seen_and_unknown_ones_
         assert_eq!(m["bot"], handle);
         assert!(m["last_answered"].as_u64().is_some_and(|t| t > 0), "{m}");
     }
-    assert!(model(&after, "gpt-9").is_none(), "an unknown bot is not listed");
+    assert!(
+        model(&after, "gpt-9").is_none(),
+        "an unknown bot is not listed"
+    );
     let default = model(&after, "gpt-3.5-turbo").expect("default row");
     assert_eq!(default["source"], "table");
     assert!(default["last_answered"].is_u64(), "{default}");
@@ -154,7 +157,9 @@ async fn handles_outside_the_table_are_answered_listed_as_seen_and_unknown_ones_
         .unwrap_or_else(|| panic!("listed over HTTP: {listed}"));
     assert_eq!(seen["source"], "seen");
     assert_eq!(seen["object"], "model");
-    assert!(data.iter().any(|m| m["id"] == "gpt-4" && m["source"] == "table"));
+    assert!(data
+        .iter()
+        .any(|m| m["id"] == "gpt-4" && m["source"] == "table"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +171,10 @@ async fn refresh_reads_the_sites_bot_list_and_caches_it() {
     assert!(!cache.exists());
 
     let listed = models_json(&daemon, &["--refresh"]).await;
-    assert!(listed["discovered_at"].as_u64().is_some_and(|t| t > 0), "{listed}");
+    assert!(
+        listed["discovered_at"].as_u64().is_some_and(|t| t > 0),
+        "{listed}"
+    );
     // Every bot of the double's list is known now: the table's by their row, the others as
     // discovered, under their handle.
     for bot in BOTS {
@@ -182,7 +190,10 @@ async fn refresh_reads_the_sites_bot_list_and_caches_it() {
     assert_eq!(user_bot["display_name"], "SQL Helper");
 
     // The list is cached next to the profile, private, with its date.
-    let mode = std::fs::metadata(&cache).expect("cache file").permissions().mode();
+    let mode = std::fs::metadata(&cache)
+        .expect("cache file")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let cached: Value =
         serde_json::from_str(&std::fs::read_to_string(&cache).expect("read")).expect("json");
@@ -202,7 +213,10 @@ async fn refresh_reads_the_sites_bot_list_and_caches_it() {
     // A discovered bot typed in another case is used in the site's spelling.
     let (out, _) = ask(&daemon, "sql.helper", "select 1").await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout.trim_end(), expected_reply("SQL.Helper", "select 1"));
+    assert_eq!(
+        out.stdout.trim_end(),
+        expected_reply("SQL.Helper", "select 1")
+    );
     // And a discovered bot is a close name for a typo.
     let (out, took) = ask(&daemon, "RustReviewr", "x").await;
     assert!(out.stderr.contains("unknown_model"), "{}", out.stderr);

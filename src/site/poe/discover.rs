@@ -2,10 +2,13 @@
 //!
 //! The page (`site.bots_path`, `/explore` on Poe) loads its bots with its own API requests
 //! and pages through them. Opened in a tab of the pool, every API response it receives is
-//! searched for bots (objects with `handle` and `displayName`, [`network::bots_in`]); the
-//! list is complete when a response says it was the last page
-//! ([`network::bot_list_ended`]), or when no further bots came for a quiet moment after the
-//! first ones. The page's DOM is never read. Bounded in time and cancellable.
+//! searched for bots (objects with `handle` and `displayName`, [`network::bots_in`]). The
+//! list is complete when every page from the first to the one without a next page came
+//! ([`network::bot_list_complete`]; bodies are read concurrently, so pages may come out of
+//! order). When the pages cannot be chained (the request's cursor is not readable, or the
+//! first page came with the document), the list ends a moment after its last page came, or
+//! after a quiet while with no new bots. The page's DOM is never read. Bounded in time and
+//! cancellable.
 
 use std::time::Duration;
 
@@ -22,6 +25,8 @@ use crate::site::poe::network;
 /// After the first bots, how long without a new response the list counts as complete
 /// when no response said it was the last page.
 const QUIET: Duration = Duration::from_secs(3);
+/// After the last page came, how long pages that cannot be chained may still come.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// Opens `url` (the site's bot list page) in `tab` and collects the bots its API responses
 /// name, in order, once per handle (compared case-insensitively). The tab is no longer warm
@@ -39,6 +44,7 @@ pub async fn collect_bots(
     let mut sub = tab.subscribe();
     let mut bots: Vec<BotInfo> = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut pages: Vec<network::BotListPage> = Vec::new();
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);
     let open = async {
@@ -106,12 +112,17 @@ pub async fn collect_bots(
                             .into_iter()
                             .filter(|b| seen.insert(b.handle.to_ascii_lowercase())),
                     );
-                    if network::bot_list_ended(&exchange.body) {
-                        info!(bots = bots.len(), "bot list collected");
+                    if let Some(page) = network::bot_list_page(exchange.post_data.as_deref(), &exchange.body) {
+                        pages.push(page);
+                    }
+                    if network::bot_list_complete(&pages) {
+                        info!(bots = bots.len(), pages = pages.len(), "bot list collected");
                         return Ok(bots);
                     }
-                    if bots.len() > before {
-                        quiet = Some(Box::pin(tokio::time::sleep(QUIET)));
+                    let ended = pages.iter().any(|p| !p.has_next);
+                    if bots.len() > before || ended {
+                        let wait = if ended { SETTLE } else { QUIET };
+                        quiet = Some(Box::pin(tokio::time::sleep(wait)));
                     }
                 }
                 Some(TabSignal::Gone) | None => {
