@@ -29,6 +29,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Failed tab openings in a row on a browser that counts as up before it is relaunched.
 const RELAUNCH_AFTER: u32 = 3;
 
+/// Where what the pages tell goes, also while no request runs.
+pub struct Listeners {
+    /// The account's state and points.
+    pub account: Arc<Account>,
+    /// The bots the pages' replies name.
+    pub bots: Arc<BotStore>,
+}
+
 pub struct WarmPool {
     pub pool: Arc<TabPool>,
     browser: BrowserHandle,
@@ -48,12 +56,12 @@ impl WarmPool {
         pool: Arc<TabPool>,
         browser: BrowserHandle,
         driver: Driver,
-        account: Arc<Account>,
-        bots: Arc<BotStore>,
+        listeners: Listeners,
         default_bot: String,
         watch: Watch,
         headless: bool,
     ) -> Arc<Self> {
+        let Listeners { account, bots } = listeners;
         Arc::new(WarmPool {
             pool,
             browser,

@@ -29,7 +29,7 @@ use crate::browser::tab_pool::{Acquired, TabPool};
 use crate::config::{secs, Config};
 use crate::daemon::account::Account;
 use crate::daemon::bots::{BotStore, CACHE_FILE};
-use crate::daemon::warm_pool::WarmPool;
+use crate::daemon::warm_pool::{Listeners, WarmPool};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::Stats;
 use crate::protocol::{
@@ -136,8 +136,10 @@ impl Engine {
             pool.clone(),
             browser.clone(),
             driver.clone(),
-            account.clone(),
-            bots.clone(),
+            Listeners {
+                account: account.clone(),
+                bots: bots.clone(),
+            },
             default_bot.clone(),
             config.site.watch(),
             config.browser.headless,
