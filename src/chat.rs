@@ -184,7 +184,9 @@ impl LineReader {
 /// Runs the chat until the user leaves (`Ok`) or the daemon cannot be reached.
 pub async fn run(client: &Client, mut chat: Chat) -> Result<(), ChatError> {
     let (default_model, models) = match client.models().await? {
-        Event::Models { default, models } => (default, models),
+        Event::Models {
+            default, models, ..
+        } => (default, models),
         other => {
             return Err(ClientError::Protocol(format!("expected models, got {other:?}")).into())
         }

@@ -268,8 +268,21 @@ impl Client {
         self.send(Request::Login { timeout_secs }).await
     }
 
+    /// The models the daemon knows (answer: [`Event::Models`]).
     pub async fn models(&self) -> Result<Event, ClientError> {
-        self.send(Request::Models).await?.finish().await
+        self.send(Request::Models { refresh: false })
+            .await?
+            .finish()
+            .await
+    }
+
+    /// Has the daemon read the site's bot list first (a page load: seconds), then answers
+    /// like [`Client::models`].
+    pub async fn refresh_models(&self) -> Result<Event, ClientError> {
+        self.send(Request::Models { refresh: true })
+            .await?
+            .finish()
+            .await
     }
 }
 

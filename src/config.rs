@@ -204,6 +204,9 @@ pub struct SiteConfig {
     /// The sign-in page, relative to `base_url` (`poectl login` opens it). A bot page that
     /// redirects here means the profile is signed out.
     pub login_path: String,
+    /// The site's bot list page, relative to `base_url`: `poectl models --refresh` opens it
+    /// and collects the bots its API responses name.
+    pub bots_path: String,
     /// The page's API requests are those whose URL contains this; their responses (the
     /// send's result, a refetch after lost updates) are read from the network.
     pub api_path_contains: String,
@@ -292,6 +295,7 @@ impl Default for SiteConfig {
             models: BTreeMap::new(),
             update_socket_contains: "/updates".into(),
             login_path: "/login".into(),
+            bots_path: "/explore".into(),
             api_path_contains: "/api/".into(),
             recover_from_dom: true,
             selectors: Selectors::default(),
@@ -396,6 +400,12 @@ impl Config {
             return Err(
                 "history.path must name a file (e.g. \"~/.local/share/poed/history.sqlite3\"), not a directory".into(),
             );
+        }
+        if !self.site.bots_path.starts_with('/') {
+            return Err(format!(
+                "site.bots_path {:?} must be a path on the site starting with '/', such as \"/explore\"",
+                self.site.bots_path
+            ));
         }
         if !(self.site.base_url.starts_with("http://")
             || self.site.base_url.starts_with("https://"))

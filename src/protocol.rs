@@ -66,6 +66,10 @@ fn default_true() -> bool {
     true
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Parameters of a `complete` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompleteRequest {
@@ -83,7 +87,12 @@ pub struct CompleteRequest {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     Complete(CompleteRequest),
-    Models,
+    Models {
+        /// Open the site's bot list first and collect every bot it shows (slow: a page
+        /// load); the list is cached in the data directory.
+        #[serde(default, skip_serializing_if = "is_false")]
+        refresh: bool,
+    },
     Status,
     /// Cancel the request `target` of the same connection (running or queued).
     Cancel {
@@ -191,13 +200,52 @@ pub struct Timings {
     pub total_ms: u64,
 }
 
-/// One row of the model table.
+/// Where a model name comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    /// The built-in table (the original provider's names). Older daemons sent no source:
+    /// their rows were all of the table or the config.
+    #[default]
+    Table,
+    /// A row of the config file's `[site.models]` (an alias).
+    Config,
+    /// A bot the site's updates named while it answered.
+    Seen,
+    /// A bot of the site's bot list (`models` with `refresh`), cached on disk.
+    Discovered,
+    /// A source of a newer daemon this reader does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl ModelSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelSource::Table => "table",
+            ModelSource::Config => "config",
+            ModelSource::Seen => "seen",
+            ModelSource::Discovered => "discovered",
+            ModelSource::Other => "other",
+        }
+    }
+}
+
+/// One model a request may name: a row of the model table or a bot of the site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
-    /// Public name used in requests (`gpt-4`).
+    /// Public name used in requests (`gpt-4`; a bot's handle for bots of the site).
     pub name: String,
     /// The site's bot handle (`GPT-4`).
     pub bot: String,
+    #[serde(default)]
+    pub source: ModelSource,
+    /// The name the site shows for the bot, when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// When the bot last finished a reply for this daemon, in seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_answered: Option<u64>,
 }
 
 /// The browser part of `status`.
@@ -368,6 +416,10 @@ pub enum Event {
     Models {
         default: String,
         models: Vec<ModelInfo>,
+        /// When the cached bot list of the site was collected (seconds since the epoch);
+        /// absent when there is none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        discovered_at: Option<u64>,
     },
     /// Answer to `status`.
     Status(Box<Status>),
@@ -526,6 +578,72 @@ mod tests {
         let text = serde_json::to_string(&req).expect("serialise");
         assert_eq!(text, r#"{"id":"a","type":"cancel","target":3}"#);
         assert_eq!(parse_request(text.as_bytes()).expect("parse"), req);
+    }
+
+    #[test]
+    fn models_requests_refresh_only_when_asked() {
+        let plain = parse_request(br#"{"id":1,"type":"models"}"#).expect("plain");
+        assert_eq!(plain.request, Request::Models { refresh: false });
+        let text = serde_json::to_string(&plain).expect("serialise");
+        assert_eq!(text, r#"{"id":1,"type":"models"}"#, "older daemons read it");
+        let refresh =
+            parse_request(br#"{"id":2,"type":"models","refresh":true}"#).expect("refresh");
+        assert_eq!(refresh.request, Request::Models { refresh: true });
+        assert_eq!(
+            serde_json::to_string(&refresh).expect("serialise"),
+            r#"{"id":2,"type":"models","refresh":true}"#
+        );
+    }
+
+    #[test]
+    fn models_carry_their_source_and_old_answers_still_read() {
+        let line = EventLine {
+            id: Some(3.into()),
+            event: Event::Models {
+                default: "gpt-3.5-turbo".into(),
+                models: vec![
+                    ModelInfo {
+                        name: "gpt-4".into(),
+                        bot: "GPT-4".into(),
+                        source: ModelSource::Table,
+                        display_name: None,
+                        last_answered: None,
+                    },
+                    ModelInfo {
+                        name: "Claude-Sonnet-4.5".into(),
+                        bot: "Claude-Sonnet-4.5".into(),
+                        source: ModelSource::Seen,
+                        display_name: Some("Claude Sonnet 4.5".into()),
+                        last_answered: Some(1_767_225_600),
+                    },
+                ],
+                discovered_at: Some(1_767_000_000),
+            },
+        };
+        let value: serde_json::Value = serde_json::from_str(&line.to_line()).expect("json");
+        assert_eq!(
+            value,
+            json!({"id":3,"event":"models","default":"gpt-3.5-turbo","discovered_at":1_767_000_000,
+                   "models":[{"name":"gpt-4","bot":"GPT-4","source":"table"},
+                             {"name":"Claude-Sonnet-4.5","bot":"Claude-Sonnet-4.5","source":"seen",
+                              "display_name":"Claude Sonnet 4.5","last_answered":1_767_225_600}]})
+        );
+        // An older daemon's answer (no source) and a newer one's (an unknown source).
+        let old: EventLine = serde_json::from_str(
+            r#"{"id":1,"event":"models","default":"x","models":[{"name":"x","bot":"X"},{"name":"y","bot":"Y","source":"market"}]}"#,
+        )
+        .expect("read");
+        let Event::Models {
+            models,
+            discovered_at,
+            ..
+        } = old.event
+        else {
+            panic!("models expected");
+        };
+        assert_eq!(discovered_at, None);
+        assert_eq!(models[0].source, ModelSource::Table);
+        assert_eq!(models[1].source, ModelSource::Other);
     }
 
     #[test]

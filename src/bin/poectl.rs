@@ -62,10 +62,14 @@ enum Command {
         /// The prompt; read from stdin when absent or `-`.
         prompt: Vec<String>,
     },
-    /// List the models the daemon knows.
+    /// List the models the daemon knows: the table, the config's aliases, the bots seen in
+    /// replies and the site's bot list (any bot handle may be used with `ask -m`).
     Models {
         #[arg(long)]
         json: bool,
+        /// Read the site's bot list first (opens its page in a tab: takes seconds).
+        #[arg(long)]
+        refresh: bool,
     },
     /// Show the daemon's state: browser, tabs, queue, account.
     Status {
@@ -164,6 +168,84 @@ fn fail(e: &ClientError) -> ExitCode {
     }
 }
 
+async fn models(client: &Client, json: bool, refresh: bool) -> ExitCode {
+    let answer = if refresh {
+        client.refresh_models().await
+    } else {
+        client.models().await
+    };
+    let (default, models, discovered_at) = match answer {
+        Ok(Event::Models {
+            default,
+            models,
+            discovered_at,
+        }) => (default, models, discovered_at),
+        Ok(other) => return fail(&ClientError::Protocol(format!("{other:?}"))),
+        Err(e) => return fail(&e),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"default": default, "models": models, "discovered_at": discovered_at})
+        );
+        return ExitCode::from(exit::OK);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for m in &models {
+        let mark = if m.name == default { " (default)" } else { "" };
+        let mut notes = Vec::new();
+        if let Some(name) = m.display_name.as_deref().filter(|n| *n != m.bot) {
+            notes.push(format!("\"{name}\""));
+        }
+        if let Some(at) = m.last_answered {
+            notes.push(format!("answered {} ago", ago(now.saturating_sub(at))));
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", notes.join(", "))
+        };
+        println!(
+            "{:<40} {:<28} {:<10}{}{}",
+            m.name,
+            m.bot,
+            m.source.as_str(),
+            mark,
+            notes
+        );
+    }
+    let discovered = models
+        .iter()
+        .filter(|m| m.source == poed::protocol::ModelSource::Discovered)
+        .count();
+    match discovered_at {
+        Some(_) if refresh => {
+            println!("read the site's bot list: {discovered} bots not listed otherwise")
+        }
+        Some(at) => println!(
+            "the site's bot list was read {} ago (`poectl models --refresh` reads it again)",
+            ago(now.saturating_sub(at))
+        ),
+        None => println!(
+            "any bot handle works with `ask -m`; `poectl models --refresh` lists the site's bots"
+        ),
+    }
+    ExitCode::from(exit::OK)
+}
+
+/// `secs` as a short human duration.
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
 fn print_json(id: &poed::protocol::RequestId, event: &Event) {
     print!(
         "{}",
@@ -250,24 +332,7 @@ async fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Login { timeout } => login(&client, timeout).await,
-        Command::Models { json } => match client.models().await {
-            Ok(Event::Models { default, models }) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"default": default, "models": models})
-                    );
-                } else {
-                    for m in models {
-                        let mark = if m.name == default { " (default)" } else { "" };
-                        println!("{:<40} {}{}", m.name, m.bot, mark);
-                    }
-                }
-                ExitCode::from(exit::OK)
-            }
-            Ok(other) => fail(&ClientError::Protocol(format!("{other:?}"))),
-            Err(e) => fail(&e),
-        },
+        Command::Models { json, refresh } => models(&client, json, refresh).await,
         Command::Status { json } => match client.status().await {
             Ok(s) => {
                 if json {

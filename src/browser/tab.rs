@@ -11,7 +11,9 @@
 //! page's own API requests (`Network.requestWillBeSent` / `responseReceived` /
 //! `loadingFinished`, then `Network.getResponseBody`) for the subscribed request: the
 //! site's answers to a send or a refetch come that way. An observer (set once per tab) sees
-//! every update-socket frame, also while no request runs.
+//! every update-socket frame, also while no request runs. The main frame's document
+//! response (its URL and HTTP status) is kept too, so a caller can tell a page that exists
+//! from a not-found page without reading the page.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +26,7 @@ use chromiumoxide::cdp::browser_protocol::inspector::{
 use chromiumoxide::cdp::browser_protocol::network::{
     EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
     EventWebSocketClosed, EventWebSocketCreated, EventWebSocketFrameReceived,
-    GetResponseBodyParams,
+    GetResponseBodyParams, ResourceType,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
     EventFrameNavigated, EventNavigatedWithinDocument,
@@ -48,6 +50,14 @@ pub struct HttpExchange {
     pub post_data: Option<String>,
     pub status: u16,
     pub body: String,
+}
+
+/// The HTTP response that delivered the main frame's document (the last navigation's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentResponse {
+    /// The document's URL after any redirects.
+    pub url: String,
+    pub status: u16,
 }
 
 /// Sees every frame of the update socket (while no request runs, too).
@@ -126,6 +136,8 @@ pub struct Tab {
     pump: JoinHandle<()>,
     /// The main frame's URL, updated on every navigation and in-page move.
     url: watch::Receiver<String>,
+    /// The main frame's last document response.
+    document: watch::Receiver<Option<DocumentResponse>>,
     closed: bool,
 }
 
@@ -220,7 +232,20 @@ impl Tab {
         .boxed();
         let relay = Arc::new(Relay::default());
         let (url_tx, url) = watch::channel(String::from("about:blank"));
-        let pump = tokio::spawn(pump(id, merged, relay.clone(), watch, url_tx, page.clone()));
+        let (document_tx, document) = watch::channel(None);
+        let main_frame = page.target_id().inner().clone();
+        let pump = tokio::spawn(pump(
+            id,
+            merged,
+            relay.clone(),
+            watch,
+            Outputs {
+                url: url_tx,
+                document: document_tx,
+                main_frame,
+            },
+            page.clone(),
+        ));
         Ok(Tab {
             id,
             page,
@@ -229,6 +254,7 @@ impl Tab {
             relay,
             pump,
             url,
+            document,
             closed: false,
         })
     }
@@ -241,6 +267,17 @@ impl Tab {
     /// A receiver that sees every change of the main frame's URL.
     pub fn watch_url(&self) -> watch::Receiver<String> {
         self.url.clone()
+    }
+
+    /// The response of the main frame's last document: its final URL and HTTP status
+    /// (`None` before the first navigation that went over the network).
+    pub fn document_status(&self) -> Option<DocumentResponse> {
+        self.document.borrow().clone()
+    }
+
+    /// A receiver that sees every document response of the main frame.
+    pub fn watch_document(&self) -> watch::Receiver<Option<DocumentResponse>> {
+        self.document.clone()
     }
 
     /// Sets the observer that sees every update-socket frame of this tab.
@@ -373,12 +410,20 @@ fn fetch_body(
     });
 }
 
+/// What the pump publishes about the main frame.
+struct Outputs {
+    url: watch::Sender<String>,
+    document: watch::Sender<Option<DocumentResponse>>,
+    /// The main frame's id (a page target's main frame has the target's id).
+    main_frame: String,
+}
+
 async fn pump(
     tab: usize,
     mut events: BoxStream<'static, Raw>,
     relay: Arc<Relay>,
     watch: Watch,
-    url: watch::Sender<String>,
+    out: Outputs,
     page: Page,
 ) {
     let update_socket_contains = watch.update_socket_contains;
@@ -407,7 +452,7 @@ async fn pump(
                 break;
             }
             Raw::Url(u) => {
-                url.send_replace(u);
+                out.url.send_replace(u);
             }
             Raw::Request(r) => {
                 if !r.request.url.contains(&watch.api_contains) {
@@ -438,6 +483,16 @@ async fn pump(
                 }
             }
             Raw::Response(r) => {
+                let main_document = r.r#type == ResourceType::Document
+                    && r.frame_id.as_ref().map(|f| f.inner()) == Some(&out.main_frame);
+                if main_document {
+                    let status = u16::try_from(r.response.status).unwrap_or(0);
+                    debug!(tab, status, url = %crate::redact::url(&r.response.url), "document response");
+                    out.document.send_replace(Some(DocumentResponse {
+                        url: r.response.url.clone(),
+                        status,
+                    }));
+                }
                 if let Some(p) = pending.get_mut(r.request_id.inner()) {
                     p.exchange.status = u16::try_from(r.response.status).unwrap_or(0);
                 }

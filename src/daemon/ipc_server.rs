@@ -180,8 +180,26 @@ impl Connection {
         };
         let id = req.id;
         match req.request {
-            Request::Models => {
+            Request::Models { refresh: false } => {
                 let _ = tx.send(line(Some(id), self.engine.models_event())).await;
+            }
+            Request::Models { refresh: true } => {
+                // A page load in a tab of the pool: runs like a sign-in, cancellable by id.
+                let Some(token) = self.register(&id, tx, inflight).await else {
+                    return;
+                };
+                let engine = self.engine.clone();
+                let task = SessionTask {
+                    id,
+                    tx: tx.clone(),
+                    inflight: inflight.clone(),
+                };
+                self.tasks.spawn(task.run(async move {
+                    match engine.refresh_bots(&token).await {
+                        Ok(event) => event,
+                        Err(e) => Event::error(&e),
+                    }
+                }));
             }
             Request::Status => {
                 let status = Event::Status(Box::new(self.engine.status()));
@@ -355,8 +373,8 @@ async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::Receiver<String>, gone: C
     let _ = send.shutdown().await;
 }
 
-/// A sign-in or cookie import of a connection: runs `work`, answers with its event (or
-/// `internal` if it panicked), and frees its id.
+/// A sign-in, cookie import or bot list refresh of a connection: runs `work`, answers with
+/// its event (or `internal` if it panicked), and frees its id.
 struct SessionTask {
     id: RequestId,
     tx: mpsc::Sender<String>,

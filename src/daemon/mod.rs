@@ -10,8 +10,11 @@
 //!   [`crate::http`]).
 //! - [`warm_pool`]: opens, warms and replaces the pool's tabs.
 //! - [`account`]: what is known of the account (signed in, limits).
+//! - [`bots`]: the site's bots known beyond the model table (seen in replies, discovered
+//!   from the site's bot list and cached).
 
 pub mod account;
+pub mod bots;
 pub mod engine;
 pub mod ipc_server;
 pub mod notify;

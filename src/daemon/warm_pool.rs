@@ -18,6 +18,7 @@ use crate::browser::supervisor::BrowserHandle;
 use crate::browser::tab::{Tab, Watch};
 use crate::browser::tab_pool::{Lease, TabPool};
 use crate::daemon::account::Account;
+use crate::daemon::bots::BotStore;
 use crate::error::ErrorKind;
 use crate::site::poe::driver::Driver;
 use crate::site::poe::frames::{parse_frame, Update};
@@ -28,11 +29,21 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Failed tab openings in a row on a browser that counts as up before it is relaunched.
 const RELAUNCH_AFTER: u32 = 3;
 
+/// Where what the pages tell goes, also while no request runs.
+pub struct Listeners {
+    /// The account's state and points.
+    pub account: Arc<Account>,
+    /// The bots the pages' replies name.
+    pub bots: Arc<BotStore>,
+}
+
 pub struct WarmPool {
     pub pool: Arc<TabPool>,
     browser: BrowserHandle,
     driver: Driver,
     account: Arc<Account>,
+    /// The bots the pages' replies name.
+    bots: Arc<BotStore>,
     /// Fresh tabs are made warm for this bot (the default model's).
     default_bot: String,
     watch: Watch,
@@ -45,16 +56,18 @@ impl WarmPool {
         pool: Arc<TabPool>,
         browser: BrowserHandle,
         driver: Driver,
-        account: Arc<Account>,
+        listeners: Listeners,
         default_bot: String,
         watch: Watch,
         headless: bool,
     ) -> Arc<Self> {
+        let Listeners { account, bots } = listeners;
         Arc::new(WarmPool {
             pool,
             browser,
             driver,
             account,
+            bots,
             default_bot,
             watch,
             headless,
@@ -75,18 +88,27 @@ impl WarmPool {
     }
 
     /// Opens a blank tab in the current browser; what its pages say of the account (the
-    /// points) goes to the account, also while no request runs.
+    /// points) goes to the account, and the bots that finish replies go to the bot store,
+    /// also while no request runs. Only frames that can hold either are parsed.
     pub async fn open_tab(&self) -> Result<Tab, String> {
         let id = self.next_tab_id.fetch_add(1, Ordering::Relaxed);
         let tab = Tab::open(&self.browser, id, self.watch.clone()).await?;
         let account = self.account.clone();
+        let bots = self.bots.clone();
         tab.set_observer(Arc::new(move |frame: &str| {
-            if !frame.contains("messagePointInfo") {
+            // A `bot` object always carries a `handle`.
+            if !frame.contains("messagePointInfo") && !frame.contains("handle") {
                 return;
             }
             for update in parse_frame(frame) {
-                if let Update::Points(p) = update {
-                    account.points(&p);
+                match update {
+                    Update::Points(p) => account.points(&p),
+                    Update::Message(m) if m.is_bot() && m.state == "complete" => {
+                        if let Some(bot) = &m.bot {
+                            bots.answered(bot);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }));

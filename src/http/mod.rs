@@ -128,27 +128,43 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn model_object(name: &str) -> Value {
-    json!({"id": name, "object": "model", "created": 0, "owned_by": "poe"})
+/// An OpenAI model object, plus where the name comes from (`source`: `table`, `config`,
+/// `seen` or `discovered`) and the bot's handle.
+fn model_object(m: &crate::protocol::ModelInfo) -> Value {
+    let mut o = json!({"id": m.name, "object": "model", "created": 0, "owned_by": "poe",
+        "source": m.source.as_str(), "bot": m.bot});
+    if let Some(name) = &m.display_name {
+        o["display_name"] = json!(name);
+    }
+    if let Some(at) = m.last_answered {
+        o["last_answered"] = json!(at);
+    }
+    o
 }
 
 async fn list_models(State(state): State<Arc<HttpState>>) -> Json<Value> {
-    let data: Vec<Value> = state
-        .engine
-        .models()
-        .list()
-        .iter()
-        .map(|m| model_object(&m.name))
-        .collect();
+    let data: Vec<Value> = state.engine.model_list().iter().map(model_object).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
+/// A listed model. A bot's handle that is not listed may still be used in a completion:
+/// only its page tells whether the site has it.
 async fn get_model(
     State(state): State<Arc<HttpState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (name, _) = state.engine.models().resolve(Some(&id))?;
-    Ok(Json(model_object(&name)))
+    match state.engine.known_model(&id) {
+        Some(m) => Ok(Json(model_object(&m))),
+        None => {
+            // The same answer as before for a name that is no handle at all.
+            state.engine.models().resolve(Some(&id))?;
+            Err(Error::new(
+                ErrorKind::UnknownModel,
+                format!("model {id:?} is not listed (the table, the config's aliases, the bots seen and the site's list); a bot handle may still work in a completion, see `poectl models --refresh`"),
+            )
+            .into())
+        }
+    }
 }
 
 async fn health(State(state): State<Arc<HttpState>>) -> Response {

@@ -9,6 +9,9 @@
 //! - [`reply`]: the reply stream to the front door, merging text for slow readers.
 //! - [`crate::daemon::warm_pool`]: opening, warming and replacing tabs.
 //! - [`crate::daemon::account`]: what is known of the account.
+//! - [`crate::daemon::bots`]: the site's bots beyond the model table (seen, discovered);
+//!   with the table they make the model list, the handles' spellings and the close names
+//!   offered for a bot the site does not have.
 
 pub mod reply;
 
@@ -25,12 +28,15 @@ use crate::browser::supervisor::BrowserHandle;
 use crate::browser::tab_pool::{Acquired, TabPool};
 use crate::config::{secs, Config};
 use crate::daemon::account::Account;
-use crate::daemon::warm_pool::WarmPool;
+use crate::daemon::bots::{BotStore, CACHE_FILE};
+use crate::daemon::warm_pool::{Listeners, WarmPool};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::Stats;
-use crate::protocol::{AccountState, CompleteRequest, Event, Status, Timings};
+use crate::protocol::{
+    AccountState, CompleteRequest, Event, ModelInfo, ModelSource, Status, Timings,
+};
 use crate::site::poe::driver::{Driver, Progress};
-use crate::site::poe::models::ModelTable;
+use crate::site::poe::models::{self, ModelTable};
 use crate::site::poe::pacer::Pacer;
 use crate::site::poe::prompt::format_prompt;
 use crate::site::poe::session::Session;
@@ -53,6 +59,10 @@ pub struct Engine {
     pool: Arc<TabPool>,
     browser: BrowserHandle,
     account: Arc<Account>,
+    /// The site's bots beyond the table.
+    bots: Arc<BotStore>,
+    /// The default model's bot: fresh tabs and tabs after a failed page are made warm for it.
+    default_bot: String,
     pacer: Pacer,
     stats: Stats,
     started: Instant,
@@ -67,6 +77,18 @@ pub struct Engine {
     pub http_addr: std::sync::OnceLock<String>,
     /// Records every finished request (see [`crate::history`]).
     history: crate::history::Recorder,
+}
+
+/// Where the site's bot list is cached: next to the browser profile, in poed's data
+/// directory.
+fn bots_cache_path(config: &Config) -> std::path::PathBuf {
+    config
+        .browser
+        .profile
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join(CACHE_FILE)
 }
 
 /// Keeps the in-flight count right whatever way a request ends.
@@ -111,12 +133,16 @@ impl Engine {
         let driver = Driver::new(config.site.clone(), config.timeouts.clone());
         let pool = TabPool::new(config.pool.tabs, config.pool.queue);
         let account = Arc::new(Account::default());
+        let bots = Arc::new(BotStore::load(Some(bots_cache_path(&config))));
         let warm = WarmPool::new(
             pool.clone(),
             browser.clone(),
             driver.clone(),
-            account.clone(),
-            default_bot,
+            Listeners {
+                account: account.clone(),
+                bots: bots.clone(),
+            },
+            default_bot.clone(),
             config.site.watch(),
             config.browser.headless,
         );
@@ -127,6 +153,8 @@ impl Engine {
             models,
             browser,
             account,
+            bots,
+            default_bot,
             pacer: Pacer::new(
                 Duration::from_millis(config.pool.min_send_interval_ms),
                 config.pool.max_sends_per_minute,
@@ -232,7 +260,7 @@ impl Engine {
     /// The synchronous part of a request: checks, then a tab or a place in the queue. Done
     /// in arrival order, before any task is spawned, so the queue is FIFO by arrival.
     fn admit(&self, request: &CompleteRequest) -> Result<Admitted, Error> {
-        let (model, bot) = self.models.resolve(request.model.as_deref())?;
+        let (model, bot) = self.resolve_model(request.model.as_deref())?;
         if request.messages.is_empty() {
             return Err(Error::new(
                 ErrorKind::BadRequest,
@@ -315,9 +343,12 @@ impl Engine {
                 info!(tab = tab.id, kind = %e.kind, "request failed");
             }
         }
-        // The chat is used: make the tab fresh again, off this request's time.
-        self.warm.prepare_and_release(tab, bot.clone());
-        let text = result?;
+        // The chat is used: make the tab fresh again, off this request's time (for the
+        // default bot when the site has no such bot).
+        let unknown = matches!(&result, Err(e) if e.kind == ErrorKind::UnknownModel);
+        let next = if unknown { &self.default_bot } else { &bot };
+        self.warm.prepare_and_release(tab, next.clone());
+        let text = result.map_err(|e| self.with_close_names(e, &model))?;
         Ok(Completion {
             text,
             model,
@@ -330,11 +361,149 @@ impl Engine {
         })
     }
 
+    /// Resolves a requested model to `(public name, bot handle)`: a row of the table (names
+    /// and config aliases first), else a bot seen or discovered in the site's spelling of
+    /// its handle (the site compares handles case-insensitively), else the name itself when
+    /// it has the shape of a handle. Whether the site has that bot shows when its page opens.
+    pub fn resolve_model(&self, requested: Option<&str>) -> Result<(String, String), Error> {
+        let name = requested.unwrap_or(self.models.default_model());
+        if self.models.lookup(name).is_none() && models::is_bot_handle(name) {
+            if let Some(handle) = self.bots.canonical(name) {
+                return Ok((name.to_owned(), handle));
+            }
+        }
+        self.models.resolve(requested)
+    }
+
+    /// Adds close names (the table's, the aliases, the bots seen and discovered) to an
+    /// `unknown_model` error for `name`.
+    fn with_close_names(&self, mut e: Error, name: &str) -> Error {
+        if e.kind != ErrorKind::UnknownModel {
+            return e;
+        }
+        let handles = self.bots.handles();
+        let close = models::suggest(
+            name,
+            self.models
+                .names()
+                .chain(handles.iter().map(String::as_str)),
+        );
+        if !close.is_empty() {
+            e.message = format!("{}; close names: {}", e.message, close.join(", "));
+        }
+        e
+    }
+
+    /// Every model a request may name: the table's rows (with what is known of their bots),
+    /// then the bots seen (latest answer first), then the site's list as discovered, each
+    /// handle once.
+    pub fn model_list(&self) -> Vec<ModelInfo> {
+        let seen = self.bots.seen();
+        let mut list = self.models.list();
+        let mut covered: std::collections::HashSet<String> = list
+            .iter()
+            .flat_map(|m| [m.bot.to_ascii_lowercase(), m.name.to_ascii_lowercase()])
+            .collect();
+        for row in &mut list {
+            if let Some(s) = seen
+                .iter()
+                .find(|s| s.bot.handle.eq_ignore_ascii_case(&row.bot))
+            {
+                row.last_answered = Some(s.last_answered);
+                row.display_name = s.bot.display_name.clone();
+            }
+        }
+        for s in seen {
+            if covered.insert(s.bot.handle.to_ascii_lowercase()) {
+                list.push(ModelInfo {
+                    name: s.bot.handle.clone(),
+                    bot: s.bot.handle,
+                    source: ModelSource::Seen,
+                    display_name: s.bot.display_name,
+                    last_answered: Some(s.last_answered),
+                });
+            }
+        }
+        if let Some(d) = self.bots.discovered() {
+            for b in d.bots {
+                if covered.insert(b.handle.to_ascii_lowercase()) {
+                    list.push(ModelInfo {
+                        name: b.handle.clone(),
+                        bot: b.handle,
+                        source: ModelSource::Discovered,
+                        display_name: b.display_name,
+                        last_answered: None,
+                    });
+                }
+            }
+        }
+        list
+    }
+
+    /// The listed model named `name` (exactly; a bot's handle in any case), if any.
+    pub fn known_model(&self, name: &str) -> Option<ModelInfo> {
+        let list = self.model_list();
+        let exact = list.iter().position(|m| m.name == name);
+        let any_case = || {
+            list.iter().position(|m| {
+                matches!(m.source, ModelSource::Seen | ModelSource::Discovered)
+                    && m.name.eq_ignore_ascii_case(name)
+            })
+        };
+        let i = exact.or_else(any_case)?;
+        list.into_iter().nth(i)
+    }
+
     pub fn models_event(&self) -> Event {
         Event::Models {
             default: self.models.default_model().to_owned(),
-            models: self.models.list(),
+            models: self.model_list(),
+            discovered_at: self.bots.discovered().map(|d| d.collected_at),
         }
+    }
+
+    /// Reads the site's bot list (`site.bots_path`) in a tab of the pool, keeps it and
+    /// caches it in the data directory; answers with the models then known. Waits for a
+    /// free tab at most as long as a reply may take; the page itself gets the navigation
+    /// and prompt-box time limits together. Cancellable.
+    pub async fn refresh_bots(
+        self: &Arc<Self>,
+        cancel: &CancellationToken,
+    ) -> Result<Event, Error> {
+        let t = &self.config.timeouts;
+        let site = &self.config.site;
+        let url = format!("{}{}", site.base_url.trim_end_matches('/'), site.bots_path);
+        let mut tab = match self.pool.acquire(&self.default_bot)? {
+            Acquired::Now(tab) => tab,
+            Acquired::Queued(ticket) => tokio::select! {
+                tab = ticket.wait() => tab?,
+                _ = cancel.cancelled() => return Err(Error::new(ErrorKind::Cancelled, "the bot list refresh was cancelled while waiting for a tab")),
+                _ = tokio::time::sleep(secs(t.reply_secs)) => return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("no tab became free within {}s to read the bot list; retry later", t.reply_secs),
+                )),
+            },
+        };
+        let found = crate::site::poe::discover::collect_bots(
+            &self.driver,
+            &mut tab,
+            &url,
+            secs(t.navigation_secs),
+            secs(t.navigation_secs + t.prompt_box_secs),
+            cancel,
+        )
+        .await;
+        if let Err(e) = &found {
+            self.account.failed(&self.default_bot, e);
+        }
+        // The tab left its chat: make it fresh again, off this request's time.
+        self.warm.prepare_and_release(tab, self.default_bot.clone());
+        let bots = found?;
+        match self.bots.set_discovered(&bots, &url) {
+            Ok(list) => info!(bots = list.bots.len(), "the site's bot list refreshed"),
+            Err(e) => tracing::warn!(error = %e, "the bot list was read but not cached"),
+        }
+        Ok(self.models_event())
     }
 
     pub fn status(&self) -> Status {

@@ -110,10 +110,49 @@ impl Driver {
         )
     }
 
+    /// Whether `url` is on the site (`site.base_url`'s origin and path prefix).
+    fn on_site(&self, url: &str) -> bool {
+        let base = self.site.base_url.trim_end_matches('/');
+        url.get(..base.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(base))
+            && url[base.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| matches!(c, '/' | '?' | '#'))
+    }
+
+    /// Whether `url` is `bot`'s page: its path, compared case-insensitively as the site
+    /// does (it sends other spellings of a handle to the canonical one), any query.
+    pub fn is_bot_page(&self, url: &str, bot: &str) -> bool {
+        let base = self.site.base_url.trim_end_matches('/');
+        if !self.on_site(url) {
+            return false;
+        }
+        let rest = &url[base.len()..];
+        let path = rest.split(['?', '#']).next().unwrap_or(rest);
+        let path = path.trim_end_matches('/');
+        path.strip_prefix('/')
+            .is_some_and(|handle| handle.eq_ignore_ascii_case(bot))
+    }
+
+    /// The site has no bot `bot`: its page said so (`why`).
+    fn no_such_bot(&self, bot: &str, why: &str) -> Error {
+        Error::new(
+            ErrorKind::UnknownModel,
+            format!(
+                "the site has no bot {bot:?} ({why}); check the name, see `poectl models` (`--refresh` reads the site's bot list), or add a row under [site.models]"
+            ),
+        )
+    }
+
     /// Opens a fresh chat with `bot` and waits for its prompt box; the tab is then warm.
+    /// A bot the site does not have (its page answers 404, or sends the browser off the
+    /// bot's page) is `unknown_model` as soon as the page says so.
     pub async fn open_chat(&self, tab: &mut Tab, bot: &str) -> Result<(), Error> {
         tab.warm_for = None;
         let url = self.bot_url(bot);
+        let mut documents = tab.watch_document();
+        documents.borrow_and_update();
         cdp::goto(&tab.page, &url, secs(self.timeouts.navigation_secs))
             .await
             .map_err(|e| match e {
@@ -131,8 +170,30 @@ impl Driver {
         if self.is_sign_in(&landed) {
             return Err(self.redirected());
         }
+        // What the site answered for the page, from the network: a bot it does not have is
+        // a not-found page, or a redirect away from the bot's page.
+        if self.on_site(&landed) {
+            if let Some(status) = document_status(&mut documents, &landed).await {
+                if matches!(status, 404 | 410) {
+                    return Err(
+                        self.no_such_bot(bot, &format!("its page {url} answered HTTP {status}"))
+                    );
+                }
+            }
+            if !self.is_bot_page(&landed, bot) {
+                return Err(self.no_such_bot(
+                    bot,
+                    &format!("{url} sent the browser to {}", crate::redact::url(&landed)),
+                ));
+            }
+        }
         let sel = &self.site.selectors;
         let mut moves = tab.watch_url();
+        // Moves from now on are checked below. What the watch holds now may still be the
+        // previous page's URL: only a sign-in page there counts.
+        if self.is_sign_in(&moves.borrow_and_update()) {
+            return Err(self.redirected());
+        }
         let wanted = [
             Wanted {
                 selector: &sel.prompt_box,
@@ -145,19 +206,27 @@ impl Driver {
         ];
         let wait = cdp::wait_for_first(&tab.page, &wanted, secs(self.timeouts.prompt_box_secs));
         let redirect = async {
-            // The page itself may move to the sign-in page after loading.
+            // The page itself may move to the sign-in page after loading, or away from a
+            // bot it does not have.
             loop {
                 if moves.changed().await.is_err() {
                     return std::future::pending().await;
                 }
-                if self.is_sign_in(&moves.borrow_and_update()) {
-                    return;
+                let now = moves.borrow_and_update().clone();
+                if self.is_sign_in(&now) {
+                    return self.redirected();
+                }
+                if self.on_site(&now) && !self.is_bot_page(&now, bot) {
+                    return self.no_such_bot(
+                        bot,
+                        &format!("its page moved to {}", crate::redact::url(&now)),
+                    );
                 }
             }
         };
         let found = tokio::select! {
             found = wait => found.map_err(|e| browser_error("waiting for the prompt box", e))?,
-            () = redirect => return Err(self.redirected()),
+            e = redirect => return Err(e),
         };
         if self.is_sign_in(&tab.url()) {
             return Err(self.redirected());
@@ -574,6 +643,43 @@ impl Driver {
     }
 }
 
+/// How long the main document's response may lag behind the page's `load` (its event
+/// comes on another stream than the navigation's answer).
+const DOCUMENT_LIMIT: Duration = Duration::from_secs(2);
+
+/// The HTTP status of the document now shown at `landed`, from the tab's network events
+/// (`documents` was marked seen before the navigation). `None` if the browser reported none
+/// in time (e.g. a page served without a network response).
+async fn document_status(
+    documents: &mut tokio::sync::watch::Receiver<Option<crate::browser::tab::DocumentResponse>>,
+    landed: &str,
+) -> Option<u16> {
+    let same = |a: &str, b: &str| {
+        let strip = |u: &str| {
+            u.split('#')
+                .next()
+                .unwrap_or(u)
+                .trim_end_matches('/')
+                .to_owned()
+        };
+        strip(a) == strip(b)
+    };
+    tokio::time::timeout(DOCUMENT_LIMIT, async {
+        loop {
+            if documents.changed().await.is_err() {
+                return None;
+            }
+            let doc = documents.borrow_and_update().clone();
+            if let Some(doc) = doc.filter(|d| same(&d.url, landed)) {
+                return Some(doc.status);
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Whether a refusal only says "not now": the send may go again after a backoff.
 fn is_pace_refusal(e: &Error) -> bool {
     matches!(
@@ -650,4 +756,64 @@ fn finish_recovered(
 
 fn cancelled() -> Error {
     Error::new(ErrorKind::Cancelled, "the request was cancelled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(base: &str) -> Driver {
+        Driver::new(
+            SiteConfig {
+                base_url: base.into(),
+                ..SiteConfig::default()
+            },
+            Timeouts::default(),
+        )
+    }
+
+    #[test]
+    fn a_bot_page_is_its_path_in_any_case() {
+        let d = driver("https://poe.com");
+        for url in [
+            "https://poe.com/GPT-4o",
+            "https://poe.com/gpt-4o",
+            "https://POE.com/GPT-4o/",
+            "https://poe.com/GPT-4o?utm=x",
+            "https://poe.com/GPT-4o#top",
+        ] {
+            assert!(d.is_bot_page(url, "GPT-4o"), "{url}");
+        }
+        for url in [
+            "https://poe.com/",
+            "https://poe.com",
+            "https://poe.com/explore",
+            "https://poe.com/chat/2fnxsq7l",
+            "https://poe.com/GPT-4o-Mini",
+            "https://poe.com/login?redirect_url=%2FGPT-4o",
+            "https://poe.company/GPT-4o",
+            "https://example.com/GPT-4o",
+            "chrome-error://chromewebdata/",
+            "about:blank",
+        ] {
+            assert!(!d.is_bot_page(url, "GPT-4o"), "{url}");
+        }
+        // A base URL with a path prefix (a proxy, a test double).
+        let d = driver("http://127.0.0.1:8080/poe/");
+        assert!(d.is_bot_page("http://127.0.0.1:8080/poe/SQL.Helper", "sql.helper"));
+        assert!(!d.is_bot_page("http://127.0.0.1:8080/SQL.Helper", "SQL.Helper"));
+        assert!(!d.is_bot_page("http://127.0.0.1:8080/poem/SQL.Helper", "SQL.Helper"));
+    }
+
+    #[test]
+    fn only_pages_of_the_site_are_judged() {
+        let d = driver("https://poe.com");
+        assert!(d.on_site("https://poe.com/anything?x"));
+        assert!(d.on_site("https://poe.com"));
+        assert!(!d.on_site("https://poe.com.evil.example/x"));
+        assert!(!d.on_site("chrome-error://chromewebdata/"));
+        let e = d.no_such_bot("Nope-Bot", "its page answered HTTP 404");
+        assert_eq!(e.kind, ErrorKind::UnknownModel);
+        assert!(e.message.contains("poectl models"), "{}", e.message);
+    }
 }

@@ -10,7 +10,9 @@
 //! - [`find_reply`]: the reply read back from the chat the page refetches after lost updates.
 //!   That query's name and shape are not known, so the whole body is searched for message
 //!   objects.
-//! - [`bots_in`], [`points_in`]: bots of a bot-list response, the account's points.
+//! - [`bots_in`], [`bot_list_page`], [`bot_list_complete`], [`points_in`]: bots of a
+//!   bot-list response, its place in the paged list and whether all pages came, the
+//!   account's points.
 //!
 //! Bodies are searched wherever the wanted object sits (extra wrappers, batched responses)
 //! with the bounded walk of [`frames`](super::frames): depth-capped, no recursion.
@@ -300,6 +302,78 @@ pub fn bots_in(body: &str) -> Vec<BotInfo> {
         .filter_map(BotInfo::from_map)
         .filter(|b| seen.insert(b.handle.clone()))
         .collect()
+}
+
+/// One page of a paged bot list (a GraphQL cursor connection), as the page asked for it and
+/// the site answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotListPage {
+    /// The cursor the request asked to start after (`variables.cursor` or `.after`); `None`
+    /// for the first page.
+    pub after: Option<String>,
+    /// `pageInfo.endCursor`: where the next page starts.
+    pub end_cursor: Option<String>,
+    /// `pageInfo.hasNextPage`.
+    pub has_next: bool,
+}
+
+/// The page of a bot list a response holds: a connection (an object with `edges` holding
+/// bots and a `pageInfo` with `hasNextPage`) and the cursor its request asked for. Other
+/// paged lists of the page (chats, messages) do not count.
+pub fn bot_list_page(post_data: Option<&str>, body: &str) -> Option<BotListPage> {
+    let v = serde_json::from_str::<Value>(body).ok()?;
+    let connection = objects(&v).find(|o| {
+        o.get("pageInfo")
+            .and_then(|p| p.get("hasNextPage"))
+            .is_some_and(Value::is_boolean)
+            && o.get("edges").is_some_and(|edges| {
+                objects(edges).any(|e| {
+                    e.get("displayName").is_some_and(Value::is_string)
+                        && BotInfo::from_map(e).is_some()
+                })
+            })
+    })?;
+    let info = connection.get("pageInfo")?;
+    let cursor = |c: &Value| match c {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let after = post_data
+        .and_then(|p| serde_json::from_str::<Value>(p).ok())
+        .and_then(|req| {
+            objects(&req).find_map(|o| o.get("variables").and_then(Value::as_object).cloned())
+        })
+        .and_then(|vars| {
+            ["cursor", "after"]
+                .iter()
+                .find_map(|k| vars.get(*k).and_then(cursor))
+        });
+    Some(BotListPage {
+        after,
+        end_cursor: info.get("endCursor").and_then(cursor),
+        has_next: info.get("hasNextPage").and_then(Value::as_bool)?,
+    })
+}
+
+/// Whether `pages` hold a whole list: from the first page (asked with no cursor), each
+/// page's end cursor leads to another page received, up to one with no next page. Pages
+/// may have arrived in any order.
+pub fn bot_list_complete(pages: &[BotListPage]) -> bool {
+    let mut at: Option<&str> = None;
+    for _ in 0..=pages.len() {
+        let Some(page) = pages.iter().find(|p| p.after.as_deref() == at) else {
+            return false;
+        };
+        if !page.has_next {
+            return true;
+        }
+        match page.end_cursor.as_deref() {
+            Some(next) if Some(next) != at => at = Some(next),
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The account's points in a response (a settings or viewer query): the first
@@ -660,6 +734,73 @@ mod tests {
             ]
         );
         assert_eq!(bots_in("nope"), vec![]);
+    }
+
+    #[test]
+    fn the_pages_of_a_bot_list_are_told_and_chained() {
+        let request = |cursor: Value| {
+            json!({"queryName": "ExploreBotsListPaginationQuery",
+                "variables": {"categoryName": "defaultCategory", "count": 8, "cursor": cursor}})
+            .to_string()
+        };
+        let page = |end: &str, more: bool, node: Value| {
+            json!({"data": {"exploreBotsConnection": {
+                "edges": [{"cursor": "1", "node": node}],
+                "pageInfo": {"endCursor": end, "hasNextPage": more}}}})
+            .to_string()
+        };
+        let bot = json!({"handle": "GPT-4o", "displayName": "GPT-4o"});
+        let first = bot_list_page(Some(&request(Value::Null)), &page("8", true, bot.clone()))
+            .expect("first page");
+        assert_eq!(
+            first,
+            BotListPage {
+                after: None,
+                end_cursor: Some("8".into()),
+                has_next: true
+            }
+        );
+        let second = bot_list_page(Some(&request(json!("8"))), &page("16", true, bot.clone()))
+            .expect("second page");
+        let last = bot_list_page(Some(&request(json!(16))), &page("19", false, bot.clone()))
+            .expect("last page");
+        assert_eq!(last.after.as_deref(), Some("16"));
+        assert!(!last.has_next);
+        // Complete only with every page, whatever order they came in.
+        assert!(!bot_list_complete(&[]));
+        assert!(!bot_list_complete(&[first.clone(), last.clone()]));
+        assert!(!bot_list_complete(&[second.clone(), last.clone()]));
+        assert!(bot_list_complete(&[
+            last.clone(),
+            first.clone(),
+            second.clone()
+        ]));
+        let only = BotListPage {
+            after: None,
+            end_cursor: None,
+            has_next: false,
+        };
+        assert!(bot_list_complete(&[only]));
+        // A cursor that leads back to itself does not loop.
+        let stuck = BotListPage {
+            after: Some("8".into()),
+            end_cursor: Some("8".into()),
+            has_next: true,
+        };
+        assert!(!bot_list_complete(&[first.clone(), stuck]));
+        // The last page of another list (chats, messages) is no bot list page.
+        let chat = json!({"chatCode": "x", "title": "t", "messageId": 1, "text": "hi"});
+        assert_eq!(bot_list_page(None, &page("1", false, chat)), None);
+        assert_eq!(bot_list_page(None, "not json"), None);
+        assert_eq!(
+            bot_list_page(None, "{\"pageInfo\": {\"hasNextPage\": false}}"),
+            None
+        );
+        // No request body: the cursor is unknown, the page still counts.
+        assert_eq!(
+            bot_list_page(None, &page("8", true, bot)).map(|p| p.after),
+            Some(None)
+        );
     }
 
     #[test]
