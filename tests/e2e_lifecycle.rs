@@ -82,18 +82,29 @@ async fn a_cancel_before_the_send_keeps_the_prompt_from_the_site_after_it_stops_
     let mut after = Vec::new();
     // Cold requests (gpt-4: no tab is warm for it, so the chat opens first) and warm ones,
     // cancelled at moments spread over opening the chat, entering the prompt and the reply.
-    for i in 0..14u64 {
+    // The last two are certain to fall on each side of the send: at once, and right after
+    // the `sent` event; the others fall where the machine's speed puts them.
+    for i in 0..16u64 {
         let cold = i % 2 == 0;
         let model = cold.then_some("gpt-4");
         let prompt = format!("cancel test {i} [[slow]]");
         let mut reply = client.complete(ask(model, &prompt)).await.expect("send");
         let delay = Duration::from_millis(if cold { i * 60 } else { i * 15 });
         let mut events = Vec::new();
-        let _ = tokio::time::timeout(delay, async {
+        let until_sent = i == 15;
+        let wait = if i == 14 {
+            Duration::ZERO
+        } else if until_sent {
+            STEP
+        } else {
+            delay
+        };
+        let _ = tokio::time::timeout(wait, async {
             while let Some(e) = reply.next().await {
                 let last = e.is_final();
+                let sent = matches!(e, Event::Sent);
                 events.push(e);
-                if last {
+                if last || (until_sent && sent) {
                     return;
                 }
             }

@@ -188,6 +188,8 @@ mod tests {
             capped.wait(&cancel).await.expect("send");
         }
         assert!(t1.elapsed() >= Duration::from_secs(60));
+        // Right after a send the next one must wait: a cancel ends that wait at once.
+        pacer.wait(&cancel).await.expect("send");
         let other = CancellationToken::new();
         other.cancel();
         let e = pacer.wait(&other).await.expect_err("cancelled");
