@@ -451,6 +451,9 @@ impl Driver {
         let idle = tokio::time::sleep(idle_limit);
         tokio::pin!(idle);
         let mut tracker = ReplyTracker::new();
+        // How long silence may last once the page lost its updates.
+        let recovering =
+            secs(self.timeouts.refetch_secs + self.timeouts.recover_secs).max(idle_limit);
         // What identifies this prompt's messages in a refetch response.
         let mut target = ReplyTarget::default();
         // Set once the page lost its update stream: its refetch response is awaited until
@@ -522,7 +525,9 @@ impl Driver {
                         for update in parse_frame(&frame) {
                             match update {
                                 Update::Message(m) => {
-                                    idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+                                    // While a refetch or the page is awaited, silence is expected.
+                                    let quiet = if refetch_until.is_some() || recovery.is_some() { recovering } else { idle_limit };
+                                    idle.as_mut().reset(tokio::time::Instant::now() + quiet);
                                     for step in tracker.feed(&m) {
                                         match step {
                                             ReplyStep::Text(chunk) => progress(Progress::Text(chunk)),
@@ -541,7 +546,6 @@ impl Driver {
                                     refetch_until.get_or_insert_with(|| tokio::time::Instant::now() + secs(self.timeouts.refetch_secs));
                                     // Silence is expected now: leave the refetch (and the
                                     // page) their time before the reply counts as stalled.
-                                    let recovering = secs(self.timeouts.refetch_secs + self.timeouts.recover_secs).max(idle_limit);
                                     idle.as_mut().reset(tokio::time::Instant::now() + recovering);
                                 }
                                 Update::Points(_) => {}
@@ -590,7 +594,6 @@ impl Driver {
                     Some(TabSignal::SocketClosed) => {
                         warn!(tab = tab.id, "the update socket closed during a reply; taking the reply from the page's refetch");
                         refetch_until.get_or_insert_with(|| tokio::time::Instant::now() + secs(self.timeouts.refetch_secs));
-                        let recovering = secs(self.timeouts.refetch_secs + self.timeouts.recover_secs).max(idle_limit);
                         idle.as_mut().reset(tokio::time::Instant::now() + recovering);
                     }
                     Some(TabSignal::Gone) | None => {
