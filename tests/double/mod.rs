@@ -751,6 +751,14 @@ async fn home(AxumState(shared): St, headers: HeaderMap) -> Response {
 
 async fn bot_page(AxumState(shared): St, Path(bot): Path<String>, headers: HeaderMap) -> Response {
     match shared.mode() {
+        // No such bot: the site answers "not found" in both pictures.
+        Mode::Y2023 if bots::find(&bot).is_none() => (
+            StatusCode::NOT_FOUND,
+            axum::response::Html(
+                "<!doctype html><html><body><h1>Page not found</h1></body></html>",
+            ),
+        )
+            .into_response(),
         Mode::Y2023 => site2023::bot_page(&shared, &bot, &headers),
         Mode::Y2025 => site2025::bot_page(&shared, &bot, &headers),
     }
