@@ -270,7 +270,7 @@ async fn page_follows_the_markup_contract() {
             assert!(page.contains(needle), "page lacks {needle}");
         }
         assert!(!page.contains("LoggedOutBotInfoPage_appButton"));
-        let (b, _) = open_page(&d, "Some-Custom-Bot", &[]).await;
+        let (b, _) = open_page(&d, "Llama-2-7b", &[]).await;
         assert_ne!(a, b, "every page load is a new chat");
 
         d.set_logged_in(false);
@@ -1848,12 +1848,14 @@ async fn y2025_control_endpoints_and_mode_switch() {
         assert_eq!(listed[1]["status"], "no_access");
         assert_eq!(d.points(), 60);
 
-        // Switched to 2023 at run time: the 2023 page for any handle.
+        // Switched to 2023 at run time: the 2023 page for a bot; not found for no bot, in
+        // both pictures.
         let r = mode(json!({"mode": "2023"})).await;
         assert_eq!(r.json()["mode"], "2023");
         assert_eq!(d.mode(), Mode::Y2023);
-        let (_, old) = open_page(&d, "Any-Handle", &[]).await;
+        let (_, old) = open_page(&d, "GPT-4", &[]).await;
         assert!(old.contains("createElement(\"footer\")"));
+        assert_eq!(http(&d, "GET", "/Any-Handle", &[], "").await.status, 404);
         d.set_mode(Mode::Y2025);
         assert_eq!(http(&d, "GET", "/Any-Handle", &[], "").await.status, 404);
     })

@@ -608,43 +608,63 @@ impl Driver {
     /// Stops a streaming reply with the page's stop button, and waits briefly for the site
     /// to confirm. Best effort: the tab is made fresh afterwards anyway.
     async fn stop(&self, tab: &Tab, rx: &mut UnboundedReceiver<TabSignal>) {
-        let found = cdp::wait_for_first(
-            &tab.page,
-            &[Wanted {
-                selector: &self.site.selectors.stop_button,
-                enabled: false,
-            }],
-            STOP_BUTTON_WAIT,
-        )
-        .await;
-        let Ok(cdp::Found {
-            index: Some(_),
-            x,
-            y,
-        }) = found
-        else {
-            debug!(tab = tab.id, "no stop button to click");
-            return;
-        };
-        if let Err(e) = cdp::click_at(&tab.page, x, y, COMMAND_LIMIT).await {
-            warn!(tab = tab.id, error = %e, "could not click stop");
-            return;
-        }
-        info!(tab = tab.id, "stop clicked");
-        // Wait (bounded) for the site to confirm the stop with a final state.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(TabSignal::Frame(frame)) = rx.recv().await {
-                if parse_frame(&frame)
-                    .iter()
-                    .any(|u| matches!(u, Update::Message(m) if !m.human && m.state != "incomplete"))
-                {
-                    return;
-                }
+        // The page may not take the first press (e.g. before it knows its chat): press again
+        // while the site has not confirmed, a few times at most.
+        for press in 0..STOP_PRESSES {
+            let wait = if press == 0 {
+                STOP_BUTTON_WAIT
+            } else {
+                Duration::from_millis(500)
+            };
+            let found = cdp::wait_for_first(
+                &tab.page,
+                &[Wanted {
+                    selector: &self.site.selectors.stop_button,
+                    enabled: false,
+                }],
+                wait,
+            )
+            .await;
+            let Ok(cdp::Found {
+                index: Some(_),
+                x,
+                y,
+            }) = found
+            else {
+                debug!(tab = tab.id, "no stop button to click");
+                return;
+            };
+            if let Err(e) = cdp::click_at(&tab.page, x, y, COMMAND_LIMIT).await {
+                warn!(tab = tab.id, error = %e, "could not click stop");
+                return;
             }
-        })
-        .await;
+            info!(tab = tab.id, press, "stop clicked");
+            // Wait (bounded) for the site to confirm the stop with a final state.
+            let confirmed = tokio::time::timeout(STOP_CONFIRM_WAIT, async {
+                while let Some(signal) = rx.recv().await {
+                    let TabSignal::Frame(frame) = signal else {
+                        continue;
+                    };
+                    if parse_frame(&frame).iter().any(
+                        |u| matches!(u, Update::Message(m) if !m.human && m.state != "incomplete"),
+                    ) {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if matches!(confirmed, Ok(true)) {
+                return;
+            }
+        }
     }
 }
+
+/// How often stop is pressed while the site does not confirm it, and how long each press
+/// waits for the confirmation.
+const STOP_PRESSES: u32 = 3;
+const STOP_CONFIRM_WAIT: Duration = Duration::from_millis(1500);
 
 /// How long the main document's response may lag behind the page's `load` (its event
 /// comes on another stream than the navigation's answer).
