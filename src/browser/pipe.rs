@@ -304,11 +304,62 @@ async fn accept_one(
                 });
             }
             Some(done) = handshakes.join_next() => match done {
-                Ok((_, Ok(Ok(ws)))) => return Ok(ws),
+                Ok((peer, Ok(Ok(ws)))) => {
+                    // Small DevTools messages both ways: no Nagle delay on either end of the
+                    // loopback bridge (the client end is chromiumoxide's, in this process).
+                    let _ = ws.get_ref().set_nodelay(true);
+                    no_delay_on_local_socket(peer);
+                    return Ok(ws);
+                }
                 Ok((peer, _)) => debug!(%peer, "refused a connection to the DevTools bridge"),
                 Err(_) => {}
             },
             () = &mut deadline => return Err(PipeError::HandshakeTimeout(limit)),
+        }
+    }
+}
+
+/// Sets `TCP_NODELAY` on this process's own TCP socket whose local address is `addr` (the
+/// client end of the bridge, opened by chromiumoxide, which offers no way to set it).
+fn no_delay_on_local_socket(addr: std::net::SocketAddr) {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return;
+    };
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in fds.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: getsockname only writes into the zeroed address we own, up to `len`; on an fd
+        // that is not a socket it fails and nothing is touched.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc =
+            unsafe { libc::getsockname(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len) };
+        if rc != 0 || sa.sin_family != libc::AF_INET as libc::sa_family_t {
+            continue;
+        }
+        let port = u16::from_be(sa.sin_port);
+        let ip = std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
+        if port == v4.port() && ip == *v4.ip() {
+            let one: libc::c_int = 1;
+            // SAFETY: setting an int option on a socket of this process.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            return;
         }
     }
 }
