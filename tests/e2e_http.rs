@@ -517,7 +517,9 @@ async fn account_states_answer_with_statuses_that_do_not_mislead_clients() {
     let (daemon, base) = start_front(
         &double,
         Front {
-            flags: &["--tabs", "1", "--queue", "1"],
+            // A long idle limit: the stalled hog must hold the only tab for the whole test,
+            // however slow the machine.
+            flags: &["--tabs", "1", "--queue", "1", "--idle-timeout", "120"],
             ..Front::default()
         },
     )

@@ -45,6 +45,9 @@ const SEND_ATTEMPTS: u32 = 3;
 /// reply is running, which can lag the send on a loaded machine).
 const STOP_BUTTON_WAIT: Duration = Duration::from_secs(2);
 
+/// How long the reader may explain a failed click (a dead browser, a reply after all).
+const CLICK_AFTERMATH: Duration = Duration::from_secs(2);
+
 /// How long the send button may take to enable when the text went in without focusing first.
 const UNFOCUSED_TRY: Duration = Duration::from_secs(1);
 
@@ -331,7 +334,9 @@ impl Driver {
                     debug!(tab = tab.id, bot, "prompt sent");
                     read.await
                 }
-                Err(e) => Err(e),
+                // The click's answer failed: the browser may have died under it (the reader
+                // then says so), or the click went through anyway (the reader has the reply).
+                Err(e) => tokio::time::timeout(CLICK_AFTERMATH, &mut read).await.unwrap_or(Err(e)),
             },
             reply = &mut read => reply,
         };
