@@ -185,21 +185,13 @@ impl Connection {
             }
             Request::Models { refresh: true } => {
                 // A page load in a tab of the pool: runs like a sign-in, cancellable by id.
-                let Some(token) = self.register(&id, tx, inflight).await else {
-                    return;
-                };
-                let engine = self.engine.clone();
-                let task = SessionTask {
-                    id,
-                    tx: tx.clone(),
-                    inflight: inflight.clone(),
-                };
-                self.tasks.spawn(task.run(async move {
+                self.spawn_session(id, tx, inflight, |engine, token| async move {
                     match engine.refresh_bots(&token).await {
                         Ok(event) => event,
                         Err(e) => Event::error(&e),
                     }
-                }));
+                })
+                .await;
             }
             Request::Status => {
                 let status = Event::Status(Box::new(self.engine.status()));
@@ -226,35 +218,18 @@ impl Connection {
                 let _ = tx.send(line(Some(id), event)).await;
             }
             Request::ImportCookies { cookies } => {
-                let Some(token) = self.register(&id, tx, inflight).await else {
-                    return;
-                };
-                let engine = self.engine.clone();
-                let task = SessionTask {
-                    id,
-                    tx: tx.clone(),
-                    inflight: inflight.clone(),
-                };
-                self.tasks.spawn(task.run(async move {
+                self.spawn_session(id, tx, inflight, |engine, token| async move {
                     match engine.import_cookies(cookies, &token).await {
                         Ok((count, account)) => Event::CookiesImported { count, account },
                         Err(e) => Event::error(&e),
                     }
-                }));
+                })
+                .await;
             }
             Request::Login { timeout_secs } => {
-                let Some(token) = self.register(&id, tx, inflight).await else {
-                    return;
-                };
-                let engine = self.engine.clone();
                 let started_tx = tx.clone();
                 let started_id = id.clone();
-                let task = SessionTask {
-                    id,
-                    tx: tx.clone(),
-                    inflight: inflight.clone(),
-                };
-                self.tasks.spawn(task.run(async move {
+                self.spawn_session(id, tx, inflight, move |engine, token| async move {
                     let secs = timeout_secs
                         .filter(|s| s.is_finite())
                         .unwrap_or(600.0)
@@ -268,7 +243,8 @@ impl Connection {
                         Ok(account) => Event::LoggedIn { account },
                         Err(e) => Event::error(&e),
                     }
-                }));
+                })
+                .await;
             }
             Request::Complete(params) => {
                 let Some(token) = self.register(&id, tx, inflight).await else {
@@ -290,6 +266,29 @@ impl Connection {
 }
 
 impl Connection {
+    /// Runs a sign-in, cookie import or bot-list refresh of this connection in a task of its
+    /// own, registered under `id` (so `cancel` and a disconnect reach it).
+    async fn spawn_session<F, Fut>(
+        &self,
+        id: RequestId,
+        tx: &mpsc::Sender<String>,
+        inflight: &InFlight,
+        work: F,
+    ) where
+        F: FnOnce(Arc<Engine>, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = Event> + Send + 'static,
+    {
+        let Some(token) = self.register(&id, tx, inflight).await else {
+            return;
+        };
+        let task = SessionTask {
+            id,
+            tx: tx.clone(),
+            inflight: inflight.clone(),
+        };
+        self.tasks.spawn(task.run(work(self.engine.clone(), token)));
+    }
+
     /// Registers a running request of this connection under `id` (for `cancel`), or
     /// answers that the id is taken.
     async fn register(

@@ -101,17 +101,8 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let profile = dir.path().join("profile");
         let socket = dir.path().join("run").join("poed.sock");
-        let (child, log, notify) =
-            spawn_with(dir.path(), &profile, &socket, base_url, &[], extra, &[]);
-        let mut daemon = Daemon {
-            child: Some(child),
-            socket,
-            profile,
-            log,
-            dir,
-        };
-        daemon.wait_ready(notify).await;
-        daemon
+        let spawned = spawn_with(dir.path(), &profile, &socket, base_url, &[], extra, &[]);
+        Self::ready(dir, profile, socket, spawned).await
     }
 
     /// Like [`Daemon::start`] with a config file holding `toml`.
@@ -136,7 +127,17 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let (child, log, notify) = spawn(dir.path(), &profile, &socket, base_url, extra, env);
+        let spawned = spawn(dir.path(), &profile, &socket, base_url, extra, env);
+        Self::ready(dir, profile, socket, spawned).await
+    }
+
+    /// The daemon `spawned` on these paths, once it said READY=1.
+    async fn ready(
+        dir: tempfile::TempDir,
+        profile: PathBuf,
+        socket: PathBuf,
+        (child, log, notify): (Child, PathBuf, UnixDatagram),
+    ) -> Daemon {
         let mut daemon = Daemon {
             child: Some(child),
             socket,
