@@ -72,6 +72,7 @@ impl Series {
 
 fn request(prompt: &str) -> CompleteRequest {
     CompleteRequest {
+        conversation: None,
         model: None,
         messages: vec![ChatMessage::new("user", prompt)],
         stream: true,

@@ -256,6 +256,7 @@ async fn answer(
 ) -> Result<Option<String>, ChatError> {
     let mut reply = client
         .complete(CompleteRequest {
+            conversation: None,
             model: chat.model.clone(),
             messages: chat.request(prompt),
             stream: true,
@@ -294,7 +295,7 @@ async fn answer(
                 let _ = out.flush();
                 shown = text;
             }
-            Event::Done { text, .. } => {
+            Event::Done { text, reason, .. } => {
                 if text != shown {
                     // The final text differs from what streamed: show the final one whole.
                     if !shown.is_empty() {
@@ -304,6 +305,9 @@ async fn answer(
                 }
                 let _ = writeln!(out);
                 let _ = out.flush();
+                if let Some(r) = reason {
+                    eprintln!("[sent in a new site chat: {}]", r.message);
+                }
                 return Ok(Some(text));
             }
             Event::Error { kind, message, .. } => {

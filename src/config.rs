@@ -162,6 +162,11 @@ pub struct PoolConfig {
     pub min_send_interval_ms: u64,
     /// At most this many sends of the account per minute (0 = no cap, the default).
     pub max_sends_per_minute: u32,
+    /// Idle tabs that may keep the page of a conversation's chat after a follow-up was
+    /// answered there, ready for its next message (the others are made fresh for new
+    /// chats). At most `tabs - 1` count: one tab stays for new chats. 0 makes every
+    /// follow-up open its chat's page first.
+    pub chat_pages: usize,
 }
 
 /// Timeouts, in seconds.
@@ -268,6 +273,7 @@ impl Default for PoolConfig {
             queue: 32,
             min_send_interval_ms: 0,
             max_sends_per_minute: 0,
+            chat_pages: 2,
         }
     }
 }
@@ -343,9 +349,10 @@ impl Config {
     /// nothing later can overflow or hang on a bad value.
     pub fn validate(&self) -> Result<(), String> {
         self.http.validate()?;
-        let sizes: [(&str, u64, u64, u64); 4] = [
+        let sizes: [(&str, u64, u64, u64); 5] = [
             ("pool.tabs", self.pool.tabs as u64, 1, MAX_TABS),
             ("pool.queue", self.pool.queue as u64, 0, MAX_QUEUE),
+            ("pool.chat_pages", self.pool.chat_pages as u64, 0, MAX_TABS),
             (
                 "max_line_bytes",
                 self.max_line_bytes as u64,
@@ -580,6 +587,10 @@ mod tests {
             ),
             (Box::new(|c: &mut Config| c.pool.tabs = 0), "pool.tabs"),
             (Box::new(|c: &mut Config| c.pool.tabs = 10_000), "pool.tabs"),
+            (
+                Box::new(|c: &mut Config| c.pool.chat_pages = 10_000),
+                "pool.chat_pages",
+            ),
             (
                 Box::new(|c: &mut Config| c.max_line_bytes = 10),
                 "max_line_bytes",

@@ -50,6 +50,8 @@ pub enum ErrorKind {
     BotUnavailable,
     /// The connecting process is not allowed to use this daemon (another user).
     PermissionDenied,
+    /// A `complete` named a conversation the daemon does not remember.
+    UnknownConversation,
 }
 
 impl ErrorKind {
@@ -76,6 +78,7 @@ impl ErrorKind {
             ErrorKind::PromptTooLong => "prompt_too_long",
             ErrorKind::BotUnavailable => "bot_unavailable",
             ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::UnknownConversation => "unknown_conversation",
         }
     }
 }

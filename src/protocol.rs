@@ -80,6 +80,22 @@ pub struct CompleteRequest {
     /// Send `delta` events while the reply streams (default); `false` sends only `done`.
     #[serde(default = "default_true")]
     pub stream: bool,
+    /// The conversation this request goes on with (the id `started` and `done` gave):
+    /// `messages` may then hold only the new message(s). Without it, a request whose
+    /// messages are a conversation poed remembers plus one new user message goes on with
+    /// that conversation all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<i64>,
+}
+
+/// Why a request that followed an earlier turn was not continued in the site chat of that
+/// turn, but sent with the whole conversation in a fresh chat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotContinued {
+    /// Stable: `chat_gone`, `chat_busy`, `several_new_messages`, `no_site_chat`,
+    /// `account_changed`, `after_failure`, `other_model`, `other_system`, `edited`.
+    pub kind: String,
+    pub message: String,
 }
 
 /// A request, tagged by its `type` field.
@@ -378,8 +394,14 @@ pub enum Event {
     },
     /// The request waits for a free tab; `position` 1 is next.
     Queued { position: usize },
-    /// A tab took the request; the prompt is being sent.
-    Started { model: String, bot: String },
+    /// A tab took the request; the prompt is being sent. `conversation` names the
+    /// conversation the request belongs to (see `complete`).
+    Started {
+        model: String,
+        bot: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation: Option<i64>,
+    },
     /// The prompt was handed to the site (the send was pressed): from now on a cancel
     /// stops the reply instead of keeping the prompt from the site.
     Sent,
@@ -393,6 +415,15 @@ pub enum Event {
         model: String,
         bot: String,
         timings: Timings,
+        /// The conversation the request belongs to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation: Option<i64>,
+        /// The prompt was only the new message, sent in the site chat of the earlier turns.
+        #[serde(default)]
+        continued: bool,
+        /// Why a request that followed an earlier turn went to a fresh chat instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<NotContinued>,
     },
     /// The request failed; no more events follow for it.
     Error {
@@ -562,6 +593,7 @@ mod tests {
         assert_eq!(
             req.request,
             Request::Complete(CompleteRequest {
+                conversation: None,
                 model: None,
                 messages: vec![ChatMessage::new("user", "hi")],
                 stream: true,
@@ -702,10 +734,29 @@ mod tests {
                             first_token_ms: Some(120),
                             total_ms: 480,
                         },
+                        conversation: Some(12),
+                        continued: false,
+                        reason: Some(NotContinued {
+                            kind: "chat_gone".into(),
+                            message: "m".into(),
+                        }),
                     },
                 },
                 json!({"id":1,"event":"done","text":"Hello","model":"gpt-4","bot":"GPT-4",
-                       "timings":{"queued_ms":0,"first_token_ms":120,"total_ms":480}}),
+                       "timings":{"queued_ms":0,"first_token_ms":120,"total_ms":480},
+                       "conversation":12,"continued":false,
+                       "reason":{"kind":"chat_gone","message":"m"}}),
+            ),
+            (
+                EventLine {
+                    id: Some(2.into()),
+                    event: Event::Started {
+                        model: "gpt-4".into(),
+                        bot: "GPT-4".into(),
+                        conversation: Some(3),
+                    },
+                },
+                json!({"id":2,"event":"started","model":"gpt-4","bot":"GPT-4","conversation":3}),
             ),
             (
                 EventLine {

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn ask(prompt: &str) -> CompleteRequest {
     CompleteRequest {
+        conversation: None,
         model: None,
         messages: vec![ChatMessage::new("user", prompt)],
         stream: true,

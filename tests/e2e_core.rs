@@ -24,6 +24,7 @@ fn fast() -> DoubleOptions {
 
 fn ask(prompt: &str, model: Option<&str>) -> CompleteRequest {
     CompleteRequest {
+        conversation: None,
         model: model.map(str::to_owned),
         messages: vec![ChatMessage::new("user", prompt)],
         stream: true,
@@ -136,8 +137,13 @@ async fn rewrites_missed_messages_and_json_events() {
             model,
             bot,
             timings,
+            conversation,
+            continued,
+            reason,
         } => {
             assert_eq!(text, expected);
+            // A first message: a new conversation, in a new chat.
+            assert!(conversation.is_some() && !continued && reason.is_none());
             assert_eq!(
                 (model.as_str(), bot.as_str()),
                 ("gpt-3.5-turbo", "GPT-3.5-Turbo")

@@ -48,6 +48,7 @@ async fn requests_through_poed_are_listed_shown_searched_and_exported() {
     let client = daemon.client().await;
     let done = client
         .complete(CompleteRequest {
+            conversation: None,
             model: None,
             messages: vec![
                 ChatMessage::new("user", "Tell me about penguins"),
@@ -126,12 +127,8 @@ async fn requests_through_poed_are_listed_shown_searched_and_exported() {
 
     let out = run(poectl_history(&daemon, &["history", "show", "1"])).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let walrus_answer = expected_reply(
-        "GPT-3.5-Turbo",
-        &format!(
-            "User: Tell me about penguins\nAssistant: {answer}\nUser: And walruses?\nAssistant:"
-        ),
-    );
+    // The follow-up went on in the site chat of the first turn: only its new message was sent.
+    let walrus_answer = expected_reply("GPT-3.5-Turbo", "And walruses?");
     for part in [
         "conversation 1 · gpt-3.5-turbo (GPT-3.5-Turbo) · 4 messages",
         "[user]\nTell me about penguins\n",
@@ -188,7 +185,12 @@ async fn requests_through_poed_are_listed_shown_searched_and_exported() {
     assert_eq!(convs.len(), 3);
     assert_eq!(convs[0]["messages"].as_array().map(Vec::len), Some(4));
     assert_eq!(convs[0]["messages"][3]["content"], walrus_answer);
-    assert_eq!(convs[0]["chat_code"], serde_json::Value::Null);
+    let first_chat = &double.taken()[0].chat_code;
+    assert_eq!(
+        convs[0]["chat_code"],
+        first_chat.as_str(),
+        "the site chat is kept"
+    );
     let out = run(poectl_history(&daemon, &["history", "export", "2"])).await;
     let one: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(one["conversations"].as_array().map(Vec::len), Some(1));
@@ -303,7 +305,8 @@ async fn poectl_chat_in_a_terminal_streams_switches_cancels_and_leaves() {
             p.send_control('c')?;
             p.exp_string(">>> ")?;
             p.send_line("after clear")?;
-            p.exp_string("Echo from GPT-4: User: Fresh start")?;
+            // A follow-up goes on in the site chat of the turn before: only it is sent.
+            p.exp_string("Echo from GPT-4: after clear")?;
             p.exp_string(">>> ")?;
             p.send_control('d')?;
             p.exp_eof()?;
@@ -324,22 +327,23 @@ async fn poectl_chat_in_a_terminal_streams_switches_cancels_and_leaves() {
         .iter()
         .map(|c| (c.bot.as_str(), c.prompt.as_str()))
         .collect();
-    let fresh_answer = expected_reply("GPT-4", "Fresh start");
     assert_eq!(sent.len(), 5, "{sent:#?}");
     assert_eq!(sent[0], ("GPT-3.5-Turbo", "Hello there"));
     assert_eq!(sent[1], ("GPT-4", second_prompt.as_str()));
-    assert_eq!(sent[2].0, "GPT-4");
-    assert!(
-        sent[2].1.ends_with("User: [[slow]] go on\nAssistant:"),
-        "{}",
-        sent[2].1
-    );
+    // The follow-up after the switch goes on in the chat the switch started.
+    assert_eq!(sent[2], ("GPT-4", "[[slow]] go on"));
+    assert_eq!(chats[2].chat_code, chats[1].chat_code);
     assert_eq!(sent[3], ("GPT-4", "Fresh start"), "/new starts over");
+    assert_ne!(
+        chats[3].chat_code, chats[1].chat_code,
+        "/new is a new site chat"
+    );
     assert_eq!(
-        sent[4].1,
-        format!("User: Fresh start\nAssistant: {fresh_answer}\nUser: after clear\nAssistant:"),
+        sent[4].1, "after clear",
         "the cleared line never went out, the cancelled turn is not kept"
     );
+    assert_eq!(chats[4].chat_code, chats[3].chat_code);
+    assert_eq!(chats[4].turn, 2);
 
     // The chat is in the history; --continue goes on from it with its whole transcript.
     let out = run(poectl_history(&daemon, &["history", "--json"])).await;
@@ -352,7 +356,7 @@ async fn poectl_chat_in_a_terminal_streams_switches_cancels_and_leaves() {
             p.exp_string("Chatting with gpt-4, going on after 4 messages")?;
             p.exp_string(">>> ")?;
             p.send_line("third turn")?;
-            p.exp_string("Echo from GPT-4: User: Fresh start")?;
+            p.exp_string("Echo from GPT-4: third turn")?;
             p.exp_string(">>> ")?;
             p.send_line("/exit")?;
             p.exp_eof()?;
@@ -368,14 +372,11 @@ async fn poectl_chat_in_a_terminal_streams_switches_cancels_and_leaves() {
         matches!(status, rexpect::process::WaitStatus::Exited(_, 0)),
         "/exit leaves with 0: {status:?}"
     );
+    // The stored conversation goes on in its site chat, as its third human message.
     let last = double.chats().pop().expect("a send");
-    assert!(
-        last.prompt.starts_with("User: Fresh start\n")
-            && last.prompt.contains("\nUser: after clear\n")
-            && last.prompt.ends_with("\nUser: third turn\nAssistant:"),
-        "{}",
-        last.prompt
-    );
+    assert_eq!(last.prompt, "third turn");
+    assert_eq!(last.chat_code, chats[3].chat_code);
+    assert_eq!(last.turn, 3);
     let out = run(poectl_history(
         &daemon,
         &["history", "show", &newest.to_string(), "--json"],

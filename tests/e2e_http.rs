@@ -775,3 +775,63 @@ fn chromium_main(daemon: &Daemon) -> i32 {
         })
         .expect("chromium main process")
 }
+
+/// A stateless SDK client sends every earlier turn again; poed sends only the new message,
+/// in the site chat of the earlier turns. The double's `[[turns]]` answers count the human
+/// messages its chat had before, so the answers show the site saw the earlier turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_clients_third_turn_reaches_the_site_alone_in_the_chat_of_the_first_two() {
+    let python = openai_python().await;
+    let double = Double::start(DoubleOptions {
+        mode: double::Mode::Y2025,
+        ..fast()
+    })
+    .await
+    .expect("double");
+    let (daemon, base) = start_front(
+        &double,
+        Front {
+            key: true,
+            ..Front::default()
+        },
+    )
+    .await;
+    let prompts = ["one [[turns]]", "two [[turns]]", "three [[turns]]"];
+    let mut args = vec!["conversation", &base, KEY];
+    args.extend(prompts);
+    let out = run(openai_script(&python, &args)).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, daemon.log());
+    let turns: Value = serde_json::from_str(out.stdout.trim()).expect("json");
+    let answers: Vec<&str> = (0..3)
+        .map(|i| turns[i]["answer"].as_str().expect("answer"))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "Earlier human messages: 0",
+            "Earlier human messages: 1",
+            "Earlier human messages: 2"
+        ]
+    );
+    let conversation = &turns[0]["poed"]["conversation"];
+    assert!(conversation.is_i64(), "{turns}");
+    for (i, continued) in [false, true, true].into_iter().enumerate() {
+        assert_eq!(turns[i]["poed"]["conversation"], *conversation, "{turns}");
+        assert_eq!(turns[i]["poed"]["continued"], continued, "{turns}");
+        assert!(turns[i]["poed"]["reason"].is_null(), "{turns}");
+    }
+    // What the site received: three messages in one chat, each sent once, the later two
+    // alone (the first carries the system message, flattened as before).
+    let taken = double.taken();
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    assert_eq!(
+        taken[0].prompt,
+        "System: Be brief.\nUser: one [[turns]]\nAssistant:"
+    );
+    assert_eq!(taken[1].prompt, "two [[turns]]");
+    assert_eq!(taken[2].prompt, "three [[turns]]");
+    assert!(!taken[0].chat_code.is_empty());
+    assert!(taken.iter().all(|r| r.chat_code == taken[0].chat_code));
+    assert_eq!(taken.iter().map(|r| r.turn).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(double.chats().len(), 3, "no send was refused or repeated");
+}

@@ -371,6 +371,7 @@ async fn another_users_client_is_refused_before_any_request() {
         "answer",
         client
             .complete(poed::protocol::CompleteRequest {
+                conversation: None,
                 model: None,
                 messages: vec![poed::protocol::ChatMessage::new("user", prompt)],
                 stream: true,

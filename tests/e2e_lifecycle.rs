@@ -18,6 +18,7 @@ use tokio::net::UnixStream;
 
 fn ask(model: Option<&str>, prompt: &str) -> CompleteRequest {
     CompleteRequest {
+        conversation: None,
         model: model.map(str::to_owned),
         messages: vec![ChatMessage::new("user", prompt)],
         stream: true,

@@ -16,6 +16,7 @@ use poed::ErrorKind;
 
 fn ask(prompt: &str) -> CompleteRequest {
     CompleteRequest {
+        conversation: None,
         model: None,
         messages: vec![ChatMessage::new("user", prompt)],
         stream: true,

@@ -7,7 +7,11 @@ Usage:
   openai_client.py once BASE_URL API_KEY PROMPT
       one non-streaming completion with the SDK's DEFAULT retry policy (it retries 408, 409,
       429 and 5xx twice unless the answer says `x-should-retry: false`), to show that a
-      failed request reaches the site once."""
+      failed request reaches the site once.
+  openai_client.py conversation BASE_URL API_KEY PROMPT...
+      a stateless multi-turn conversation: each PROMPT is sent with every earlier turn and
+      answer (as any OpenAI client does), the second half streamed; prints each answer and
+      what poed added to it (`poed`: conversation, continued, reason)."""
 import json
 import sys
 import time
@@ -88,11 +92,37 @@ def once(base, key, prompt):
     return out
 
 
+def conversation(base, key, prompts):
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60)
+    messages = [{"role": "system", "content": "Be brief."}]
+    turns = []
+    for i, prompt in enumerate(prompts):
+        messages.append({"role": "user", "content": prompt})
+        if i % 2 == 0:
+            r = client.chat.completions.create(model="gpt-4", messages=messages)
+            answer = r.choices[0].message.content
+            extra = r.to_dict().get("poed")
+        else:
+            parts, extra = [], None
+            for chunk in client.chat.completions.create(
+                model="gpt-4", messages=messages, stream=True
+            ):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts.append(chunk.choices[0].delta.content)
+                extra = chunk.to_dict().get("poed", extra)
+            answer = "".join(parts)
+        messages.append({"role": "assistant", "content": answer})
+        turns.append({"answer": answer, "poed": extra})
+    return turns
+
+
 if __name__ == "__main__":
     mode, base, key = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "tour":
         print(json.dumps(tour(base, key)))
     elif mode == "once":
         print(json.dumps(once(base, key, sys.argv[4])))
+    elif mode == "conversation":
+        print(json.dumps(conversation(base, key, sys.argv[4:])))
     else:
         sys.exit(f"unknown mode {mode!r}")

@@ -30,6 +30,7 @@ impl Lcg {
 
 fn ask(prompt: String) -> CompleteRequest {
     CompleteRequest {
+        conversation: None,
         model: None,
         messages: vec![ChatMessage::new("user", prompt)],
         stream: true,

@@ -59,6 +59,11 @@ enum Command {
         /// Print the raw protocol events (one JSON object per line).
         #[arg(long)]
         json: bool,
+        /// Go on with this conversation (its number in `poectl history`, or `conversation`
+        /// in `--json` output): the prompt is its next message, sent in the same site chat
+        /// when it can be.
+        #[arg(short, long, value_name = "ID")]
+        conversation: Option<i64>,
         /// The prompt; read from stdin when absent or `-`.
         prompt: Vec<String>,
     },
@@ -317,8 +322,16 @@ async fn main() -> ExitCode {
             system,
             no_stream,
             json,
+            conversation,
             prompt,
-        } => ask(&client, model, system, no_stream, json, prompt).await,
+        } => {
+            let how = AskHow {
+                no_stream,
+                json,
+                conversation,
+            };
+            ask(&client, model, system, how, prompt).await
+        }
         Command::Cookies { .. } => match client.import_cookies(cookies.unwrap_or_default()).await {
             Ok((count, account)) => {
                 println!("imported {count} cookies; account: {account}");
@@ -465,14 +478,25 @@ async fn login(client: &Client, timeout: f64) -> ExitCode {
     fail(&ClientError::Closed)
 }
 
+/// How `poectl ask` asks and prints.
+struct AskHow {
+    no_stream: bool,
+    json: bool,
+    conversation: Option<i64>,
+}
+
 async fn ask(
     client: &Client,
     model: Option<String>,
     system: Option<String>,
-    no_stream: bool,
-    json: bool,
+    how: AskHow,
     prompt: Vec<String>,
 ) -> ExitCode {
+    let AskHow {
+        no_stream,
+        json,
+        conversation,
+    } = how;
     let prompt = if prompt.is_empty() || prompt == ["-"] {
         let mut s = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut s) {
@@ -490,6 +514,7 @@ async fn ask(
     messages.push(ChatMessage::new("user", prompt));
     let mut reply = match client
         .complete(CompleteRequest {
+            conversation,
             model,
             messages,
             stream: !no_stream,
@@ -529,7 +554,7 @@ async fn ask(
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
             }
-            Event::Done { text, .. } => {
+            Event::Done { text, reason, .. } => {
                 if no_stream && !json {
                     let _ = out.write_all(text.as_bytes());
                 }
@@ -537,6 +562,12 @@ async fn ask(
                     let _ = out.write_all(b"\n");
                 }
                 let _ = out.flush();
+                if let (Some(r), false) = (reason, json) {
+                    eprintln!(
+                        "poectl: sent in a new site chat ({}): {}",
+                        r.kind, r.message
+                    );
+                }
                 return ExitCode::from(exit::OK);
             }
             Event::Error { kind, message, .. } => {

@@ -159,11 +159,11 @@ pub async fn goto(page: &Page, url: &str, limit: Duration) -> Result<(), CdpFail
     Ok(())
 }
 
-const TEXT_JS: &str = r#"(async (present, absent, ms) => {
+const TEXT_JS: &str = r#"(async (present, absent, after, ms) => {
   const probe = () => {
     if (absent && document.querySelector(absent)) return null;
     const all = document.querySelectorAll(present);
-    const el = all.length ? all[all.length - 1] : null;
+    const el = all.length > after ? all[all.length - 1] : null;
     return el && el.textContent ? el.textContent : null;
   };
   return await new Promise((resolve) => {
@@ -180,17 +180,19 @@ const TEXT_JS: &str = r#"(async (present, absent, ms) => {
   });
 })"#;
 
-/// Waits until no element matches `absent` and the last element matching `present` has
-/// text; returns that text (`None` after `timeout`). Used to read a reply from the page
-/// when its update stream was lost.
+/// Waits until no element matches `absent` and more than `after` elements match `present`,
+/// the last of them with text; returns that text (`None` after `timeout`). Used to read a
+/// reply from the page when its update stream was lost; `after` is how many replies the
+/// page showed before this one (a continued chat shows its earlier ones).
 pub async fn wait_for_text(
     page: &Page,
     present: &str,
     absent: &str,
+    after: usize,
     timeout: Duration,
 ) -> Result<Option<String>, CdpFailure> {
     let expr = format!(
-        "{TEXT_JS}({}, {}, {})",
+        "{TEXT_JS}({}, {}, {after}, {})",
         Value::String(present.to_owned()),
         Value::String(absent.to_owned()),
         timeout.as_millis()

@@ -128,8 +128,8 @@ pub struct Tab {
     /// Stable number for logs.
     pub id: usize,
     pub page: Page,
-    /// The bot handle whose fresh chat this tab shows with the prompt box ready, if any.
-    pub warm_for: Option<String>,
+    /// The page this tab shows with its prompt box ready, if any.
+    pub warm_for: Option<crate::browser::tab_pool::Warm>,
     /// Cancelled when the browser this tab lives in is found dead.
     pub browser_gone: CancellationToken,
     relay: Arc<Relay>,

@@ -1,6 +1,7 @@
 //! The tab pool: lends tabs to requests, one request per tab at a time, and never loses one.
 //!
-//! A request takes an idle tab at once (preferring one already warm for its bot), or waits
+//! A request takes an idle tab at once (preferring one whose page is already what it needs:
+//! a fresh chat of its bot, or the site chat it continues; see [`Warm`]), or waits
 //! in a bounded FIFO queue; past the queue's capacity it gets `busy` immediately, never a
 //! hang. Every tab out of the idle set is held by a [`Lease`]: releasing the lease hands the
 //! tab to the oldest waiter still waiting, or back to the idle set; dropping it any other way
@@ -19,10 +20,25 @@ use crate::browser::tab::Tab;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::PoolStatus;
 
+/// What page a tab has ready, its prompt box focused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Warm {
+    /// A fresh chat with this bot (its handle).
+    Bot(String),
+    /// The site chat with this code: a conversation to continue there.
+    Chat(String),
+}
+
+impl Warm {
+    pub fn is_chat(&self) -> bool {
+        matches!(self, Warm::Chat(_))
+    }
+}
+
 /// What the pool lends: a [`Tab`] in the daemon, anything in unit tests.
 pub trait Lendable: Send + Sized + 'static {
-    /// The bot whose fresh chat is ready in this item, if any.
-    fn warm_for(&self) -> Option<&str>;
+    /// The page ready in this item, if any.
+    fn warm_for(&self) -> Option<&Warm>;
     /// False once the item can never serve again (its page or browser died).
     fn usable(&self) -> bool {
         true
@@ -34,8 +50,8 @@ pub trait Lendable: Send + Sized + 'static {
 }
 
 impl Lendable for Tab {
-    fn warm_for(&self) -> Option<&str> {
-        self.warm_for.as_deref()
+    fn warm_for(&self) -> Option<&Warm> {
+        self.warm_for.as_ref()
     }
     fn usable(&self) -> bool {
         !self.is_gone()
@@ -232,21 +248,28 @@ impl<T: Lendable> TabPool<T> {
         self.lost.notify_one();
     }
 
-    /// Takes an idle tab (one warm for `bot` if possible) or a place in the queue.
-    pub fn acquire(self: &Arc<Self>, bot: &str) -> Result<Acquired<T>, Error> {
+    /// Takes an idle tab or a place in the queue. The tab is the one whose page is `want`
+    /// if there is one, else a cold one, else one warm for a fresh chat, else the one that
+    /// has kept a chat's page the longest: the pages most likely to be wanted next are kept.
+    pub fn acquire(self: &Arc<Self>, want: &Warm) -> Result<Acquired<T>, Error> {
         let mut s = self.lock();
         if s.closed {
             return Err(shutting_down());
         }
         let dead = Self::take_dead(&mut s);
         let result = if !s.idle.is_empty() {
-            let i = s
-                .idle
+            let idle = &s.idle;
+            let i = idle
                 .iter()
-                .position(|t| t.warm_for() == Some(bot))
-                .or_else(|| s.idle.iter().position(|t| t.warm_for().is_none()))
-                .unwrap_or(s.idle.len() - 1);
-            let item = s.idle.swap_remove(i);
+                .position(|t| t.warm_for() == Some(want))
+                .or_else(|| idle.iter().position(|t| t.warm_for().is_none()))
+                .or_else(|| {
+                    idle.iter()
+                        .position(|t| t.warm_for().is_some_and(|w| !w.is_chat()))
+                })
+                .unwrap_or(0);
+            // `remove` keeps the idle set in release order (oldest first).
+            let item = s.idle.remove(i);
             Ok(Acquired::Now(Lease {
                 item: Some(item),
                 pool: self.clone(),
@@ -295,8 +318,46 @@ impl<T: Lendable> TabPool<T> {
             }
         }
         if let Some(item) = lease.item.take() {
+            // One tab per chat: another idle tab showing the same chat is stale now.
+            if let Some(w @ Warm::Chat(_)) = item.warm_for().cloned() {
+                for other in s.idle.iter_mut().filter(|t| t.warm_for() == Some(&w)) {
+                    other.cool();
+                }
+            }
             s.idle.push(item);
         }
+    }
+
+    /// How many idle tabs keep a chat's page.
+    pub fn idle_chat_pages(&self) -> usize {
+        self.lock()
+            .idle
+            .iter()
+            .filter(|t| t.warm_for().is_some_and(Warm::is_chat))
+            .count()
+    }
+
+    /// When more than `keep` idle tabs keep a chat's page, lends the one that has kept it
+    /// the longest (to be made fresh again).
+    pub fn take_oldest_chat_page(self: &Arc<Self>, keep: usize) -> Option<Lease<T>> {
+        let mut s = self.lock();
+        let chats = s
+            .idle
+            .iter()
+            .filter(|t| t.warm_for().is_some_and(Warm::is_chat))
+            .count();
+        if chats <= keep {
+            return None;
+        }
+        let i = s
+            .idle
+            .iter()
+            .position(|t| t.warm_for().is_some_and(Warm::is_chat))?;
+        let item = s.idle.remove(i);
+        Some(Lease {
+            item: Some(item),
+            pool: self.clone(),
+        })
     }
 
     /// Drops idle items that can never serve again; returns how many.
@@ -343,11 +404,11 @@ mod tests {
     use std::time::Duration;
 
     #[derive(Debug, PartialEq)]
-    struct Fake(&'static str, Option<&'static str>);
+    struct Fake(&'static str, Option<Warm>);
 
     impl Lendable for Fake {
-        fn warm_for(&self) -> Option<&str> {
-            self.1
+        fn warm_for(&self) -> Option<&Warm> {
+            self.1.as_ref()
         }
         fn cool(&mut self) {
             self.1 = None;
@@ -376,31 +437,70 @@ mod tests {
         }
     }
 
+    fn bot(handle: &str) -> Warm {
+        Warm::Bot(handle.into())
+    }
+
+    fn chat(code: &str) -> Warm {
+        Warm::Chat(code.into())
+    }
+
     #[test]
-    fn prefers_a_tab_warm_for_the_bot_then_a_cold_one() {
+    fn prefers_the_page_wanted_then_a_cold_tab_then_a_fresh_chat_then_the_oldest_chat() {
         let p = pool(
             1,
             vec![
-                Fake("a", Some("GPT-4")),
+                Fake("chat-old", Some(chat("c1"))),
+                Fake("a", Some(bot("GPT-4"))),
+                Fake("chat-new", Some(chat("c2"))),
                 Fake("b", None),
-                Fake("c", Some("X")),
+                Fake("c", Some(bot("X"))),
             ],
         );
-        let a = now(p.acquire("GPT-4").expect("ok"));
-        let b = now(p.acquire("Other").expect("ok"));
-        let c = now(p.acquire("Other").expect("ok"));
-        assert_eq!((a.0, b.0, c.0), ("a", "b", "c"));
-        assert_eq!(p.status().busy, 3);
+        let a = now(p.acquire(&bot("GPT-4")).expect("ok"));
+        let c2 = now(p.acquire(&chat("c2")).expect("ok"));
+        let b = now(p.acquire(&bot("Other")).expect("ok"));
+        let c = now(p.acquire(&chat("c9")).expect("ok"));
+        let old = now(p.acquire(&bot("Other")).expect("ok"));
+        assert_eq!(
+            (a.0, c2.0, b.0, c.0, old.0),
+            ("a", "chat-new", "b", "c", "chat-old")
+        );
+        assert_eq!(p.status().busy, 5);
+    }
+
+    #[test]
+    fn chat_pages_beyond_the_limit_are_taken_oldest_first_and_one_tab_per_chat() {
+        let p = pool(1, vec![Fake("x", None), Fake("y", None), Fake("z", None)]);
+        let (x, y, z) = (
+            now(p.acquire(&bot("b")).expect("ok")),
+            now(p.acquire(&bot("b")).expect("ok")),
+            now(p.acquire(&bot("b")).expect("ok")),
+        );
+        let keep = |mut l: Lease<Fake>, w: Warm| {
+            l.1 = Some(w);
+            l.release();
+        };
+        keep(x, chat("c1"));
+        keep(y, chat("c2"));
+        assert!(p.take_oldest_chat_page(2).is_none());
+        // A second tab showing c1 makes the first one stale.
+        keep(z, chat("c1"));
+        assert_eq!(p.idle_chat_pages(), 2);
+        let oldest = p.take_oldest_chat_page(1).expect("over the limit");
+        assert_eq!(oldest.0, "y");
+        assert_eq!(p.idle_chat_pages(), 1);
+        oldest.release();
     }
 
     #[tokio::test]
     async fn queue_is_fifo_bounded_and_skips_those_who_left() {
         let p = pool(2, vec![Fake("only", None)]);
-        let tab = now(p.acquire("b").expect("ok"));
-        let first = queued(p.acquire("b").expect("queued"));
-        let second = queued(p.acquire("b").expect("queued"));
+        let tab = now(p.acquire(&bot("b")).expect("ok"));
+        let first = queued(p.acquire(&bot("b")).expect("queued"));
+        let second = queued(p.acquire(&bot("b")).expect("queued"));
         assert_eq!((first.position, second.position), (1, 2));
-        let e = p.acquire("b").err().expect("busy");
+        let e = p.acquire(&bot("b")).err().expect("busy");
         assert_eq!(e.kind, ErrorKind::Busy);
         // The first waiter gives up; the tab goes to the second.
         drop(first);
@@ -416,9 +516,9 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_leaving_during_the_hand_over_passes_the_tab_on() {
         let p = pool(4, vec![Fake("only", None)]);
-        let tab = now(p.acquire("b").expect("ok"));
-        let leaving = queued(p.acquire("b").expect("queued"));
-        let next = queued(p.acquire("b").expect("queued"));
+        let tab = now(p.acquire(&bot("b")).expect("ok"));
+        let leaving = queued(p.acquire(&bot("b")).expect("queued"));
+        let next = queued(p.acquire(&bot("b")).expect("queued"));
         // The tab is sent to `leaving`, which then gives up before reading it.
         tab.release();
         drop(leaving);
@@ -429,8 +529,8 @@ mod tests {
         assert_eq!(got.0, "only");
         got.release();
         // Nobody waits now: the same race puts the tab back in the idle set.
-        let tab = now(p.acquire("b").expect("ok"));
-        let leaving = queued(p.acquire("b").expect("queued"));
+        let tab = now(p.acquire(&bot("b")).expect("ok"));
+        let leaving = queued(p.acquire(&bot("b")).expect("queued"));
         tab.release();
         drop(leaving);
         let s = p.status();
@@ -440,8 +540,8 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_cancelled_while_waiting_passes_the_tab_on() {
         let p = pool(4, vec![Fake("only", None)]);
-        let tab = now(p.acquire("b").expect("ok"));
-        let ticket = queued(p.acquire("b").expect("queued"));
+        let tab = now(p.acquire(&bot("b")).expect("ok"));
+        let ticket = queued(p.acquire(&bot("b")).expect("queued"));
         // The wait future is dropped (a cancel) right after the tab was sent to it.
         let waiting = tokio::spawn(ticket.wait());
         tab.release();
@@ -449,14 +549,16 @@ mod tests {
         let _ = waiting.await;
         let s = p.status();
         assert_eq!((s.tabs, s.idle + s.busy), (1, 1), "{s:?}");
-        assert!(p.acquire("b").is_ok_and(|a| matches!(a, Acquired::Now(_))));
+        assert!(p
+            .acquire(&bot("b"))
+            .is_ok_and(|a| matches!(a, Acquired::Now(_))));
     }
 
     #[tokio::test]
     async fn dropped_leases_are_counted_missing_and_wake_the_keeper() {
         let p = pool(4, vec![Fake("a", None), Fake("b", None)]);
         assert_eq!(p.missing(), 0);
-        let a = now(p.acquire("x").expect("ok"));
+        let a = now(p.acquire(&bot("x")).expect("ok"));
         // An error path (or a panic) drops the lease instead of releasing it.
         drop(a);
         assert_eq!(p.missing(), 1);
@@ -471,15 +573,15 @@ mod tests {
     #[tokio::test]
     async fn close_fails_waiters_with_shutting_down() {
         let p = pool(4, vec![Fake("t", None)]);
-        let _tab = now(p.acquire("b").expect("ok"));
-        let waiting = queued(p.acquire("b").expect("queued"));
+        let _tab = now(p.acquire(&bot("b")).expect("ok"));
+        let waiting = queued(p.acquire(&bot("b")).expect("queued"));
         assert!(p.close().is_empty());
         let Err(e) = waiting.wait().await else {
             panic!("a closed pool lent a tab");
         };
         assert_eq!(e.kind, ErrorKind::ShuttingDown);
         assert_eq!(
-            p.acquire("b").err().map(|e| e.kind),
+            p.acquire(&bot("b")).err().map(|e| e.kind),
             Some(ErrorKind::ShuttingDown)
         );
         assert_eq!(p.missing(), 0);

@@ -417,7 +417,15 @@ impl RequestTask {
         while let Some(event) = reply.next().await {
             let event = match event {
                 ReplyEvent::Queued { position } => Event::Queued { position },
-                ReplyEvent::Started { model, bot } => Event::Started { model, bot },
+                ReplyEvent::Started {
+                    model,
+                    bot,
+                    conversation,
+                } => Event::Started {
+                    model,
+                    bot,
+                    conversation,
+                },
                 ReplyEvent::Sent => Event::Sent,
                 ReplyEvent::Text(chunk) if stream_text => Event::from(chunk),
                 ReplyEvent::Text(_) => continue,
@@ -426,6 +434,9 @@ impl RequestTask {
                     model: c.model,
                     bot: c.bot,
                     timings: c.timings,
+                    conversation: c.conversation,
+                    continued: c.continued,
+                    reason: c.reason,
                 },
                 ReplyEvent::Failed(e) => Event::error(&e),
             };

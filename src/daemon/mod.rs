@@ -15,6 +15,7 @@
 
 pub mod account;
 pub mod bots;
+pub mod conversations;
 pub mod engine;
 pub mod ipc_server;
 pub mod notify;

@@ -2,7 +2,9 @@
 //!
 //! The pool ([`crate::browser::tab_pool`]) only lends; this module owns the tabs' life:
 //! it opens the configured number of tabs, makes each warm (a fresh chat of a bot with its
-//! prompt box ready) off any request's time, and replaces every tab the pool loses (a
+//! prompt box ready) off any request's time, lets up to `pool.chat_pages` idle tabs keep
+//! the page of a chat that just answered (ready for the conversation's next message; the
+//! one kept longest is made fresh again when there are more), and replaces every tab the pool loses (a
 //! crashed or hung page, an error path, a browser that died) with backoff until the pool
 //! has its configured size again. When the browser cannot open tabs at all, it asks the
 //! supervisor to relaunch it.
@@ -16,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::browser::supervisor::BrowserHandle;
 use crate::browser::tab::{Tab, Watch};
-use crate::browser::tab_pool::{Lease, TabPool};
+use crate::browser::tab_pool::{Lease, TabPool, Warm};
 use crate::daemon::account::Account;
 use crate::daemon::bots::BotStore;
 use crate::error::ErrorKind;
@@ -48,10 +50,13 @@ pub struct WarmPool {
     default_bot: String,
     watch: Watch,
     headless: bool,
+    /// Idle tabs that may keep a chat's page.
+    chat_pages: usize,
     next_tab_id: AtomicUsize,
 }
 
 impl WarmPool {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Arc<TabPool>,
         browser: BrowserHandle,
@@ -60,6 +65,7 @@ impl WarmPool {
         default_bot: String,
         watch: Watch,
         headless: bool,
+        chat_pages: usize,
     ) -> Arc<Self> {
         let Listeners { account, bots } = listeners;
         Arc::new(WarmPool {
@@ -71,6 +77,7 @@ impl WarmPool {
             default_bot,
             watch,
             headless,
+            chat_pages,
             next_tab_id: AtomicUsize::new(1),
         })
     }
@@ -81,7 +88,7 @@ impl WarmPool {
         while self.pool.missing() > 0 {
             let tab = self.open_tab().await?;
             let lease = self.pool.adopt(tab);
-            self.prepare_and_release(lease, self.default_bot.clone());
+            self.prepare_and_release(lease, Warm::Bot(self.default_bot.clone()));
         }
         tokio::spawn(self.clone().keep_full(shutdown));
         Ok(())
@@ -131,7 +138,7 @@ impl WarmPool {
                         failures = 0;
                         debug!(tab = tab.id, "replacing a lost tab");
                         let lease = self.pool.adopt(tab);
-                        self.prepare_and_release(lease, self.default_bot.clone());
+                        self.prepare_and_release(lease, Warm::Bot(self.default_bot.clone()));
                         continue;
                     }
                     Err(e) => {
@@ -175,10 +182,27 @@ impl WarmPool {
         }
     }
 
-    /// Makes a leased tab warm for `bot` in the background, then releases it. A tab that
-    /// cannot be made warm goes back cold (the next request on it opens the page itself); a
-    /// dead or hung one is retired and replaced.
-    pub fn prepare_and_release(self: &Arc<Self>, lease: Lease, bot: String) {
+    /// Makes a leased tab ready for `next` in the background, then releases it. A chat's
+    /// page is kept only where the tab still shows it and `pool.chat_pages` allows; else the
+    /// tab gets a fresh chat of the chat's bot (`fresh_bot`). A tab that cannot be made warm
+    /// goes back cold (the next request on it opens the page itself); a dead or hung one is
+    /// retired and replaced.
+    pub fn prepare_and_release(self: &Arc<Self>, lease: Lease, next: Warm) {
+        self.prepare_and_release_or(lease, next, None);
+    }
+
+    /// [`WarmPool::prepare_and_release`] for a tab whose page is the site chat `code` of
+    /// `bot` after a reply.
+    pub fn keep_chat_or_refresh(self: &Arc<Self>, lease: Lease, code: String, bot: String) {
+        self.prepare_and_release_or(lease, Warm::Chat(code), Some(bot));
+    }
+
+    fn prepare_and_release_or(
+        self: &Arc<Self>,
+        lease: Lease,
+        next: Warm,
+        fresh_bot: Option<String>,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut lease = lease;
@@ -186,6 +210,34 @@ impl WarmPool {
                 lease.retire();
                 return;
             }
+            let bot = match next {
+                Warm::Chat(code) if this.chat_pages > 0 => {
+                    match this.driver.keep_chat(&mut lease, &code).await {
+                        Ok(true) => {
+                            lease.release();
+                            // Over the limit: the chat page kept longest is made fresh.
+                            if let Some(oldest) = this.pool.take_oldest_chat_page(this.chat_pages) {
+                                debug!(
+                                    tab = oldest.id,
+                                    "too many chat pages kept; making the oldest fresh"
+                                );
+                                this.prepare_and_release(
+                                    oldest,
+                                    Warm::Bot(this.default_bot.clone()),
+                                );
+                            }
+                            return;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            debug!(tab = lease.id, error = %e, "the chat's page cannot be kept")
+                        }
+                    }
+                    fresh_bot.unwrap_or_else(|| this.default_bot.clone())
+                }
+                Warm::Chat(_) => fresh_bot.unwrap_or_else(|| this.default_bot.clone()),
+                Warm::Bot(bot) => bot,
+            };
             match this.driver.open_chat(&mut lease, &bot).await {
                 Ok(()) => this.account.signed_in(),
                 Err(_) if lease.browser_gone.is_cancelled() => {

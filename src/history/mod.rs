@@ -18,7 +18,9 @@ pub mod text;
 use std::path::{Path, PathBuf};
 
 pub use recorder::Recorder;
-pub use store::{Conversation, Export, HistoryError, Hit, Message, Record, Store, Summary};
+pub use store::{
+    Conversation, Export, HistoryError, Hit, Message, Placement, Record, Store, Summary,
+};
 
 use crate::config::HistoryConfig;
 
@@ -44,4 +46,50 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The conversations to remember at start (the most recent `limit`, newest first) and the
+/// number the next new conversation gets. Without a history (off, or unreadable: said in
+/// the log) nothing is remembered, and numbers start from the clock so that a number a
+/// client kept from an earlier run is not given to another conversation.
+pub fn remembered(
+    config: &HistoryConfig,
+    profile: &Path,
+    limit: usize,
+) -> (Vec<crate::daemon::conversations::Remembered>, i64) {
+    let from_clock = || (Vec::new(), now_ms());
+    if !config.enabled {
+        return from_clock();
+    }
+    let path = file_path(config, profile);
+    let loaded = Store::open(&path).and_then(|s| Ok((s.recent(limit)?, s.max_id()?)));
+    match loaded {
+        Ok((conversations, max)) => {
+            let remembered = conversations
+                .into_iter()
+                .map(|c| crate::daemon::conversations::Remembered {
+                    ended_in_failure: c
+                        .messages
+                        .last()
+                        .is_some_and(|m| m.outcome.as_deref().is_some_and(|o| o != "ok")),
+                    // Without the system message `transcript` puts first.
+                    transcript: c
+                        .transcript()
+                        .into_iter()
+                        .skip(usize::from(c.system.is_some()))
+                        .collect(),
+                    id: c.id,
+                    model: c.model,
+                    bot: c.bot,
+                    system: c.system,
+                    chat_code: c.chat_code,
+                })
+                .collect();
+            (remembered, max + 1)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the history: earlier conversations are not continued");
+            from_clock()
+        }
+    }
 }

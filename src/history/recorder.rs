@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use super::store::{Outcome, Record, Store};
+use super::store::{Outcome, Placement, Record, Store};
 use crate::config::HistoryConfig;
 use crate::daemon::engine::Completion;
 use crate::error::Error;
@@ -62,12 +62,15 @@ impl Recorder {
     }
 
     /// Records a finished request; waits at most [`WRITE_WAIT`] for the write. `resolved`
-    /// is the (public model, bot) the request's model name resolved to, if it did.
+    /// is the (public model, bot) the request's model name resolved to, if it did;
+    /// `placement` the conversation the engine placed it in, whose whole messages then are
+    /// `request.messages`.
     pub async fn record(
         &self,
         request: &CompleteRequest,
         resolved: Option<(String, String)>,
         result: &Result<Completion, Error>,
+        placement: Option<Placement>,
     ) {
         let Some(tx) = &self.tx else { return };
         if request.messages.is_empty() {
@@ -94,6 +97,7 @@ impl Recorder {
             bot,
             messages: request.messages.clone(),
             outcome,
+            placement,
         };
         let (written, done) = oneshot::channel();
         // A closed channel means the writer could not open the file; it said so at start.

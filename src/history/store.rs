@@ -107,8 +107,22 @@ pub struct Record {
     /// The public model name (the requested one when it was unknown).
     pub model: String,
     pub bot: Option<String>,
+    /// The whole conversation as of this request (system message first, if any).
     pub messages: Vec<ChatMessage>,
     pub outcome: Outcome,
+    /// The conversation the daemon placed the request in; without it, the request goes on
+    /// with the stored conversation its messages start with, or starts one.
+    pub placement: Option<Placement>,
+}
+
+/// Where the daemon placed a request (see [`crate::daemon::conversations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub conversation: i64,
+    /// How many of the request's turns (after the system message) are stored already.
+    pub stored_turns: usize,
+    /// The site chat the conversation is in now, if the site named it.
+    pub chat_code: Option<String>,
 }
 
 /// A line of `poectl history`.
@@ -276,13 +290,30 @@ impl Store {
         }
         let (system, turns) = matching::split_system(&record.messages);
         let tx = self.conn.transaction()?;
-        let candidates = candidates(&tx, &record.model, system, turns.first())?;
-        let asked = Asked {
-            model: &record.model,
-            system,
-            turns,
+        let placed = match &record.placement {
+            Some(p) => {
+                let known: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)",
+                    [p.conversation],
+                    |r| r.get(0),
+                )?;
+                known.then_some((p.conversation, p.stored_turns.min(turns.len())))
+            }
+            None => {
+                let candidates = candidates(&tx, &record.model, system, turns.first())?;
+                let asked = Asked {
+                    model: &record.model,
+                    system,
+                    turns,
+                };
+                matching::continued(&candidates, asked)
+            }
         };
-        let (id, skip, mut turn) = match matching::continued(&candidates, asked) {
+        let chat_code = record
+            .placement
+            .as_ref()
+            .and_then(|p| p.chat_code.as_deref());
+        let (id, skip, mut turn) = match placed {
             Some((id, stored)) => {
                 let next: i64 = tx.query_row(
                     "SELECT COALESCE(MAX(turn) + 1, 0) FROM messages WHERE conversation_id = ?1",
@@ -290,16 +321,21 @@ impl Store {
                     |r| r.get(0),
                 )?;
                 tx.execute(
-                    "UPDATE conversations SET last_used_ms = ?2, bot = COALESCE(?3, bot) WHERE id = ?1",
-                    params![id, record.at_ms, record.bot],
+                    "UPDATE conversations SET last_used_ms = ?2, bot = COALESCE(?3, bot),
+                         chat_code = COALESCE(?4, chat_code)
+                     WHERE id = ?1",
+                    params![id, record.at_ms, record.bot, chat_code],
                 )?;
                 (id, stored, next)
             }
             None => {
+                // A placed conversation the file does not have yet (new, or pruned since)
+                // keeps the daemon's number, with all its turns.
+                let id = record.placement.as_ref().map(|p| p.conversation);
                 tx.execute(
-                    "INSERT INTO conversations (created_ms, last_used_ms, model, bot, system)
-                     VALUES (?1, ?1, ?2, ?3, ?4)",
-                    params![record.at_ms, record.model, record.bot, system],
+                    "INSERT INTO conversations (id, created_ms, last_used_ms, model, bot, system, chat_code)
+                     VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, record.at_ms, record.model, record.bot, system, chat_code],
                 )?;
                 (tx.last_insert_rowid(), 0, 0)
             }
@@ -362,6 +398,33 @@ impl Store {
             "DELETE FROM conversations WHERE last_used_ms < ?1",
             [cutoff],
         )?)
+    }
+
+    /// The largest conversation number used so far (0 for none): new ones count on from
+    /// there.
+    pub fn max_id(&self) -> Result<i64, HistoryError> {
+        Ok(self.conn.query_row(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'conversations'), 0),
+                        COALESCE((SELECT MAX(id) FROM conversations), 0))",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The `limit` most recently used conversations, whole, newest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<Conversation>, HistoryError> {
+        let ids = self
+            .conn
+            .prepare("SELECT id FROM conversations ORDER BY last_used_ms DESC, id DESC LIMIT ?1")?
+            .query_map([limit as i64], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(c) = self.show(id)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
     }
 
     /// The most recently used conversations, newest first.
@@ -593,6 +656,7 @@ mod tests {
                     total_ms: 300,
                 },
             },
+            placement: None,
         }
     }
 
@@ -606,6 +670,7 @@ mod tests {
                 kind: "timeout".into(),
                 message: "too slow".into(),
             },
+            placement: None,
         }
     }
 
@@ -875,5 +940,48 @@ mod tests {
         let back: Export = serde_json::from_value(v).expect("round trip");
         assert_eq!(back, export);
         assert_eq!(store.export(&[2]).expect("one").conversations.len(), 1);
+    }
+
+    #[test]
+    fn a_placed_request_keeps_the_daemons_number_and_chat_and_loads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("h.sqlite3")).expect("open");
+        let place = |conversation, stored_turns, chat: Option<&str>| Placement {
+            conversation,
+            stored_turns,
+            chat_code: chat.map(str::to_owned),
+        };
+        let mut first = answered(1_000, vec![m("user", "hi")], "hello");
+        first.placement = Some(place(41, 0, Some("abc")));
+        assert_eq!(store.record(&first).expect("record"), Some(41));
+        // The next turn: the conversation's two stored turns are not written again.
+        let mut next = answered(
+            2_000,
+            vec![m("user", "hi"), m("assistant", "hello"), m("user", "more")],
+            "even more",
+        );
+        next.placement = Some(place(41, 2, None));
+        assert_eq!(store.record(&next).expect("record"), Some(41));
+        assert_eq!(store.max_id().expect("max"), 41);
+        let recent = store.recent(5).expect("recent");
+        assert_eq!(recent.len(), 1);
+        let c = &recent[0];
+        assert_eq!((c.id, c.chat_code.as_deref()), (41, Some("abc")));
+        let contents: Vec<_> = c.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, ["hi", "hello", "more", "even more"]);
+        // A placement the file does not know (pruned meanwhile) is written whole.
+        let mut gone = answered(
+            3_000,
+            vec![m("user", "x"), m("assistant", "y"), m("user", "z")],
+            "w",
+        );
+        gone.placement = Some(place(57, 2, Some("def")));
+        assert_eq!(store.record(&gone).expect("record"), Some(57));
+        let c = store.show(57).expect("show").expect("there");
+        assert_eq!(c.messages.len(), 4);
+        assert_eq!(store.max_id().expect("max"), 57);
+        // Numbers are not reused after the newest conversation is pruned.
+        store.prune(1, 3_000 + 2 * 86_400_000).expect("prune");
+        assert_eq!(store.max_id().expect("max"), 57);
     }
 }

@@ -120,6 +120,13 @@ pub fn parse_chat_body(body: &[u8]) -> Result<ChatBody, Error> {
     })
 }
 
+/// What poed adds to an answer (as `poed`): the conversation the request went on with,
+/// whether it was sent as only the new message in the site chat of the earlier turns, and
+/// why not when it followed an earlier turn.
+fn conversation_of(c: &crate::daemon::engine::Completion) -> Value {
+    json!({"conversation": c.conversation, "continued": c.continued, "reason": c.reason})
+}
+
 /// A rough token estimate (about four characters per token); the site reports no usage.
 fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
@@ -148,6 +155,7 @@ pub(super) async fn chat_completions(
         .map(|m| estimate_tokens(&m.content))
         .sum();
     let request = CompleteRequest {
+        conversation: None,
         model: Some(model.clone()),
         messages: req.messages,
         stream: req.stream,
@@ -169,6 +177,7 @@ pub(super) async fn chat_completions(
                                      "finish_reason": "stop"}],
                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                   "total_tokens": prompt_tokens + completion_tokens},
+                        "poed": conversation_of(&c),
                     }))
                     .into_response());
                 }
@@ -178,12 +187,13 @@ pub(super) async fn chat_completions(
             }
         }
     }
-    let chunk = move |delta: Value, finish: Option<&str>| {
-        SseEvent::default().data(
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-            .to_string(),
-        )
+    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<Value>| {
+        let mut body = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        if let (Some(extra), Some(map)) = (extra, body.as_object_mut()) {
+            map.insert("poed".into(), extra);
+        }
+        SseEvent::default().data(body.to_string())
     };
     // The stream owns `reply`: when the client disconnects, axum drops the stream, and with
     // it the reply, which cancels the request.
@@ -197,7 +207,7 @@ pub(super) async fn chat_completions(
 /// `finish_reason`, or an error event after streaming began, and always `[DONE]` last.
 fn sse_events(
     reply: ReplyStream,
-    chunk: impl Fn(Value, Option<&str>) -> SseEvent + Send + 'static,
+    chunk: impl Fn(Value, Option<&str>, Option<Value>) -> SseEvent + Send + 'static,
 ) -> impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>> + Send {
     enum Phase {
         Start,
@@ -210,23 +220,23 @@ fn sse_events(
         |(mut reply, phase, chunk)| async move {
             match phase {
                 Phase::Start => {
-                    let first = chunk(json!({"role": "assistant", "content": ""}), None);
+                    let first = chunk(json!({"role": "assistant", "content": ""}), None, None);
                     Some((Ok(first), (reply, Phase::Streaming, chunk)))
                 }
                 Phase::Streaming => loop {
                     match reply.next().await {
                         Some(ReplyEvent::Text(Chunk::Append(text))) => {
-                            let e = chunk(json!({"content": text}), None);
+                            let e = chunk(json!({"content": text}), None, None);
                             return Some((Ok(e), (reply, Phase::Streaming, chunk)));
                         }
                         // OpenAI's stream cannot take back text: send the rewritten text in full
                         // after a newline (documented); non-streaming answers are always exact.
                         Some(ReplyEvent::Text(Chunk::Replace(text))) => {
-                            let e = chunk(json!({"content": format!("\n{text}")}), None);
+                            let e = chunk(json!({"content": format!("\n{text}")}), None, None);
                             return Some((Ok(e), (reply, Phase::Streaming, chunk)));
                         }
-                        Some(ReplyEvent::Done(_)) => {
-                            let e = chunk(json!({}), Some("stop"));
+                        Some(ReplyEvent::Done(c)) => {
+                            let e = chunk(json!({}), Some("stop"), Some(conversation_of(&c)));
                             return Some((Ok(e), (reply, Phase::Finished, chunk)));
                         }
                         Some(ReplyEvent::Failed(err)) => {

@@ -64,7 +64,9 @@ impl ApiError {
 pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     use ErrorKind::*;
     match kind {
-        BadRequest | NotFound | PromptTooLong => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        BadRequest | NotFound | PromptTooLong | UnknownConversation => {
+            (StatusCode::BAD_REQUEST, "invalid_request_error")
+        }
         RequestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
         UnknownModel => (StatusCode::NOT_FOUND, "invalid_request_error"),
         BotUnavailable | PermissionDenied => (StatusCode::FORBIDDEN, "permission_error"),

@@ -222,6 +222,16 @@ impl Daemon {
         cmd
     }
 
+    /// Stops this daemon (SIGTERM) and starts another on the same data directory, profile
+    /// and socket, with `extra` flags.
+    pub async fn restart(mut self, base_url: &str, extra: &[&str]) -> Daemon {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let (profile, socket) = (self.profile.clone(), self.socket.clone());
+        let status = self.stop().await;
+        assert!(status.success(), "poed did not stop cleanly: {status:?}");
+        Self::start_in(dir, profile, socket, base_url, extra).await
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("child");

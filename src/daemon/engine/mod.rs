@@ -1,8 +1,10 @@
 //! The engine: what a completion request goes through, whatever front door it came from.
 //!
-//! Resolve the model, format the prompt, take a tab from the pool (or wait in its queue),
-//! let the site driver run the chat, then hand the tab to the warm pool to be made fresh
-//! again off this request's time. Every submitted request runs in a task of its own that
+//! Resolve the model, place the request in a conversation (go on in the site chat of its
+//! earlier turns, or a fresh chat with the whole history as one prompt: see
+//! [`crate::daemon::conversations`]), take a tab from the pool (the one showing that chat
+//! if any, or wait in its queue), let the site driver run the chat, then hand the tab to
+//! the warm pool to keep the chat's page or be made fresh again off this request's time. Every submitted request runs in a task of its own that
 //! always ends with one final event ([`reply`]), also when it panics. Sign-in and cookie
 //! import go through here too (one at a time), and so does `status`.
 //!
@@ -25,30 +27,31 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::browser::supervisor::BrowserHandle;
-use crate::browser::tab_pool::{Acquired, TabPool};
+use crate::browser::tab_pool::{Acquired, TabPool, Warm};
 use crate::config::{secs, Config};
 use crate::daemon::account::Account;
 use crate::daemon::bots::{BotStore, CACHE_FILE};
+use crate::daemon::conversations::{self, Conversations, Ended, Plan};
 use crate::daemon::warm_pool::{Listeners, WarmPool};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::Stats;
 use crate::protocol::{
     AccountState, CompleteRequest, Event, ModelInfo, ModelSource, Status, Timings,
 };
-use crate::site::poe::driver::{Driver, Progress};
+use crate::site::poe::driver::{is_chat_gone, Driver, Progress, Target};
 use crate::site::poe::models::{self, ModelTable};
 use crate::site::poe::pacer::Pacer;
-use crate::site::poe::prompt::format_prompt;
 use crate::site::poe::session::Session;
 
 pub use reply::{Completion, ReplyEvent, ReplyStream};
 
-/// A request that passed its checks and holds a tab or a place in the queue.
+/// A request that passed its checks, placed in a conversation; it holds a tab or a place
+/// in the queue, or the pool's answer why not.
 struct Admitted {
     model: String,
     bot: String,
-    prompt: String,
-    slot: Acquired,
+    plan: Plan,
+    slot: Result<Acquired, Error>,
 }
 
 pub struct Engine {
@@ -77,6 +80,8 @@ pub struct Engine {
     pub http_addr: std::sync::OnceLock<String>,
     /// Records every finished request (see [`crate::history`]).
     history: crate::history::Recorder,
+    /// The conversations requests go on with.
+    conversations: Arc<Conversations>,
 }
 
 /// Where the site's bot list is cached: next to the browser profile, in poed's data
@@ -145,7 +150,17 @@ impl Engine {
             default_bot.clone(),
             config.site.watch(),
             config.browser.headless,
+            config
+                .pool
+                .chat_pages
+                .min(config.pool.tabs.saturating_sub(1)),
         );
+        let (remembered, next_id) = crate::history::remembered(
+            &config.history,
+            &config.browser.profile,
+            conversations::CAPACITY,
+        );
+        let conversations = Conversations::new(remembered, next_id);
         Ok(Arc::new(Engine {
             driver,
             warm,
@@ -167,6 +182,7 @@ impl Engine {
             socket: Mutex::new(config.socket.display().to_string()),
             http_addr: std::sync::OnceLock::new(),
             history: crate::history::Recorder::start(&config.history, &config.browser.profile),
+            conversations,
             config,
         }))
     }
@@ -199,7 +215,16 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let mut push = |e| sink.push(e);
-            let run = engine.finish(admitted, t0, &mut push, &cancel);
+            let (admitted, mut plan) = match admitted {
+                Ok(Admitted {
+                    model,
+                    bot,
+                    plan,
+                    slot,
+                }) => (slot.map(|slot| (model, bot, slot)), Some(plan)),
+                Err(e) => (Err(e), None),
+            };
+            let run = engine.finish(admitted, plan.as_mut(), t0, &mut push, &cancel);
             let result = match AssertUnwindSafe(run).catch_unwind().await {
                 Ok(result) => result,
                 Err(panic) => {
@@ -212,7 +237,43 @@ impl Engine {
                 }
             };
             let resolved = engine.models.resolve(request.model.as_deref()).ok();
-            engine.history.record(&request, resolved, &result).await;
+            let (request, placement) = match plan {
+                Some(plan) => {
+                    let placement = crate::history::Placement {
+                        conversation: plan.conversation,
+                        stored_turns: plan.stored_turns,
+                        chat_code: result.as_ref().ok().and_then(|c| c.chat_code.clone()),
+                    };
+                    // The whole conversation (a client naming it may send only the new turn).
+                    let request = CompleteRequest {
+                        messages: plan
+                            .system
+                            .iter()
+                            .map(|s| crate::protocol::ChatMessage::new("system", s.clone()))
+                            .chain(plan.turns.iter().cloned())
+                            .collect(),
+                        ..request
+                    };
+                    engine.conversations.finish(
+                        plan,
+                        match &result {
+                            Ok(c) => Ended::Answered {
+                                text: &c.text,
+                                chat_code: c.chat_code.as_deref(),
+                            },
+                            Err(e) => Ended::Failed {
+                                sent: e.sent != Some(false),
+                            },
+                        },
+                    );
+                    (request, Some(placement))
+                }
+                None => (request, None),
+            };
+            engine
+                .history
+                .record(&request, resolved, &result, placement)
+                .await;
             sink.finish(match result {
                 Ok(c) => ReplyEvent::Done(c),
                 Err(e) => ReplyEvent::Failed(e),
@@ -225,15 +286,19 @@ impl Engine {
     /// Runs an admitted request and keeps the counters.
     async fn finish(
         self: &Arc<Self>,
-        admitted: Result<Admitted, Error>,
+        admitted: Result<(String, String, Acquired), Error>,
+        plan: Option<&mut Plan>,
         t0: Instant,
         updates: &mut (dyn FnMut(ReplyEvent) + Send),
         cancel: &CancellationToken,
     ) -> Result<Completion, Error> {
         let _in_flight = InFlight::enter(&self.in_flight);
-        let mut result = match admitted {
-            Ok(a) => self.run(a, updates, cancel, t0).await,
-            Err(e) => Err(e.sent(false)),
+        let mut result = match (admitted, plan) {
+            (Ok((model, bot, slot)), Some(plan)) => {
+                self.run(model, bot, plan, slot, updates, cancel, t0).await
+            }
+            (Ok(_), None) => Err(Error::internal("a request was admitted without a plan")),
+            (Err(e), _) => Err(e.sent(false)),
         };
         if let Err(e) = &mut result {
             if e.kind == ErrorKind::Cancelled && self.stopping.load(Ordering::Relaxed) {
@@ -257,8 +322,9 @@ impl Engine {
         result
     }
 
-    /// The synchronous part of a request: checks, then a tab or a place in the queue. Done
-    /// in arrival order, before any task is spawned, so the queue is FIFO by arrival.
+    /// The synchronous part of a request: checks, its place in a conversation, then a tab
+    /// or a place in the queue. Done in arrival order, before any task is spawned, so the
+    /// queue is FIFO by arrival.
     fn admit(&self, request: &CompleteRequest) -> Result<Admitted, Error> {
         let (model, bot) = self.resolve_model(request.model.as_deref())?;
         if request.messages.is_empty() {
@@ -267,32 +333,36 @@ impl Engine {
                 "\"messages\" is empty; send at least one {\"role\":\"user\",\"content\":\"...\"}",
             ));
         }
-        let prompt = format_prompt(&request.messages);
-        if prompt.trim().is_empty() {
+        let plan =
+            self.conversations
+                .plan(&model, &bot, &request.messages, request.conversation)?;
+        if plan.prompt().trim().is_empty() {
             return Err(Error::new(ErrorKind::BadRequest, "the prompt is empty"));
         }
-        let slot = self.pool.acquire(&bot)?;
+        let want = match &plan.send {
+            conversations::Send::Continue { code, .. } => Warm::Chat(code.clone()),
+            conversations::Send::Fresh { .. } => Warm::Bot(bot.clone()),
+        };
+        let slot = self.pool.acquire(&want);
         Ok(Admitted {
             model,
             bot,
-            prompt,
+            plan,
             slot,
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         self: &Arc<Self>,
-        admitted: Admitted,
+        model: String,
+        bot: String,
+        plan: &mut Plan,
+        slot: Acquired,
         updates: &mut (dyn FnMut(ReplyEvent) + Send),
         cancel: &CancellationToken,
         t0: Instant,
     ) -> Result<Completion, Error> {
-        let Admitted {
-            model,
-            bot,
-            prompt,
-            slot,
-        } = admitted;
         let mut tab = match slot {
             Acquired::Now(tab) => tab,
             Acquired::Queued(ticket) => {
@@ -315,10 +385,11 @@ impl Engine {
             }
         };
         let queued_ms = t0.elapsed().as_millis() as u64;
-        fault_injection(&prompt);
+        fault_injection(plan.prompt());
         updates(ReplyEvent::Started {
             model: model.clone(),
             bot: bot.clone(),
+            conversation: Some(plan.conversation),
         });
         let mut first_token: Option<u64> = None;
         let mut on_progress = |p: Progress| match p {
@@ -329,12 +400,40 @@ impl Engine {
             }
         };
         let gone = tab.browser_gone.clone();
-        let result = tokio::select! {
-            r = self.driver.complete(&mut tab, &bot, &prompt, &self.pacer, &mut on_progress, cancel) => r,
-            _ = gone.cancelled() => Err(Error::new(
-                ErrorKind::BrowserCrashed,
-                "the browser died during the reply; poed is restarting it, retry the request",
-            )),
+        let result = loop {
+            let (code, answers) = match &plan.send {
+                conversations::Send::Continue { code, answers, .. } => {
+                    (Some(code.clone()), *answers)
+                }
+                conversations::Send::Fresh { .. } => (None, 0),
+            };
+            let target = match &code {
+                Some(code) => Target::Chat {
+                    bot: &bot,
+                    code,
+                    answers,
+                },
+                None => Target::Fresh { bot: &bot },
+            };
+            let prompt = plan.prompt().to_owned();
+            let result = tokio::select! {
+                r = self.driver.complete(&mut tab, &target, &prompt, &self.pacer, &mut on_progress, cancel) => r,
+                _ = gone.cancelled() => Err(Error::new(
+                    ErrorKind::BrowserCrashed,
+                    "the browser died during the reply; poed is restarting it, retry the request",
+                )),
+            };
+            match result {
+                // Nothing was sent: the conversation goes on in a fresh chat instead.
+                Err(e) if code.is_some() && is_chat_gone(&e) => {
+                    info!(tab = tab.id, conversation = plan.conversation, why = %e.message, "the site chat cannot be continued; sending the whole conversation in a fresh chat");
+                    plan.fall_back(
+                        "chat_gone",
+                        format!("{}; the whole conversation went to a new chat", e.message),
+                    );
+                }
+                other => break other,
+            }
         };
         match &result {
             Ok(_) => self.account.answered(&bot),
@@ -343,14 +442,24 @@ impl Engine {
                 info!(tab = tab.id, kind = %e.kind, "request failed");
             }
         }
-        // The chat is used: make the tab fresh again, off this request's time (for the
-        // default bot when the site has no such bot).
-        let unknown = matches!(&result, Err(e) if e.kind == ErrorKind::UnknownModel);
-        let next = if unknown { &self.default_bot } else { &bot };
-        self.warm.prepare_and_release(tab, next.clone());
-        let text = result.map_err(|e| self.with_close_names(e, &model))?;
+        // The chat is used: keep its page for the conversation's next message when the
+        // conversation has shown it goes on (a follow-up; one-off requests keep the tabs
+        // fresh for new chats), or make the tab fresh again (for the default bot when the
+        // site has no such bot), off this request's time.
+        match &result {
+            Ok(reply) if reply.chat_code.is_some() && !plan.new => {
+                let code = reply.chat_code.clone().unwrap_or_default();
+                self.warm.keep_chat_or_refresh(tab, code, bot.clone());
+            }
+            _ => {
+                let unknown = matches!(&result, Err(e) if e.kind == ErrorKind::UnknownModel);
+                let next = if unknown { &self.default_bot } else { &bot };
+                self.warm.prepare_and_release(tab, Warm::Bot(next.clone()));
+            }
+        }
+        let reply = result.map_err(|e| self.with_close_names(e, &model))?;
         Ok(Completion {
-            text,
+            text: reply.text,
             model,
             bot,
             timings: Timings {
@@ -358,6 +467,10 @@ impl Engine {
                 first_token_ms: first_token,
                 total_ms: t0.elapsed().as_millis() as u64,
             },
+            conversation: Some(plan.conversation),
+            continued: plan.continued(),
+            reason: plan.not_continued.clone(),
+            chat_code: reply.chat_code,
         })
     }
 
@@ -473,7 +586,7 @@ impl Engine {
         let t = &self.config.timeouts;
         let site = &self.config.site;
         let url = format!("{}{}", site.base_url.trim_end_matches('/'), site.bots_path);
-        let mut tab = match self.pool.acquire(&self.default_bot)? {
+        let mut tab = match self.pool.acquire(&Warm::Bot(self.default_bot.clone()))? {
             Acquired::Now(tab) => tab,
             Acquired::Queued(ticket) => tokio::select! {
                 tab = ticket.wait() => tab?,
@@ -497,7 +610,8 @@ impl Engine {
             self.account.failed(&self.default_bot, e);
         }
         // The tab left its chat: make it fresh again, off this request's time.
-        self.warm.prepare_and_release(tab, self.default_bot.clone());
+        self.warm
+            .prepare_and_release(tab, Warm::Bot(self.default_bot.clone()));
         let bots = found?;
         match self.bots.set_discovered(&bots, &url) {
             Ok(list) => info!(bots = list.bots.len(), "the site's bot list refreshed"),
@@ -569,6 +683,7 @@ impl Engine {
         };
         self.account.reset();
         let (count, checked) = session.import_cookies(cookies, limit, cancel).await?;
+        self.conversations.signed_in_again();
         match &checked {
             Ok(()) => self.account.signed_in(),
             Err(e) => self.account.failed(&bot, e),
@@ -605,6 +720,7 @@ impl Engine {
             .await;
         match &result {
             Ok(()) => {
+                self.conversations.signed_in_again();
                 self.account.reset();
                 self.account.signed_in();
                 info!("signed in");

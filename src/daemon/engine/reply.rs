@@ -14,7 +14,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::warn;
 
 use crate::error::Error;
-use crate::protocol::Timings;
+use crate::protocol::{NotContinued, Timings};
 use crate::reply::Chunk;
 
 /// A finished completion.
@@ -24,6 +24,14 @@ pub struct Completion {
     pub model: String,
     pub bot: String,
     pub timings: Timings,
+    /// The conversation the request belongs to.
+    pub conversation: Option<i64>,
+    /// Sent as only the new message in the site chat of the earlier turns.
+    pub continued: bool,
+    /// Why a request that followed an earlier turn went to a fresh chat.
+    pub reason: Option<NotContinued>,
+    /// The site chat the reply is in, if the site named it.
+    pub chat_code: Option<String>,
 }
 
 /// What a front door reads from a submitted request: progress, then one final event.
@@ -35,6 +43,7 @@ pub enum ReplyEvent {
     Started {
         model: String,
         bot: String,
+        conversation: Option<i64>,
     },
     /// The prompt was handed to the site.
     Sent,
@@ -146,6 +155,10 @@ mod tests {
 
     fn done(t: &str) -> ReplyEvent {
         ReplyEvent::Done(Completion {
+            conversation: None,
+            continued: false,
+            reason: None,
+            chat_code: None,
             text: t.into(),
             model: "m".into(),
             bot: "b".into(),

@@ -1,9 +1,11 @@
 //! The Poe driver: runs one completion in a tab, the way a person would, and reads what the
 //! site says from the page's network traffic.
 //!
-//! Open the bot page (a fresh chat) unless the tab is already warm for that bot; a redirect
-//! to the sign-in page means signed out at once, otherwise wait for the prompt box. Focus
-//! it, enter the prompt with `Input.insertText`, wait until the send button is enabled,
+//! Open the bot page (a fresh chat), or the page of a site chat to continue
+//! (`{base}/chat/{code}`), unless the tab already shows it; a redirect to the sign-in page
+//! means signed out at once, otherwise wait for the prompt box. A chat page that is gone
+//! (not found, moved away, no prompt box) is said with [`is_chat_gone`], before anything
+//! was sent, so the caller can start a fresh chat instead. Focus the prompt box, enter the prompt with `Input.insertText`, wait until the send button is enabled,
 //! click it. Then everything comes from the network (see [`crate::browser::tab`]): the
 //! response to the page's own send request says whether the site took the prompt (a
 //! refusal ends the request at once with its own kind; a refusal for the site's rate or for
@@ -21,6 +23,7 @@ use tracing::{debug, info, trace, warn};
 
 use crate::browser::cdp::{self, CdpFailure, Wanted};
 use crate::browser::tab::{Tab, TabSignal};
+use crate::browser::tab_pool::Warm;
 use crate::config::{secs, SiteConfig, Timeouts};
 use crate::error::{Error, ErrorKind};
 use crate::reply::Chunk;
@@ -35,6 +38,65 @@ pub enum Progress {
     Sent,
     /// The reply text changed.
     Text(Chunk),
+}
+
+/// Where a prompt is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A fresh chat with the bot (its page `{base}/{bot}`).
+    Fresh { bot: &'a str },
+    /// The site chat `code` with the bot (its page `{base}/chat/{code}`): the message
+    /// continues it. `answers` is how many replies the chat's page shows already.
+    Chat {
+        bot: &'a str,
+        code: &'a str,
+        answers: usize,
+    },
+}
+
+impl Target<'_> {
+    pub fn bot(&self) -> &str {
+        match self {
+            Target::Fresh { bot } | Target::Chat { bot, .. } => bot,
+        }
+    }
+
+    /// The page a tab shows when it is ready for this target.
+    pub fn warm(&self) -> Warm {
+        match self {
+            Target::Fresh { bot } => Warm::Bot((*bot).to_owned()),
+            Target::Chat { code, .. } => Warm::Chat((*code).to_owned()),
+        }
+    }
+}
+
+/// A finished reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The site's final text.
+    pub text: String,
+    /// The site chat the reply is in (from the site's answer to the send, else the page's
+    /// URL), if the site named it.
+    pub chat_code: Option<String>,
+}
+
+/// The `state` of the error that says a site chat cannot be continued (see
+/// [`is_chat_gone`]); it never reaches a client.
+const CHAT_GONE: &str = "poed:chat_gone";
+
+/// Whether `e` says that the site chat of a [`Target::Chat`] cannot be used (deleted, not
+/// found, no prompt box, refused): nothing was sent, and a fresh chat may be used instead.
+pub fn is_chat_gone(e: &Error) -> bool {
+    e.state.as_deref() == Some(CHAT_GONE)
+}
+
+fn chat_gone(code: &str, why: &str) -> Error {
+    Error::new(
+        ErrorKind::SiteError,
+        format!("the site chat {code} cannot be continued: {why}"),
+    )
+    .with_state(CHAT_GONE)
+    .sent(false)
 }
 
 /// How many times a prompt the site refused for its rate or for too many replies in flight
@@ -83,6 +145,43 @@ impl Driver {
         format!("{}/{}", self.site.base_url.trim_end_matches('/'), bot)
     }
 
+    /// The page of the site chat `code`.
+    pub fn chat_url(&self, code: &str) -> String {
+        format!("{}/chat/{}", self.site.base_url.trim_end_matches('/'), code)
+    }
+
+    fn target_url(&self, target: &Target<'_>) -> String {
+        match target {
+            Target::Fresh { bot } => self.bot_url(bot),
+            Target::Chat { code, .. } => self.chat_url(code),
+        }
+    }
+
+    /// The path of `url` on the site (`None` off the site), without query or fragment and
+    /// trailing slashes.
+    fn site_path<'u>(&self, url: &'u str) -> Option<&'u str> {
+        if !self.on_site(url) {
+            return None;
+        }
+        let rest = &url[self.site.base_url.trim_end_matches('/').len()..];
+        let path = rest.split(['?', '#']).next().unwrap_or(rest);
+        Some(path.trim_end_matches('/'))
+    }
+
+    /// The code of the site chat whose page `url` is, if it is one.
+    pub fn chat_code_of(&self, url: &str) -> Option<String> {
+        let code = self.site_path(url)?.strip_prefix("/chat/")?;
+        (!code.is_empty() && !code.contains('/')).then(|| code.to_owned())
+    }
+
+    /// Whether `url` is the page `target` opens.
+    fn is_target_page(&self, url: &str, target: &Target<'_>) -> bool {
+        match target {
+            Target::Fresh { bot } => self.is_bot_page(url, bot),
+            Target::Chat { code, .. } => self.chat_code_of(url).as_deref() == Some(*code),
+        }
+    }
+
     /// Whether `url` is the site's sign-in page (`site.login_path`, any query).
     pub fn is_sign_in(&self, url: &str) -> bool {
         let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
@@ -127,14 +226,8 @@ impl Driver {
     /// Whether `url` is `bot`'s page: its path, compared case-insensitively as the site
     /// does (it sends other spellings of a handle to the canonical one), any query.
     pub fn is_bot_page(&self, url: &str, bot: &str) -> bool {
-        let base = self.site.base_url.trim_end_matches('/');
-        if !self.on_site(url) {
-            return false;
-        }
-        let rest = &url[base.len()..];
-        let path = rest.split(['?', '#']).next().unwrap_or(rest);
-        let path = path.trim_end_matches('/');
-        path.strip_prefix('/')
+        self.site_path(url)
+            .and_then(|p| p.strip_prefix('/'))
             .is_some_and(|handle| handle.eq_ignore_ascii_case(bot))
     }
 
@@ -152,8 +245,20 @@ impl Driver {
     /// A bot the site does not have (its page answers 404, or sends the browser off the
     /// bot's page) is `unknown_model` as soon as the page says so.
     pub async fn open_chat(&self, tab: &mut Tab, bot: &str) -> Result<(), Error> {
+        self.open(tab, &Target::Fresh { bot }).await
+    }
+
+    /// Opens `target`'s page and waits for its prompt box, which is focused; the tab is
+    /// then warm for it. A signed-out profile is `not_logged_in` as soon as the site
+    /// redirects; a bot the site does not have is `unknown_model`, a site chat that cannot
+    /// be used is [`is_chat_gone`], each as soon as the page says so.
+    pub async fn open(&self, tab: &mut Tab, target: &Target<'_>) -> Result<(), Error> {
         tab.warm_for = None;
-        let url = self.bot_url(bot);
+        let url = self.target_url(target);
+        let not_here = |why: String| match target {
+            Target::Fresh { bot } => self.no_such_bot(bot, &why),
+            Target::Chat { code, .. } => chat_gone(code, &why),
+        };
         let mut documents = tab.watch_document();
         documents.borrow_and_update();
         cdp::goto(&tab.page, &url, secs(self.timeouts.navigation_secs))
@@ -163,7 +268,7 @@ impl Driver {
                     ErrorKind::SiteError,
                     format!("cannot open {url}: {m}; check site.base_url, the network and browser.proxy"),
                 ),
-                other => browser_error("opening the bot page", other),
+                other => browser_error("opening the chat page", other),
             })?;
         // A signed-out visit is redirected to the sign-in page: no need to wait for a
         // prompt box that will never come.
@@ -173,21 +278,19 @@ impl Driver {
         if self.is_sign_in(&landed) {
             return Err(self.redirected());
         }
-        // What the site answered for the page, from the network: a bot it does not have is
-        // a not-found page, or a redirect away from the bot's page.
+        // What the site answered for the page, from the network: a bot or chat it does not
+        // have is a not-found page, or a redirect away from the page asked for.
         if self.on_site(&landed) {
             if let Some(status) = document_status(&mut documents, &landed).await {
                 if matches!(status, 404 | 410) {
-                    return Err(
-                        self.no_such_bot(bot, &format!("its page {url} answered HTTP {status}"))
-                    );
+                    return Err(not_here(format!("its page {url} answered HTTP {status}")));
                 }
             }
-            if !self.is_bot_page(&landed, bot) {
-                return Err(self.no_such_bot(
-                    bot,
-                    &format!("{url} sent the browser to {}", crate::redact::url(&landed)),
-                ));
+            if !self.is_target_page(&landed, target) {
+                return Err(not_here(format!(
+                    "{url} sent the browser to {}",
+                    crate::redact::url(&landed)
+                )));
             }
         }
         let sel = &self.site.selectors;
@@ -210,7 +313,7 @@ impl Driver {
         let wait = cdp::wait_for_first(&tab.page, &wanted, secs(self.timeouts.prompt_box_secs));
         let redirect = async {
             // The page itself may move to the sign-in page after loading, or away from a
-            // bot it does not have.
+            // bot or chat it does not have.
             loop {
                 if moves.changed().await.is_err() {
                     return std::future::pending().await;
@@ -219,11 +322,8 @@ impl Driver {
                 if self.is_sign_in(&now) {
                     return self.redirected();
                 }
-                if self.on_site(&now) && !self.is_bot_page(&now, bot) {
-                    return self.no_such_bot(
-                        bot,
-                        &format!("its page moved to {}", crate::redact::url(&now)),
-                    );
+                if self.on_site(&now) && !self.is_target_page(&now, target) {
+                    return not_here(format!("its page moved to {}", crate::redact::url(&now)));
                 }
             }
         };
@@ -243,40 +343,67 @@ impl Driver {
                 if !focused {
                     return Err(self.not_logged_in());
                 }
-                tab.warm_for = Some(bot.to_owned());
-                debug!(tab = tab.id, bot, "chat ready");
+                tab.warm_for = Some(target.warm());
+                debug!(tab = tab.id, ?target, "chat ready");
                 Ok(())
             }
             Some(_) => Err(self.not_logged_in()),
             None => {
-                let mut e = self.not_logged_in();
-                e.message = format!(
-                    "no prompt box appeared on {url} within {}s (a sign-in or challenge page?); {}",
-                    self.timeouts.prompt_box_secs, e.message
-                );
-                Err(e)
+                let secs = self.timeouts.prompt_box_secs;
+                Err(match target {
+                    Target::Chat { code, .. } => chat_gone(
+                        code,
+                        &format!("its page showed no prompt box within {secs}s"),
+                    ),
+                    Target::Fresh { .. } => {
+                        let mut e = self.not_logged_in();
+                        e.message = format!(
+                            "no prompt box appeared on {url} within {secs}s (a sign-in or challenge page?); {}",
+                            e.message
+                        );
+                        e
+                    }
+                })
             }
         }
     }
 
-    /// Sends `prompt` to `bot` in `tab` and streams the reply through `progress`.
-    /// Returns the site's final text. A send the site refuses for its rate or for too many
-    /// replies in flight was not taken: it is sent again after the account's backoff, as
-    /// long as the request's time allows.
+    /// Makes a tab whose page is still the site chat `code` (a reply just finished there)
+    /// ready for the chat's next message without reloading it: the prompt box is found and
+    /// focused. False when the page is not that chat or has no prompt box now.
+    pub async fn keep_chat(&self, tab: &mut Tab, code: &str) -> Result<bool, Error> {
+        tab.warm_for = None;
+        if self.chat_code_of(&tab.url()).as_deref() != Some(code) {
+            return Ok(false);
+        }
+        let focused = cdp::focus(&tab.page, &self.site.selectors.prompt_box, COMMAND_LIMIT)
+            .await
+            .map_err(|e| browser_error("focusing the prompt box", e))?;
+        if focused {
+            tab.warm_for = Some(Warm::Chat(code.to_owned()));
+        }
+        Ok(focused)
+    }
+
+    /// Sends `prompt` to `target` in `tab` and streams the reply through `progress`.
+    /// Returns the site's final text and the chat it is in. A send the site refuses for its
+    /// rate or for too many replies in flight was not taken: it is sent again after the
+    /// account's backoff, as long as the request's time allows.
     pub async fn complete(
         &self,
         tab: &mut Tab,
-        bot: &str,
+        target: &Target<'_>,
         prompt: &str,
         pacer: &Pacer,
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &CancellationToken,
-    ) -> Result<String, Error> {
+    ) -> Result<Reply, Error> {
         let deadline = Instant::now() + secs(self.timeouts.reply_secs);
         let mut attempt = 1;
         loop {
+            let mut chat_code = None;
             match self
-                .send_once(tab, bot, prompt, pacer, progress, cancel)
+                .send_once(tab, target, prompt, pacer, progress, cancel, &mut chat_code)
                 .await
             {
                 Err(e) if e.sent == Some(false) && is_pace_refusal(&e) => {
@@ -286,28 +413,34 @@ impl Driver {
                     }
                     attempt += 1;
                     info!(tab = tab.id, kind = %e.kind, ?backoff, "the site refused the send for now; sending again after the backoff");
-                    // A fresh chat for the next attempt: the refused page may keep the text.
+                    // The page afresh for the next attempt: the refused page may keep the text.
                     tab.warm_for = None;
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(text) => {
+                    let chat_code = chat_code.or_else(|| self.chat_code_of(&tab.url()));
+                    return Ok(Reply { text, chat_code });
+                }
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_once(
         &self,
         tab: &mut Tab,
-        bot: &str,
+        target: &Target<'_>,
         prompt: &str,
         pacer: &Pacer,
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &CancellationToken,
+        chat_code: &mut Option<String>,
     ) -> Result<String, Error> {
         // Until the send is pressed a cancel keeps the prompt from the site: every step
         // before it (opening the chat, entering the prompt, waiting for the button, pacing)
         // is abandoned at once; the tab is made fresh again afterwards.
         let before_send = async {
-            let send = self.prepare_send(tab, bot, prompt).await?;
+            let send = self.prepare_send(tab, target, prompt).await?;
             pacer.wait(cancel).await?;
             Ok::<_, Error>(send)
         };
@@ -326,12 +459,12 @@ impl Driver {
                 .await
                 .map_err(|e| browser_error("clicking send", e))
         };
-        let read = self.read_reply(tab, bot, &mut sub.rx, pacer, progress, cancel);
+        let read = self.read_reply(tab, target, &mut sub.rx, pacer, progress, cancel, chat_code);
         tokio::pin!(read);
         let result = tokio::select! {
             clicked = click => match clicked {
                 Ok(()) => {
-                    debug!(tab = tab.id, bot, "prompt sent");
+                    debug!(tab = tab.id, ?target, "prompt sent");
                     read.await
                 }
                 // The click's answer failed: the browser may have died under it (the reader
@@ -351,15 +484,16 @@ impl Driver {
     async fn prepare_send(
         &self,
         tab: &mut Tab,
-        bot: &str,
+        target: &Target<'_>,
         prompt: &str,
     ) -> Result<cdp::Found, Error> {
         let sel = &self.site.selectors;
+        let bot = target.bot();
         // A warm page may be stale (signed out or limited since it loaded): on trouble it is
         // reopened once before the problem counts.
         let mut reopened = false;
-        if tab.warm_for.as_deref() != Some(bot) {
-            self.open_chat(tab, bot).await?;
+        if tab.warm_for.as_ref() != Some(&target.warm()) {
+            self.open(tab, target).await?;
             reopened = true;
         }
         // From here on the chat is used: whatever happens, it is not fresh any more.
@@ -380,7 +514,7 @@ impl Driver {
                 if reopened {
                     return Err(self.not_logged_in());
                 }
-                self.open_chat(tab, bot).await?;
+                self.open(tab, target).await?;
                 tab.warm_for = None;
                 reopened = true;
                 continue;
@@ -417,7 +551,7 @@ impl Driver {
                     focus_first = true;
                 }
                 Some(_) if !reopened => {
-                    self.open_chat(tab, bot).await?;
+                    self.open(tab, target).await?;
                     tab.warm_for = None;
                     reopened = true;
                 }
@@ -440,15 +574,24 @@ impl Driver {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn read_reply(
         &self,
         tab: &Tab,
-        bot: &str,
+        sent_to: &Target<'_>,
         rx: &mut UnboundedReceiver<TabSignal>,
         pacer: &Pacer,
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &CancellationToken,
+        chat_code: &mut Option<String>,
     ) -> Result<String, Error> {
+        let bot = sent_to.bot();
+        // Replies the page showed before this one (a continued chat's earlier turns): the
+        // page is read only for a reply after them.
+        let earlier = match sent_to {
+            Target::Chat { answers, .. } => *answers,
+            Target::Fresh { .. } => 0,
+        };
         let started = Instant::now();
         let idle_limit = secs(self.timeouts.idle_secs);
         let deadline = tokio::time::sleep(secs(self.timeouts.reply_secs));
@@ -493,7 +636,7 @@ impl Driver {
                     refetch_until = None;
                     if self.site.recover_from_dom {
                         warn!(tab = tab.id, "no refetch response showed the reply; reading the page");
-                        recovery = Some(Box::pin(cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, secs(self.timeouts.recover_secs))));
+                        recovery = Some(Box::pin(cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, earlier, secs(self.timeouts.recover_secs))));
                     } else {
                         warn!(tab = tab.id, "no refetch response showed the reply (reading the page is off)");
                     }
@@ -512,7 +655,7 @@ impl Driver {
                     // Last chance before `stalled`: the page may show a finished reply that
                     // no frame announced. The prompt is never sent again.
                     if self.site.recover_from_dom {
-                        if let Ok(Some(text)) = cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, Duration::from_millis(500)).await {
+                        if let Ok(Some(text)) = cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, earlier, Duration::from_millis(500)).await {
                             if tracker.started() || !text.is_empty() {
                                 info!(tab = tab.id, "stalled reply recovered from the page");
                                 return Ok(finish_recovered(&tracker, text, progress));
@@ -564,10 +707,18 @@ impl Driver {
                             match network::parse_send_response(&exchange.body) {
                                 Some(SendResult::Refused { refusal, message }) => {
                                     warn!(tab = tab.id, status = refusal.as_str(), "the site refused the send");
+                                    // A refusal of its own kind in a continued chat (e.g. a
+                                    // chat the site no longer has): nothing was taken.
+                                    if let (Refusal::Other(status), Target::Chat { code, .. }) = (&refusal, sent_to) {
+                                        return Err(chat_gone(code, &format!("the site refused the message there (status {status:?})")));
+                                    }
                                     return Err(refusal_error(&refusal, message.as_deref(), bot).sent(false));
                                 }
-                                Some(SendResult::Taken { message_id, .. }) => {
+                                Some(SendResult::Taken { message_id, chat_code: code, .. }) => {
                                     debug!(tab = tab.id, "the site took the prompt");
+                                    if code.is_some() {
+                                        *chat_code = code;
+                                    }
                                     if target.human_message_id.is_none() {
                                         target.human_message_id = message_id;
                                     }

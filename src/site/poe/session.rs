@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::browser::cdp;
 use crate::browser::supervisor::BrowserHandle;
 use crate::browser::tab::Tab;
-use crate::browser::tab_pool::{Acquired, TabPool};
+use crate::browser::tab_pool::{Acquired, TabPool, Warm};
 use crate::config::{secs, SiteConfig, Timeouts};
 use crate::cookies::Cookie;
 use crate::error::{Error, ErrorKind};
@@ -70,7 +70,7 @@ impl Session<'_> {
             info!(count, "session cookies imported");
             // Pages loaded before the import show the old session.
             self.pool.cool_all();
-            let mut tab = match self.pool.acquire(self.bot)? {
+            let mut tab = match self.pool.acquire(&Warm::Bot(self.bot.to_owned()))? {
                 Acquired::Now(tab) => tab,
                 Acquired::Queued(ticket) => ticket.wait().await?,
             };
