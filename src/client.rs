@@ -14,7 +14,7 @@
 //!     .complete(CompleteRequest {
 //!         model: Some("gpt-4".into()),
 //!         messages: vec![ChatMessage::new("user", "Hello")],
-//!         stream: true,
+//!         ..Default::default()
 //!     })
 //!     .await?;
 //! while let Some(event) = reply.next().await {
@@ -151,6 +151,27 @@ impl Client {
                 },
                 ..
             }) => (protocol, version),
+            // The daemon refuses this connection (e.g. `permission_denied`): its error,
+            // not a protocol error.
+            Ok(EventLine {
+                event:
+                    Event::Error {
+                        kind,
+                        message,
+                        state,
+                        sent,
+                        reset_at,
+                    },
+                ..
+            }) => {
+                return Err(ClientError::Request(Error {
+                    kind,
+                    message,
+                    state,
+                    sent,
+                    reset_at,
+                }))
+            }
             _ => {
                 return Err(ClientError::Protocol(format!(
                     "expected a hello line, got {first:?}"

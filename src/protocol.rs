@@ -88,6 +88,19 @@ pub struct CompleteRequest {
     pub conversation: Option<i64>,
 }
 
+impl Default for CompleteRequest {
+    /// No messages, the default model, streamed, no named conversation: fill in
+    /// `messages` and keep `..Default::default()` so fields added later need no change.
+    fn default() -> Self {
+        CompleteRequest {
+            model: None,
+            messages: Vec::new(),
+            stream: true,
+            conversation: None,
+        }
+    }
+}
+
 /// Why a request that followed an earlier turn was not continued in the site chat of that
 /// turn, but sent with the whole conversation in a fresh chat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

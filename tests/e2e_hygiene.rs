@@ -352,10 +352,10 @@ async fn another_users_client_is_refused_before_any_request() {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let out = run(stranger).await;
-    assert_eq!(out.code, 4, "{}\n{}", out.stderr, log());
+    // The refusal is the request's error (exit 1), not a protocol error.
+    assert_eq!(out.code, 1, "{}\n{}", out.stderr, log());
     assert!(
-        out.stderr.contains(r#"\"kind\":\"permission_denied\""#)
-            && out.stderr.contains(&format!("uid {NOBODY}")),
+        out.stderr.contains("permission_denied") && out.stderr.contains(&format!("uid {NOBODY}")),
         "{}",
         out.stderr
     );
@@ -410,4 +410,24 @@ async fn another_users_client_is_refused_before_any_request() {
         !log.contains(&reply),
         "the reply is logged below trace:\n{log}"
     );
+}
+
+#[tokio::test]
+async fn print_config_keeps_proxy_credentials_out() {
+    let out = run({
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_poed"));
+        cmd.args([
+            "--print-config",
+            "--proxy",
+            "http://alice:s3cret-pw@proxy.example:3128",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        cmd
+    })
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("proxy.example:3128"), "{}", out.stdout);
+    assert!(!out.stdout.contains("s3cret-pw"), "{}", out.stdout);
 }

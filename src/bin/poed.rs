@@ -201,7 +201,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = load_config(&args).context("invalid configuration")?;
     if args.print_config {
-        print!("{}", toml::to_string_pretty(&config)?);
+        // Printed configs end up in bug reports: no proxy credentials in them.
+        let mut shown = config.clone();
+        shown.browser.proxy = shown.browser.proxy.as_deref().map(poed::redact::proxy);
+        print!("{}", toml::to_string_pretty(&shown)?);
         return Ok(());
     }
     // Whatever poed creates (socket, files, directories) is private to the user.

@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, ErrorKind};
-use crate::history::matching::{self, Asked, Stored};
+use crate::history::matching::{self, Asked, StoredView};
 use crate::protocol::{ChatMessage, NotContinued};
 use crate::site::poe::prompt::format_prompt;
 
@@ -267,29 +267,28 @@ impl Conversations {
             }
         };
         let (system, turns) = matching::split_system(messages);
-        let candidates: Vec<Stored> = {
+        let found = {
             let mut by_use: Vec<&Entry> = inner
                 .entries
                 .iter()
                 .filter(|e| named.is_none_or(|id| e.id == id))
                 .collect();
             by_use.sort_by_key(|e| std::cmp::Reverse(e.used));
-            by_use
-                .into_iter()
-                .map(|e| Stored {
+            let asked = Asked {
+                model,
+                system,
+                turns,
+            };
+            matching::continued_in(
+                by_use.into_iter().map(|e| StoredView {
                     id: e.id,
-                    model: e.model.clone(),
-                    system: e.system.clone(),
-                    transcript: e.transcript.clone(),
-                })
-                .collect()
+                    model: &e.model,
+                    system: e.system.as_deref(),
+                    transcript: &e.transcript,
+                }),
+                asked,
+            )
         };
-        let asked = Asked {
-            model,
-            system,
-            turns,
-        };
-        let found = matching::continued(&candidates, asked);
         let fresh = Send::Fresh {
             prompt: format_prompt(messages),
         };

@@ -19,6 +19,27 @@ pub struct Stored {
     pub transcript: Vec<ChatMessage>,
 }
 
+impl Stored {
+    pub fn view(&self) -> StoredView<'_> {
+        StoredView {
+            id: self.id,
+            model: &self.model,
+            system: self.system.as_deref(),
+            transcript: &self.transcript,
+        }
+    }
+}
+
+/// A stored conversation, borrowed (so callers that keep conversations need not copy them
+/// to match a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredView<'a> {
+    pub id: i64,
+    pub model: &'a str,
+    pub system: Option<&'a str>,
+    pub transcript: &'a [ChatMessage],
+}
+
 /// A request split into its system message and its turns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Asked<'a> {
@@ -40,12 +61,20 @@ pub fn split_system(messages: &[ChatMessage]) -> (Option<&str>, &[ChatMessage]) 
 /// recently used first). A transcript matches when it is not empty, ends with an answer, and
 /// is a proper prefix of the request's turns.
 pub fn continued(candidates: &[Stored], asked: Asked<'_>) -> Option<(i64, usize)> {
+    continued_in(candidates.iter().map(Stored::view), asked)
+}
+
+/// [`continued`] over borrowed candidates.
+pub fn continued_in<'a>(
+    candidates: impl IntoIterator<Item = StoredView<'a>>,
+    asked: Asked<'_>,
+) -> Option<(i64, usize)> {
     let mut best: Option<(i64, usize)> = None;
     for c in candidates {
         let n = c.transcript.len();
         let ends_with_answer = c.transcript.last().is_some_and(|m| m.role == "assistant");
         if c.model == asked.model
-            && c.system.as_deref() == asked.system
+            && c.system == asked.system
             && ends_with_answer
             && n < asked.turns.len()
             && asked.turns[..n] == c.transcript[..]

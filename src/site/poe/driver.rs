@@ -604,6 +604,8 @@ impl Driver {
             secs(self.timeouts.refetch_secs + self.timeouts.recover_secs).max(idle_limit);
         // What identifies this prompt's messages in a refetch response.
         let mut target = ReplyTarget::default();
+        // Whether the site's answer to the send was read (it names the chat).
+        let mut send_answered = false;
         // Set once the page lost its update stream: its refetch response is awaited until
         // this moment, then (if allowed) the page itself is read.
         let mut refetch_until: Option<tokio::time::Instant> = None;
@@ -681,6 +683,14 @@ impl Driver {
                                             ReplyStep::Text(chunk) => progress(Progress::Text(chunk)),
                                             ReplyStep::Finished(Outcome::Complete(text)) => {
                                                 info!(tab = tab.id, chars = text.chars().count(), ms = started.elapsed().as_millis() as u64, "reply complete");
+                                                // The reply may outrun the page's reading of the send's answer,
+                                                // which names the chat the conversation goes on in.
+                                                if !send_answered && chat_code.is_none() {
+                                                    *chat_code = self.chat_code_of(&tab.url());
+                                                    if chat_code.is_none() {
+                                                        await_send_answer(rx, chat_code).await;
+                                                    }
+                                                }
                                                 return Ok(text);
                                             }
                                             ReplyStep::Finished(Outcome::Failed { state, .. }) => {
@@ -703,6 +713,7 @@ impl Driver {
                     Some(TabSignal::Http(exchange)) => {
                         let name = network::query_name(&exchange.request_headers, exchange.post_data.as_deref());
                         if name.as_deref().is_some_and(network::is_send_query) {
+                            send_answered = true;
                             target.client_nonce = exchange.post_data.as_deref().and_then(network::client_nonce);
                             match network::parse_send_response(&exchange.body) {
                                 Some(SendResult::Refused { refusal, message }) => {
@@ -814,6 +825,42 @@ impl Driver {
                 return;
             }
         }
+    }
+}
+
+/// How long a finished reply waits for the site's answer to its send, when the page has
+/// not read it yet (it names the chat).
+const SEND_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits (bounded) for the page's send request's answer and takes the chat it names.
+async fn await_send_answer(rx: &mut UnboundedReceiver<TabSignal>, chat_code: &mut Option<String>) {
+    let wait = async {
+        while let Some(signal) = rx.recv().await {
+            match signal {
+                TabSignal::Http(exchange) => {
+                    let name = network::query_name(
+                        &exchange.request_headers,
+                        exchange.post_data.as_deref(),
+                    );
+                    if !name.as_deref().is_some_and(network::is_send_query) {
+                        continue;
+                    }
+                    if let Some(SendResult::Taken {
+                        chat_code: Some(code),
+                        ..
+                    }) = network::parse_send_response(&exchange.body)
+                    {
+                        *chat_code = Some(code);
+                    }
+                    return;
+                }
+                TabSignal::Gone => return,
+                _ => {}
+            }
+        }
+    };
+    if tokio::time::timeout(SEND_ANSWER_WAIT, wait).await.is_err() {
+        debug!("the send's answer was not read in time; the chat is taken from the page's URL");
     }
 }
 
