@@ -466,6 +466,8 @@ async fn bench(runs: usize) {
         handler.abort();
     }
 
+    let turns = conversations(runs).await;
+
     println!("## poed benchmark ({runs} runs; the double streams a short reply in ~5 frames, 20 ms apart)\n");
     println!("| measure | n | median ms | p90 ms | min ms | max ms |");
     println!("|---|---|---|---|---|---|");
@@ -485,6 +487,11 @@ async fn bench(runs: usize) {
         &a_total,
     ] {
         println!("{}", s.row(""));
+    }
+    println!("\n| conversations (2025 double), time to first token | n | median ms | p90 ms | min ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    for series in &turns {
+        println!("{}", series.row(""));
     }
     println!("\n| concurrent clients (3 tabs) | median wall ms | p90 wall ms | replies/s |");
     println!("|---|---|---|---|");
@@ -550,4 +557,68 @@ async fn wait_warm(client: &Client, n: usize) {
         // Between measurements only: status has no push notification of pool changes.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Time to first token of a conversation's turns on the double's 2025 picture (chats live at
+/// `/chat/{code}`), default settings: the first turn in a fresh chat; the second sent alone
+/// in its chat, whose page is opened first (cold: a first turn leaves its tab fresh for new
+/// chats); the third in the page the second left open (warm).
+async fn conversations(runs: usize) -> [Series; 3] {
+    let double = double::Double::start(double::DoubleOptions {
+        chunk_delay_ms: 20,
+        mode: double::Mode::Y2025,
+        points: 10_000_000,
+        ..Default::default()
+    })
+    .await
+    .expect("double");
+    let daemon = common::Daemon::start_as_users_get_it(&double.base_url(), &[]).await;
+    let client = daemon.client().await;
+    for _ in 0..3 {
+        timed_request(&client, "warm up").await;
+    }
+    wait_warm(&client, 3).await;
+    let mut fresh = Series::new("first turn: a fresh chat");
+    let mut cold = Series::new("second turn: only it sent, chat page opened first (cold)");
+    let mut warm = Series::new("third turn: only it sent, chat page kept open (warm)");
+    for i in 0..runs {
+        let mut messages = Vec::new();
+        for (k, series) in [&mut fresh, &mut cold, &mut warm].into_iter().enumerate() {
+            messages.push(ChatMessage::new("user", format!("{SHORT_PROMPT} c{i}.{k}")));
+            let sent = Instant::now();
+            let mut reply = client
+                .complete(CompleteRequest {
+                    messages: messages.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("send");
+            let mut first = None;
+            let answer = loop {
+                match reply.next().await.expect("an event") {
+                    Event::Delta { .. } | Event::Replace { .. } => {
+                        first.get_or_insert_with(Instant::now);
+                    }
+                    Event::Done {
+                        text, continued, ..
+                    } => {
+                        assert_eq!(continued, k > 0, "turn {k} of conversation {i}");
+                        break text;
+                    }
+                    Event::Error { kind, message, .. } => {
+                        panic!("request failed: {kind}: {message}")
+                    }
+                    _ => {}
+                }
+            };
+            if let Some(f) = first {
+                series.values.push(ms(f.duration_since(sent)));
+            }
+            messages.push(ChatMessage::new("assistant", answer));
+            wait_warm(&client, 3).await;
+        }
+    }
+    drop(client);
+    let _ = daemon.stop().await;
+    [fresh, cold, warm]
 }
