@@ -232,6 +232,19 @@ async fn curl_streams_sse_and_errors_have_openai_shape() {
     assert_eq!(a.header("x-should-retry"), Some("false"));
     let a = exchange(&["-H", &auth, "-H", JSON, "-d", "{not json", &url]).await;
     assert_eq!((a.status, a.code()), (400, "bad_request".into()));
+    // A bot handle the site does not have, streamed: found before the send, so it is a 404
+    // too, not an error inside a 200 stream.
+    let a = exchange(&[
+        "-H",
+        &auth,
+        "-H",
+        JSON,
+        "-d",
+        r#"{"model":"No-Such-Bot-77","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+        &url,
+    ])
+    .await;
+    assert_eq!((a.status, a.code()), (404, "model_not_found".into()));
     // No key, no answer: not even health or metrics (http.public_health is off).
     for path in ["/v1/models", "/health", "/metrics"] {
         let a = exchange(&[&format!("{base}{path}")]).await;

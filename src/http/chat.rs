@@ -195,9 +195,24 @@ pub(super) async fn chat_completions(
         }
         SseEvent::default().data(body.to_string())
     };
+    // The answer's head waits until the prompt is sent, or the request waits in the queue:
+    // what fails before the send (a bot the site does not have, a signed-out profile, an
+    // unknown conversation) gets its own HTTP status instead of an error inside a 200 stream.
+    let early = loop {
+        match reply.next().await {
+            Some(ReplyEvent::Sent) | Some(ReplyEvent::Queued { .. }) => break None,
+            Some(ReplyEvent::Failed(e)) => return Err(e.into()),
+            // (Not seen: every reply comes after its send. Its text is not lost all the same.)
+            Some(ReplyEvent::Done(c)) => {
+                break Some([ReplyEvent::Text(Chunk::Append(c.text.clone())), ReplyEvent::Done(c)])
+            }
+            Some(_) => {}
+            None => return Err(Error::internal("the reply ended without a result").into()),
+        }
+    };
     // The stream owns `reply`: when the client disconnects, axum drops the stream, and with
     // it the reply, which cancels the request.
-    let events = sse_events(reply, chunk);
+    let events = sse_events(early, reply, chunk);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -206,6 +221,7 @@ pub(super) async fn chat_completions(
 /// Turns a reply into SSE events: the role first, text deltas, a final chunk with
 /// `finish_reason`, or an error event after streaming began, and always `[DONE]` last.
 fn sse_events(
+    early: Option<[ReplyEvent; 2]>,
     reply: ReplyStream,
     chunk: impl Fn(Value, Option<&str>, Option<Value>) -> SseEvent + Send + 'static,
 ) -> impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>> + Send {
@@ -215,47 +231,52 @@ fn sse_events(
         Finished,
         Over,
     }
+    let early: std::collections::VecDeque<ReplyEvent> = early.into_iter().flatten().collect();
     futures::stream::unfold(
-        (reply, Phase::Start, chunk),
-        |(mut reply, phase, chunk)| async move {
+        (reply, Phase::Start, chunk, early),
+        |(mut reply, phase, chunk, mut early)| async move {
             match phase {
                 Phase::Start => {
                     let first = chunk(json!({"role": "assistant", "content": ""}), None, None);
-                    Some((Ok(first), (reply, Phase::Streaming, chunk)))
+                    Some((Ok(first), (reply, Phase::Streaming, chunk, early)))
                 }
                 Phase::Streaming => loop {
-                    match reply.next().await {
+                    let next = match early.pop_front() {
+                        Some(e) => Some(e),
+                        None => reply.next().await,
+                    };
+                    match next {
                         Some(ReplyEvent::Text(Chunk::Append(text))) => {
                             let e = chunk(json!({"content": text}), None, None);
-                            return Some((Ok(e), (reply, Phase::Streaming, chunk)));
+                            return Some((Ok(e), (reply, Phase::Streaming, chunk, early)));
                         }
                         // OpenAI's stream cannot take back text: send the rewritten text in full
                         // after a newline (documented); non-streaming answers are always exact.
                         Some(ReplyEvent::Text(Chunk::Replace(text))) => {
                             let e = chunk(json!({"content": format!("\n{text}")}), None, None);
-                            return Some((Ok(e), (reply, Phase::Streaming, chunk)));
+                            return Some((Ok(e), (reply, Phase::Streaming, chunk, early)));
                         }
                         Some(ReplyEvent::Done(c)) => {
                             let e = chunk(json!({}), Some("stop"), Some(conversation_of(&c)));
-                            return Some((Ok(e), (reply, Phase::Finished, chunk)));
+                            return Some((Ok(e), (reply, Phase::Finished, chunk, early)));
                         }
                         Some(ReplyEvent::Failed(err)) => {
                             let e =
                                 SseEvent::default().data(ApiError::from(err).body().to_string());
-                            return Some((Ok(e), (reply, Phase::Finished, chunk)));
+                            return Some((Ok(e), (reply, Phase::Finished, chunk, early)));
                         }
                         Some(_) => continue,
                         None => {
                             let err = Error::internal("the reply ended without a result");
                             let e =
                                 SseEvent::default().data(ApiError::from(err).body().to_string());
-                            return Some((Ok(e), (reply, Phase::Finished, chunk)));
+                            return Some((Ok(e), (reply, Phase::Finished, chunk, early)));
                         }
                     }
                 },
                 Phase::Finished => Some((
                     Ok(SseEvent::default().data("[DONE]")),
-                    (reply, Phase::Over, chunk),
+                    (reply, Phase::Over, chunk, early),
                 )),
                 Phase::Over => None,
             }
