@@ -38,7 +38,7 @@ fn chromium_cmdline(daemon: &Daemon) -> String {
 }
 
 /// Starts `poectl login` and returns it with the first line it says on stderr (where to
-/// sign in).
+/// sign in); the rest of its stderr is read on, so it can always write there.
 async fn start_login(daemon: &Daemon) -> (tokio::process::Child, String) {
     let mut login = daemon
         .poectl(&["login", "--timeout", "60"])
@@ -49,6 +49,7 @@ async fn start_login(daemon: &Daemon) -> (tokio::process::Child, String) {
         .await
         .expect("read")
         .expect("line");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (login, first)
 }
 
@@ -162,6 +163,26 @@ async fn login_in_a_visible_window_under_xvfb_then_headless_again() {
     )
     .await;
     assert!(chromium_cmdline(&daemon).contains("--headless"));
+
+    // A sign-in cancelled half-way (Ctrl-C while the window is open): the window goes, the
+    // browser is headless again, the daemon still serves, and the next sign-in may start.
+    let (cancelled, said) = start_login(&daemon).await;
+    assert!(said.contains("/login"), "{said}");
+    assert!(!chromium_cmdline(&daemon).contains("--headless"));
+    let pid = cancelled.id().expect("poectl pid");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let out = within(STEP, "the cancelled login", cancelled.wait_with_output())
+        .await
+        .expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", daemon.log());
+    assert!(
+        chromium_cmdline(&daemon).contains("--headless"),
+        "headless again after the cancel"
+    );
+    let out = run(daemon.poectl(&["ask", "still signed out"])).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("not_logged_in"), "{}", out.stderr);
 
     let (login, said) = start_login(&daemon).await;
     assert!(

@@ -459,7 +459,20 @@ async fn login(client: &Client, timeout: f64) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    while let Some(event) = reply.next().await {
+    let mut interrupted = false;
+    loop {
+        let event = tokio::select! {
+            e = reply.next() => e,
+            // Ctrl-C: the sign-in is cancelled (the window closes, the browser goes back to
+            // headless), and its end awaited.
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                eprintln!("\npoectl: cancelling the sign-in…");
+                let _ = tokio::time::timeout(Duration::from_secs(5), client.cancel(&reply.id)).await;
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         match event {
             Event::LoginStarted { url } => {
                 eprintln!("poectl: sign in in the browser window that opened at {url}; waiting…")
@@ -467,6 +480,10 @@ async fn login(client: &Client, timeout: f64) -> ExitCode {
             Event::LoggedIn { account } => {
                 println!("account: {account}");
                 return ExitCode::from(exit::OK);
+            }
+            Event::Error { kind, .. } if interrupted && kind == poed::ErrorKind::Cancelled => {
+                eprintln!("poectl: the sign-in was cancelled");
+                return ExitCode::from(exit::INTERRUPTED);
             }
             Event::Error { kind, message, .. } => {
                 eprintln!("poectl: {kind}: {message}");

@@ -204,7 +204,10 @@ pub(super) async fn chat_completions(
             Some(ReplyEvent::Failed(e)) => return Err(e.into()),
             // (Not seen: every reply comes after its send. Its text is not lost all the same.)
             Some(ReplyEvent::Done(c)) => {
-                break Some([ReplyEvent::Text(Chunk::Append(c.text.clone())), ReplyEvent::Done(c)])
+                break Some([
+                    ReplyEvent::Text(Chunk::Append(c.text.clone())),
+                    ReplyEvent::Done(c),
+                ])
             }
             Some(_) => {}
             None => return Err(Error::internal("the reply ended without a result").into()),
