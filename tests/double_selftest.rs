@@ -746,6 +746,8 @@ fn fast25() -> DoubleOptions {
     DoubleOptions {
         chunk_delay_ms: 5,
         textarea_delay_ms: 0,
+        // All five repeats at once: the exchange's exact order is checked.
+        late_repeat_ms: 0,
         ..DoubleOptions::default()
     }
 }
@@ -1104,6 +1106,46 @@ async fn y2025_signed_out_visitors_are_sent_to_login_and_p_b_alone_proves_nothin
         open25(&d, "/GPT-4", &[("Cookie", "a=1; p-b=imported-value")]).await;
         d.set_logged_in(true);
         open25(&d, "/GPT-4", &[]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn y2025_the_last_repeat_of_a_reply_comes_late() {
+    within(async {
+        let d = Double::start(DoubleOptions {
+            late_repeat_ms: 250,
+            ..fast25()
+        })
+        .await
+        .unwrap();
+        let page = open25(&d, "/GPT-4", &[]).await;
+        let (mut ws, _) = connect25(&d, &page).await;
+        send25(&d, &page, "beaver", "late repeat", None).await;
+        let finals = |frames: &[Value]| -> Vec<Value> {
+            frames
+                .iter()
+                .flat_map(named)
+                .filter(|(n, _)| n == "messageAdded")
+                .map(|(n, e)| data_of(&n, &e))
+                .filter(|m| m["authorUser"].is_null() && is_final(m))
+                .collect()
+        };
+        let settled = finals(&until_settled(&mut ws).await);
+        assert_eq!(
+            settled.len(),
+            5,
+            "the complete message and 4 repeats at once"
+        );
+        let started = std::time::Instant::now();
+        let late = next_frame(&mut ws, Duration::from_secs(5))
+            .await
+            .expect("the fifth repeat");
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "it comes later"
+        );
+        assert_eq!(finals(&[late]), vec![settled[0].clone()]);
     })
     .await;
 }

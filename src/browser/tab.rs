@@ -130,6 +130,9 @@ pub struct Tab {
     pub page: Page,
     /// The page this tab shows with its prompt box ready, if any.
     pub warm_for: Option<crate::browser::tab_pool::Warm>,
+    /// The largest message id a reply on the current page had: updates up to it that come
+    /// later belong to earlier turns. Reset when the page is opened again.
+    pub last_message_id: Option<i64>,
     /// Cancelled when the browser this tab lives in is found dead.
     pub browser_gone: CancellationToken,
     relay: Arc<Relay>,
@@ -250,6 +253,7 @@ impl Tab {
             id,
             page,
             warm_for: None,
+            last_message_id: None,
             browser_gone,
             relay,
             pump,

@@ -140,6 +140,10 @@ pub struct DoubleOptions {
     pub updates_to_all_pages: bool,
     /// 2025: how often the page pings its update socket.
     pub ping_interval_ms: u64,
+    /// 2025: how long after the other four repeats of a finished bot message the fifth one
+    /// comes (0: all five at once). Late, by default, like updates that trail a reply on the
+    /// real site while its chat's page may already send the next message.
+    pub late_repeat_ms: u64,
 }
 
 impl Default for DoubleOptions {
@@ -162,6 +166,7 @@ impl Default for DoubleOptions {
             max_prompt_chars: None,
             updates_to_all_pages: false,
             ping_interval_ms: 5000,
+            late_repeat_ms: 250,
         }
     }
 }
@@ -251,6 +256,7 @@ impl Double {
             max_prompt_chars: opts.max_prompt_chars,
             updates_to_all_pages: opts.updates_to_all_pages,
             ping_interval_ms: opts.ping_interval_ms,
+            late_repeat: Duration::from_millis(opts.late_repeat_ms),
             seed,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
@@ -468,6 +474,7 @@ struct Shared {
     max_prompt_chars: Option<usize>,
     updates_to_all_pages: bool,
     ping_interval_ms: u64,
+    late_repeat: Duration,
     /// Makes this double's class-name hashes, cookies, codes and nonces its own.
     seed: u64,
     started: Instant,

@@ -394,7 +394,8 @@ impl Stream {
         Ok(())
     }
 
-    /// After the bot message's final frame (`last`, its entry): five identical repeats of it,
+    /// After the bot message's final frame (`last`, its entry): five identical repeats of it
+    /// (the last one `late_repeat_ms` later),
     /// the job's end and cost, follow-ups, the title (first turn) and the viewer's points.
     fn epilogue(&self, last: String) {
         let Some(t) = &self.y2025 else {
@@ -402,8 +403,20 @@ impl Stream {
         };
         let (bot, n, turn, job) = (t.bot, t.chat_number, t.turn, t.job_id);
         let state = self.reply.state.clone();
-        for _ in 0..5 {
+        let late = self.shared.late_repeat;
+        for _ in 0..(if late.is_zero() { 5 } else { 4 }) {
             self.frame(vec![last.clone()], true);
+        }
+        if !late.is_zero() {
+            // The fifth repeat comes late, when the page may already be sending its chat's
+            // next message: a reader must not take it for the next reply.
+            let (shared, channel, again) =
+                (self.shared.clone(), self.channel.clone(), last.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(late).await;
+                let seq = shared.next_seq.fetch_add(1, Ordering::SeqCst);
+                shared.emit(&channel, f25::outer(seq, &[again]), None);
+            });
         }
         let job_state = match state.as_str() {
             "complete" => "completed",

@@ -254,6 +254,7 @@ impl Driver {
     /// be used is [`is_chat_gone`], each as soon as the page says so.
     pub async fn open(&self, tab: &mut Tab, target: &Target<'_>) -> Result<(), Error> {
         tab.warm_for = None;
+        tab.last_message_id = None;
         let url = self.target_url(target);
         let not_here = |why: String| match target {
             Target::Fresh { bot } => self.no_such_bot(bot, &why),
@@ -454,25 +455,39 @@ impl Driver {
         progress(Progress::Sent);
         // Read while clicking: the click's acknowledgement comes only after the page ran its
         // handlers, and the first frames must not wait for it.
-        let click = async {
-            cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
-                .await
-                .map_err(|e| browser_error("clicking send", e))
+        // A page kept open since an earlier turn may still bring that turn's updates.
+        let mut tracker = ReplyTracker::new().after(tab.last_message_id);
+        let result = {
+            let click = async {
+                cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
+                    .await
+                    .map_err(|e| browser_error("clicking send", e))
+            };
+            let read = self.read_reply(
+                tab,
+                target,
+                &mut sub.rx,
+                pacer,
+                progress,
+                cancel,
+                chat_code,
+                &mut tracker,
+            );
+            tokio::pin!(read);
+            tokio::select! {
+                clicked = click => match clicked {
+                    Ok(()) => {
+                        debug!(tab = tab.id, ?target, "prompt sent");
+                        read.await
+                    }
+                    // The click's answer failed: the browser may have died under it (the reader
+                    // then says so), or the click went through anyway (the reader has the reply).
+                    Err(e) => tokio::time::timeout(CLICK_AFTERMATH, &mut read).await.unwrap_or(Err(e)),
+                },
+                reply = &mut read => reply,
+            }
         };
-        let read = self.read_reply(tab, target, &mut sub.rx, pacer, progress, cancel, chat_code);
-        tokio::pin!(read);
-        let result = tokio::select! {
-            clicked = click => match clicked {
-                Ok(()) => {
-                    debug!(tab = tab.id, ?target, "prompt sent");
-                    read.await
-                }
-                // The click's answer failed: the browser may have died under it (the reader
-                // then says so), or the click went through anyway (the reader has the reply).
-                Err(e) => tokio::time::timeout(CLICK_AFTERMATH, &mut read).await.unwrap_or(Err(e)),
-            },
-            reply = &mut read => reply,
-        };
+        tab.last_message_id = tab.last_message_id.max(tracker.last_message_id());
         result.map_err(|e| match e.sent {
             Some(_) => e,
             None => e.sent(true),
@@ -584,6 +599,7 @@ impl Driver {
         progress: &mut (dyn FnMut(Progress) + Send),
         cancel: &CancellationToken,
         chat_code: &mut Option<String>,
+        tracker: &mut ReplyTracker,
     ) -> Result<String, Error> {
         let bot = sent_to.bot();
         // Replies the page showed before this one (a continued chat's earlier turns): the
@@ -598,7 +614,6 @@ impl Driver {
         tokio::pin!(deadline);
         let idle = tokio::time::sleep(idle_limit);
         tokio::pin!(idle);
-        let mut tracker = ReplyTracker::new();
         // How long silence may last once the page lost its updates.
         let recovering =
             secs(self.timeouts.refetch_secs + self.timeouts.recover_secs).max(idle_limit);
@@ -628,7 +643,7 @@ impl Driver {
                     match recovered {
                         Ok(Some(text)) => {
                             info!(tab = tab.id, "reply read from the page after lost updates");
-                            return Ok(finish_recovered(&tracker, text, progress));
+                            return Ok(finish_recovered(tracker, text, progress));
                         }
                         Ok(None) => warn!(tab = tab.id, "the page did not show a finished reply in time"),
                         Err(e) => warn!(tab = tab.id, error = %e, "could not read the reply from the page"),
@@ -660,7 +675,7 @@ impl Driver {
                         if let Ok(Some(text)) = cdp::wait_for_text(&tab.page, &sel.bot_message_text, &sel.stop_button, earlier, Duration::from_millis(500)).await {
                             if tracker.started() || !text.is_empty() {
                                 info!(tab = tab.id, "stalled reply recovered from the page");
-                                return Ok(finish_recovered(&tracker, text, progress));
+                                return Ok(finish_recovered(tracker, text, progress));
                             }
                         }
                     }
@@ -752,7 +767,7 @@ impl Driver {
                         match found.outcome() {
                             Some(Outcome::Complete(text)) => {
                                 info!(tab = tab.id, "reply taken from the page's refetch response");
-                                return Ok(finish_recovered(&tracker, text, progress));
+                                return Ok(finish_recovered(tracker, text, progress));
                             }
                             Some(Outcome::Failed { state, .. }) => return Err(site_failure(state)),
                             None => {}

@@ -353,6 +353,8 @@ pub struct ReplyTracker {
     human_nonce: Option<String>,
     bot_message: Option<i64>,
     bot: Option<BotInfo>,
+    /// Messages up to this id are earlier turns of the page's chat (see [`Self::after`]).
+    floor: Option<i64>,
     /// The text the client has been given so far.
     streamed: String,
     finished: bool,
@@ -370,6 +372,19 @@ impl ReplyTracker {
             expected_nonce: nonce,
             ..Self::default()
         }
+    }
+
+    /// A tracker that ignores every message up to `id` (human or bot): the earlier turns
+    /// of a chat whose page stayed open, whose updates (e.g. late repeats of the last
+    /// reply) may still come while the next message is sent.
+    pub fn after(mut self, id: Option<i64>) -> Self {
+        self.floor = id;
+        self
+    }
+
+    /// The largest message id this tracker took (the echo or the reply), if any.
+    pub fn last_message_id(&self) -> Option<i64> {
+        self.human_message.max(self.bot_message)
     }
 
     /// The reply text as far as it has been streamed.
@@ -408,7 +423,7 @@ impl ReplyTracker {
 
     /// Feeds one message update; returns what to tell the client (possibly nothing).
     pub fn feed(&mut self, m: &MessageUpdate) -> Vec<ReplyStep> {
-        if self.finished {
+        if self.finished || self.floor.is_some_and(|floor| m.message_id <= floor) {
             return Vec::new();
         }
         if m.human {
@@ -1007,6 +1022,36 @@ mod tests {
         );
         assert!(t.finished());
         assert_eq!(t.human_message_id(), Some(1));
+    }
+
+    #[test]
+    fn late_updates_of_an_earlier_turn_on_a_kept_page_are_not_the_next_reply() {
+        // The page showed turn 1 (echo 10, reply 11); its reply repeats late, and an old
+        // echo comes again, before the new turn's echo and reply.
+        let mut t = ReplyTracker::new().after(Some(11));
+        let steps = run(
+            &mut t,
+            &[
+                (11, "beaver", "old answer", "complete"),
+                (10, "human", "old question", "complete"),
+                (12, "human", "new question", "complete"),
+                (11, "beaver", "old answer", "complete"),
+                (13, "beaver", "new", "incomplete"),
+                (13, "beaver", "new answer", "complete"),
+            ],
+        );
+        assert_eq!(
+            steps.last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("new answer".into())))
+        );
+        assert_eq!(t.last_message_id(), Some(13));
+        // Without the floor, the late repeat would have been taken for the reply.
+        let mut t = ReplyTracker::new();
+        let steps = run(&mut t, &[(11, "beaver", "old answer", "complete")]);
+        assert_eq!(
+            steps.last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("old answer".into())))
+        );
     }
 
     #[test]
