@@ -219,6 +219,44 @@ impl Conversations {
         self.lock().session += 1;
     }
 
+    /// Whether conversation `id` is remembered.
+    pub fn knows(&self, id: i64) -> bool {
+        self.lock().entries.iter().any(|e| e.id == id)
+    }
+
+    /// Remembers a stored conversation again (one a client named after it left memory),
+    /// as the most recently used; its site chat counts as made under the current sign-in
+    /// only if nothing was signed in since start.
+    pub fn remember(&self, r: Remembered) {
+        let mut inner = self.lock();
+        if inner.entries.iter().any(|e| e.id == r.id) {
+            return;
+        }
+        inner.clock += 1;
+        let used = inner.clock;
+        let answers = r
+            .transcript
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .count();
+        inner.entries.push(Entry {
+            id: r.id,
+            bot: r.bot.unwrap_or_else(|| r.model.clone()),
+            model: r.model,
+            system: r.system,
+            transcript: r.transcript,
+            chat: r.chat_code.map(|code| SiteChat {
+                code,
+                answers,
+                session: 0,
+            }),
+            blocked: r.ended_in_failure.then(after_failure),
+            busy: false,
+            used,
+        });
+        inner.evict();
+    }
+
     /// How many conversations are remembered.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -683,6 +721,27 @@ mod tests {
             plan.not_continued.as_ref().map(|r| r.kind.as_str()),
             Some("chat_gone")
         );
+    }
+
+    #[test]
+    fn a_conversation_named_after_it_left_memory_is_remembered_again() {
+        let c = Conversations::new(Vec::new(), 100);
+        assert!(!c.knows(7));
+        c.remember(Remembered {
+            id: 7,
+            model: "gpt-4".into(),
+            bot: None,
+            system: None,
+            transcript: vec![m("user", "hi"), m("assistant", "hello")],
+            chat_code: Some("abc".into()),
+            ended_in_failure: false,
+        });
+        assert!(c.knows(7));
+        let plan = c
+            .plan("gpt-4", "gpt-4", &[m("user", "more")], Some(7))
+            .expect("plan");
+        assert_eq!(plan.prompt(), "more");
+        assert!(plan.continued());
     }
 
     #[test]

@@ -65,31 +65,46 @@ pub fn remembered(
     let loaded = Store::open(&path).and_then(|s| Ok((s.recent(limit)?, s.max_id()?)));
     match loaded {
         Ok((conversations, max)) => {
-            let remembered = conversations
-                .into_iter()
-                .map(|c| crate::daemon::conversations::Remembered {
-                    ended_in_failure: c
-                        .messages
-                        .last()
-                        .is_some_and(|m| m.outcome.as_deref().is_some_and(|o| o != "ok")),
-                    // Without the system message `transcript` puts first.
-                    transcript: c
-                        .transcript()
-                        .into_iter()
-                        .skip(usize::from(c.system.is_some()))
-                        .collect(),
-                    id: c.id,
-                    model: c.model,
-                    bot: c.bot,
-                    system: c.system,
-                    chat_code: c.chat_code,
-                })
-                .collect();
+            let remembered = conversations.into_iter().map(to_remember).collect();
             (remembered, max + 1)
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the history: earlier conversations are not continued");
             from_clock()
         }
+    }
+}
+
+/// The stored conversation `id`, to be remembered again (one a client names that is no
+/// longer in memory); `None` when the history is off or does not have it.
+pub fn remembered_one(
+    config: &HistoryConfig,
+    profile: &Path,
+    id: i64,
+) -> Option<crate::daemon::conversations::Remembered> {
+    if !config.enabled {
+        return None;
+    }
+    let store = Store::open_read_only(&file_path(config, profile)).ok()?;
+    store.show(id).ok().flatten().map(to_remember)
+}
+
+fn to_remember(c: Conversation) -> crate::daemon::conversations::Remembered {
+    crate::daemon::conversations::Remembered {
+        ended_in_failure: c
+            .messages
+            .last()
+            .is_some_and(|m| m.outcome.as_deref().is_some_and(|o| o != "ok")),
+        // Without the system message `transcript` puts first.
+        transcript: c
+            .transcript()
+            .into_iter()
+            .skip(usize::from(c.system.is_some()))
+            .collect(),
+        id: c.id,
+        model: c.model,
+        bot: c.bot,
+        system: c.system,
+        chat_code: c.chat_code,
     }
 }

@@ -333,6 +333,19 @@ impl Engine {
                 "\"messages\" is empty; send at least one {\"role\":\"user\",\"content\":\"...\"}",
             ));
         }
+        if let Some(id) = request.conversation {
+            // Named but no longer in memory (more recent ones pushed it out): the history
+            // may still have it.
+            if !self.conversations.knows(id) {
+                if let Some(stored) = crate::history::remembered_one(
+                    &self.config.history,
+                    &self.config.browser.profile,
+                    id,
+                ) {
+                    self.conversations.remember(stored);
+                }
+            }
+        }
         let plan =
             self.conversations
                 .plan(&model, &bot, &request.messages, request.conversation)?;
