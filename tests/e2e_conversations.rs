@@ -3,7 +3,8 @@
 //! only the new message reaches the site, in the same chat; an edited turn or another model
 //! starts a new chat; a restart keeps the continuation (a cold chat page); a deleted chat
 //! falls back to a fresh one with the whole history and says so; a conversation may be
-//! named; one conversation serves one request at a time.
+//! named; one conversation serves one request at a time; a turn that failed after reaching
+//! the site is left out, in a fresh chat.
 //!
 //! The double's `[[turns]]` answer counts the human messages its chat had before the
 //! prompt, so the answers show what the site saw. Every test is bounded in time.
@@ -372,4 +373,46 @@ async fn a_conversation_serves_one_request_at_a_time() {
     assert_eq!(taken[1].chat_code, taken[0].chat_code);
     assert_ne!(taken[2].chat_code, taken[0].chat_code);
     let _ = tokio::time::timeout(Duration::from_secs(10), slow.next()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_after_a_failure_that_reached_the_site_goes_to_a_fresh_chat() {
+    let double = Double::start(site()).await.expect("double");
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    let client = daemon.client().await;
+    let first = complete(&client, None, vec![m("user", "one [[turns]]")], None)
+        .await
+        .expect("first");
+    // The site ends this follow-up with an error state: it took the prompt, so the chat now
+    // holds a turn the client will not send back.
+    let (kind, _) = complete(
+        &client,
+        None,
+        history(&["one [[turns]]"], &[&first.text], "[[error]] two"),
+        None,
+    )
+    .await
+    .expect_err("the site's error");
+    assert_eq!(kind, "site_error");
+    let next = complete(
+        &client,
+        None,
+        history(&["one [[turns]]"], &[&first.text], "three [[turns]]"),
+        None,
+    )
+    .await
+    .expect("answered in a fresh chat");
+    assert!(!next.continued, "{next:?}");
+    assert_eq!(next.reason.as_deref(), Some("after_failure"));
+    assert_eq!(next.conversation, first.conversation);
+    assert_eq!(next.text, turns(0), "a fresh chat");
+    let taken = double.taken();
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    assert_eq!(taken[1].chat_code, taken[0].chat_code);
+    assert_ne!(taken[2].chat_code, taken[0].chat_code);
+    assert_eq!(
+        taken[2].prompt,
+        "User: one [[turns]]\nAssistant: Earlier human messages: 0\nUser: three [[turns]]\nAssistant:",
+        "the failed turn is not part of the conversation"
+    );
 }
