@@ -95,26 +95,32 @@ impl Reply {
     pub async fn finish(mut self) -> Result<Event, ClientError> {
         while let Some(event) = self.next().await {
             match event {
-                Event::Error {
-                    kind,
-                    message,
-                    state,
-                    sent,
-                    reset_at,
-                } => {
-                    return Err(ClientError::Request(Error {
-                        kind,
-                        message,
-                        state,
-                        sent,
-                        reset_at,
-                    }))
-                }
+                e @ Event::Error { .. } => return Err(request_error(e)),
                 e if e.is_final() => return Ok(e),
                 _ => {}
             }
         }
         Err(ClientError::Closed)
+    }
+}
+
+/// The request error an `error` event carries.
+fn request_error(event: Event) -> ClientError {
+    match event {
+        Event::Error {
+            kind,
+            message,
+            state,
+            sent,
+            reset_at,
+        } => ClientError::Request(Error {
+            kind,
+            message,
+            state,
+            sent,
+            reset_at,
+        }),
+        other => ClientError::Protocol(format!("expected an error event, got {other:?}")),
     }
 }
 
@@ -154,24 +160,9 @@ impl Client {
             // The daemon refuses this connection (e.g. `permission_denied`): its error,
             // not a protocol error.
             Ok(EventLine {
-                event:
-                    Event::Error {
-                        kind,
-                        message,
-                        state,
-                        sent,
-                        reset_at,
-                    },
+                event: e @ Event::Error { .. },
                 ..
-            }) => {
-                return Err(ClientError::Request(Error {
-                    kind,
-                    message,
-                    state,
-                    sent,
-                    reset_at,
-                }))
-            }
+            }) => return Err(request_error(e)),
             _ => {
                 return Err(ClientError::Protocol(format!(
                     "expected a hello line, got {first:?}"

@@ -61,6 +61,33 @@ struct Entry {
     used: u64,
 }
 
+impl Entry {
+    /// A stored conversation, remembered as last used at `used`; its site chat counts as
+    /// made under the sign-in poed started with.
+    fn remembered(r: Remembered, used: u64) -> Entry {
+        let answers = r
+            .transcript
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .count();
+        Entry {
+            id: r.id,
+            bot: r.bot.unwrap_or_else(|| r.model.clone()),
+            model: r.model,
+            system: r.system,
+            transcript: r.transcript,
+            chat: r.chat_code.map(|code| SiteChat {
+                code,
+                answers,
+                session: 0,
+            }),
+            blocked: r.ended_in_failure.then(after_failure),
+            busy: false,
+            used,
+        }
+    }
+}
+
 /// A conversation as stored in the history, to be remembered at start.
 #[derive(Debug, Clone)]
 pub struct Remembered {
@@ -176,28 +203,7 @@ impl Conversations {
             .into_iter()
             .take(CAPACITY)
             .enumerate()
-            .map(|(i, r)| {
-                let answers = r
-                    .transcript
-                    .iter()
-                    .filter(|m| m.role == "assistant")
-                    .count();
-                Entry {
-                    id: r.id,
-                    bot: r.bot.unwrap_or_else(|| r.model.clone()),
-                    model: r.model,
-                    system: r.system,
-                    transcript: r.transcript,
-                    chat: r.chat_code.map(|code| SiteChat {
-                        code,
-                        answers,
-                        session: 0,
-                    }),
-                    blocked: r.ended_in_failure.then(after_failure),
-                    busy: false,
-                    used: count - i as u64,
-                }
-            })
+            .map(|(i, r)| Entry::remembered(r, count - i as u64))
             .collect();
         Arc::new(Conversations {
             inner: Mutex::new(Inner {
@@ -234,26 +240,7 @@ impl Conversations {
         }
         inner.clock += 1;
         let used = inner.clock;
-        let answers = r
-            .transcript
-            .iter()
-            .filter(|m| m.role == "assistant")
-            .count();
-        inner.entries.push(Entry {
-            id: r.id,
-            bot: r.bot.unwrap_or_else(|| r.model.clone()),
-            model: r.model,
-            system: r.system,
-            transcript: r.transcript,
-            chat: r.chat_code.map(|code| SiteChat {
-                code,
-                answers,
-                session: 0,
-            }),
-            blocked: r.ended_in_failure.then(after_failure),
-            busy: false,
-            used,
-        });
+        inner.entries.push(Entry::remembered(r, used));
         inner.evict();
     }
 
