@@ -454,24 +454,35 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The request's next event; the first Ctrl-C meanwhile cancels the request (its end,
+/// usually a `cancelled` error, is still read and returned).
+async fn next_or_cancel(
+    client: &Client,
+    reply: &mut poed::client::Reply,
+    interrupted: &mut bool,
+    what: &str,
+) -> Option<Event> {
+    loop {
+        tokio::select! {
+            e = reply.next() => return e,
+            _ = tokio::signal::ctrl_c(), if !*interrupted => {
+                *interrupted = true;
+                eprintln!("\npoectl: cancelling {what}…");
+                let _ = tokio::time::timeout(Duration::from_secs(5), client.cancel(&reply.id)).await;
+            }
+        }
+    }
+}
+
 async fn login(client: &Client, timeout: f64) -> ExitCode {
     let mut reply = match client.login(Some(timeout)).await {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
+    // Ctrl-C cancels the sign-in (the window closes, the browser goes back to headless).
     let mut interrupted = false;
     loop {
-        let event = tokio::select! {
-            e = reply.next() => e,
-            // Ctrl-C: the sign-in is cancelled (the window closes, the browser goes back to
-            // headless), and its end awaited.
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
-                interrupted = true;
-                eprintln!("\npoectl: cancelling the sign-in…");
-                let _ = tokio::time::timeout(Duration::from_secs(5), client.cancel(&reply.id)).await;
-                continue;
-            }
-        };
+        let event = next_or_cancel(client, &mut reply, &mut interrupted, "the sign-in").await;
         let Some(event) = event else { break };
         match event {
             Event::LoginStarted { url } => {
@@ -545,15 +556,7 @@ async fn ask(
     let mut out = std::io::stdout().lock();
     let mut interrupted = false;
     loop {
-        let event = tokio::select! {
-            e = reply.next() => e,
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
-                interrupted = true;
-                eprintln!("\npoectl: cancelling…");
-                let _ = tokio::time::timeout(Duration::from_secs(5), client.cancel(&reply.id)).await;
-                continue;
-            }
-        };
+        let event = next_or_cancel(client, &mut reply, &mut interrupted, "the request").await;
         let Some(event) = event else {
             return fail(&ClientError::Closed);
         };
