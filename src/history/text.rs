@@ -52,6 +52,9 @@ pub fn conversation(c: &Conversation) -> String {
             .unwrap_or_default(),
         c.messages.len()
     );
+    if let Some(code) = &c.chat_code {
+        let _ = writeln!(s, "site chat: {code} (follow-ups go on there)");
+    }
     if let Some(system) = &c.system {
         let _ = writeln!(s, "\n[system]\n{system}");
     }
