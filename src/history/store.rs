@@ -70,6 +70,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// `poectl` reads) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a checkpoint waits for a reader or a record in its way.
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(100);
+
 /// Stored candidates examined when matching a request to a conversation.
 const CANDIDATES: i64 = 20;
 
@@ -235,6 +238,7 @@ impl Store {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        write_ahead(&conn)?;
         migrate(&mut conn, path)?;
         Ok(Store {
             conn,
@@ -265,6 +269,28 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Copies what the write-ahead log holds into the file proper and empties the log, so
+    /// that later records append to a fresh log (overwriting the old log's pages after a
+    /// checkpoint makes the next records wait for the disk). Gives up within
+    /// [`CHECKPOINT_BUSY`] when a reader or a record is in the way: it is tried again later,
+    /// and the record never waits long for it.
+    pub fn checkpoint(&self) -> Result<(), HistoryError> {
+        self.conn.busy_timeout(CHECKPOINT_BUSY)?;
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        match done? {
+            0 => Ok(()),
+            _ => Err(HistoryError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some("the log is in use; the checkpoint is tried again later".into()),
+            ))),
+        }
     }
 
     /// Records one finished request in one transaction: it continues the conversation whose
@@ -497,6 +523,26 @@ impl Store {
 }
 
 /// Applies the migrations the file lacks, all in one transaction.
+/// Write-ahead logging with `synchronous = NORMAL`: a commit is one append to the
+/// `-wal` file, with no fsync, so a request's `done` (which waits for its record, see
+/// [`super::Recorder`]) is not held up by the disk; a power loss may drop the last records
+/// but never corrupts the file. Readers (`poectl history`) see every committed record while
+/// the daemon writes. Automatic checkpoints are off: [`Store::checkpoint`] runs them off
+/// the requests' path. A file system without shared memory for the log keeps the rollback
+/// journal (slower commits, same results).
+fn write_ahead(conn: &Connection) -> Result<(), HistoryError> {
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            journal = %mode,
+            "the history file cannot use a write-ahead log here; each record waits for the disk"
+        );
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), HistoryError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
