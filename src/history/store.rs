@@ -681,6 +681,45 @@ mod tests {
     }
 
     #[test]
+    fn records_go_to_a_private_write_ahead_log_that_readers_see_before_and_after_a_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.sqlite3");
+        let mut writer = Store::open(&path).expect("open");
+        let journal: String = writer
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("journal_mode");
+        assert_eq!(journal, "wal");
+        writer
+            .record(&answered(1, vec![m("user", "hi")], "hello"))
+            .expect("record");
+        // Seen at once by a reader (poectl) while the daemon holds the file open.
+        let reader = Store::open_read_only(&path).expect("reader");
+        assert_eq!(reader.list(10).expect("list").len(), 1);
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        for log in ["history.sqlite3-wal", "history.sqlite3-shm"] {
+            assert_eq!(mode(&dir.path().join(log)), 0o600, "{log}");
+        }
+        // A checkpoint on another connection (the maintenance thread's) empties the log
+        // without losing anything; later records append to the fresh log.
+        let maintenance = Store::open(&path).expect("second connection");
+        maintenance.checkpoint().expect("checkpoint");
+        assert_eq!(
+            std::fs::metadata(dir.path().join("history.sqlite3-wal"))
+                .expect("wal")
+                .len(),
+            0
+        );
+        writer
+            .record(&answered(2, vec![m("user", "again")], "hello again"))
+            .expect("record after the checkpoint");
+        assert_eq!(reader.list(10).expect("list").len(), 2);
+        drop((writer, maintenance, reader));
+        let reader = Store::open_read_only(&path).expect("reader after the daemon closed it");
+        assert_eq!(reader.list(10).expect("list").len(), 2);
+    }
+
+    #[test]
     fn a_version_1_file_keeps_its_data_and_gains_search() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("history.sqlite3");
