@@ -11,6 +11,12 @@
 //! - poed's RSS and Chromium's total memory, idle and under load;
 //! - baseline (a): a new browser per request; baseline (b): one browser, a new page per
 //!   request with the `window.WebSocket` wrapper injected and the page polled every 100 ms.
+//!
+//! For finding where the time goes: `POED_BENCH_QUICK=1` measures only the single-request
+//! rows and 1 and 3 concurrent clients (seconds instead of minutes); `POED_BENCH_TRACE=FILE`
+//! runs poed with `poed=trace` logging (the DevTools messages included), prints each run's
+//! wall-clock times to stderr and copies the daemon's log to FILE; with it,
+//! `POED_BENCH_CONFIG=TOML` gives poed a configuration to try (e.g. Chromium flags).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -26,6 +32,26 @@ use poed::client::Client;
 use poed::protocol::{ChatMessage, CompleteRequest, Event};
 
 const SHORT_PROMPT: &str = "Say hello in one short sentence";
+
+/// The UTC time of day of an instant, `HH:MM:SS.ffffff` (to line up with the daemon's log).
+fn wall(t: Instant) -> String {
+    let now = std::time::SystemTime::now();
+    let at = Instant::now()
+        .checked_duration_since(t)
+        .and_then(|ago| now.checked_sub(ago))
+        .unwrap_or(now);
+    let us = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let day_us = us % 86_400_000_000;
+    let (h, m) = (day_us / 3_600_000_000, day_us / 60_000_000 % 60);
+    format!(
+        "{h:02}:{m:02}:{:02}.{:06}",
+        day_us / 1_000_000 % 60,
+        day_us % 1_000_000
+    )
+}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -297,7 +323,27 @@ async fn bench(runs: usize) {
     );
     let url = double.base_url();
     // poed as a user gets it: default settings (3 tabs, no pacing while the site takes sends).
-    let daemon = common::Daemon::start_as_users_get_it(&url, &[]).await;
+    // `POED_BENCH_TRACE=FILE` instead runs it with the tests' flags and `poed=trace` logging,
+    // and copies its log (with timestamps) to FILE at the end, to see where the time goes.
+    let trace = std::env::var_os("POED_BENCH_TRACE").map(std::path::PathBuf::from);
+    let daemon = match &trace {
+        None => common::Daemon::start_as_users_get_it(&url, &[]).await,
+        Some(_) => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let profile = dir.path().join("profile");
+            let socket = dir.path().join("run").join("poed.sock");
+            let env = [("RUST_LOG", "poed=trace,warn")];
+            // `POED_BENCH_CONFIG=TOML`: a configuration to try, in trace runs only.
+            let config = dir.path().join("trace-config.toml");
+            let toml = std::env::var("POED_BENCH_CONFIG").unwrap_or_default();
+            std::fs::write(&config, toml).expect("config");
+            let config = config.display().to_string();
+            let extra = ["--config", config.as_str()];
+            common::Daemon::start_with_env(dir, profile, socket, &url, &extra, &env).await
+        }
+    };
+    // `POED_BENCH_QUICK=1`: only the single-request rows and 1 and 3 concurrent clients.
+    let quick = std::env::var_os("POED_BENCH_QUICK").is_some();
     let poed_pid = daemon.pid().expect("pid");
     let client = daemon.client().await;
     // Warm-up: one request per tab, then let the pool settle warm.
@@ -328,6 +374,18 @@ async fn bench(runs: usize) {
             relay_last.values.push(ms(done.duration_since(*frame)));
         }
         total.values.push(ms(done.duration_since(sent)));
+        if trace.is_some() {
+            // Wall-clock times, to line up with the daemon's log.
+            let at = wall;
+            let frames: Vec<String> = chat.frame_times.iter().copied().map(at).collect();
+            eprintln!(
+                "run {i}: sent {} double-has-prompt {} frames {frames:?} first-delta {} done {}",
+                at(sent),
+                at(chat.received_at),
+                first.map(at).unwrap_or_default(),
+                at(done)
+            );
+        }
         wait_warm(&client, 3).await;
     }
 
@@ -335,7 +393,7 @@ async fn bench(runs: usize) {
     // the default settings, and with the old fixed pacing (1.5 s between sends) for contrast.
     let mut seq_default =
         Series::new("sequential, 0.3 s apart, default settings: time to first token");
-    for i in 0..runs {
+    for i in 0..if quick { 0 } else { runs } {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (sent, first, _) = timed_request(&client, &format!("{SHORT_PROMPT} s{i}")).await;
         if let Some(f) = first {
@@ -344,7 +402,7 @@ async fn bench(runs: usize) {
     }
     let mut seq_paced =
         Series::new("sequential, 0.3 s apart, old fixed pacing 1.5 s: time to first token");
-    {
+    if !quick {
         let paced =
             common::Daemon::start_as_users_get_it(&url, &["--min-send-interval-ms", "1500"]).await;
         let c = paced.client().await;
@@ -368,7 +426,8 @@ async fn bench(runs: usize) {
     let mut conc_rows = Vec::new();
     let mut loaded = Memory::default();
     let reps = (runs / 6).max(3);
-    for n in [1usize, 3, 8] {
+    let clients: &[usize] = if quick { &[1, 3] } else { &[1, 3, 8] };
+    for &n in clients {
         let mut walls = Vec::new();
         for r in 0..reps {
             wait_warm(&client, 3).await;
@@ -413,7 +472,23 @@ async fn bench(runs: usize) {
         conc_rows.push((n, med, percentile(&walls, 90.0), n as f64 / (med / 1000.0)));
     }
     drop(client);
+    if let Some(to) = &trace {
+        let _ = std::fs::copy(daemon.dir.path().join("poed.log"), to);
+    }
     let _ = daemon.stop().await;
+    if quick {
+        for s in [&submit, &relay_first, &relay_last, &ttft, &total] {
+            println!("{}", s.row(""));
+        }
+        for (n, med, p90, tput) in &conc_rows {
+            println!("| {n} | {med:.0} | {p90:.0} | {tput:.2} |");
+        }
+        println!(
+            "3 clients / 1 client: {:.2}x",
+            conc_rows[1].1 / conc_rows[0].1
+        );
+        return;
+    }
 
     // Baselines on the same Chromium and double.
     let bot_url = format!("{url}/GPT-3.5-Turbo");

@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use tracing::debug;
+use tracing::{debug, trace};
 
 /// Lines of Chromium's stderr kept for the message of a failed launch.
 const STDERR_TAIL: usize = 8;
@@ -420,6 +420,11 @@ where
                 Ok(text) => text,
                 Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
             };
+            trace!(
+                bytes = text.len(),
+                method = method_of(&text),
+                "devtools message"
+            );
             if ws_out.send(Message::text(text)).await.is_err() {
                 return;
             }
@@ -431,6 +436,15 @@ where
         () = commands => {}
         () = messages => {}
     }
+}
+
+/// The method of a DevTools event, for the trace log (never the message's content, which
+/// may hold cookies); "reply" for answers to commands.
+fn method_of(message: &str) -> &str {
+    message
+        .strip_prefix(r#"{"method":""#)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("reply")
 }
 
 #[cfg(test)]
@@ -451,6 +465,18 @@ mod tests {
             Ok(())
         });
         (port, path, task)
+    }
+
+    #[test]
+    fn the_trace_names_events_and_nothing_else() {
+        assert_eq!(
+            method_of(r#"{"method":"Network.webSocketFrameReceived","params":{}}"#),
+            "Network.webSocketFrameReceived"
+        );
+        assert_eq!(
+            method_of(r#"{"id":7,"result":{"cookies":[{"name":"p-b"}]}}"#),
+            "reply"
+        );
     }
 
     #[test]

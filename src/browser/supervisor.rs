@@ -420,9 +420,12 @@ fn poed_flags(cfg: &BrowserConfig) -> Result<Vec<(String, Option<String>)>, Stri
     let mut flags: Vec<(String, Option<String>)> = vec![
         ("disable-gpu".into(), None),
         ("disable-component-update".into(), None),
+        // DeferRendererTasksAfterInput: after a click the renderer holds other tasks back
+        // until its next frame, which delays the reply's first WebSocket frame (and its
+        // DevTools event) by up to a frame; the page does the same work either way.
         (
             "disable-features".into(),
-            Some("Translate,MediaRouter,OptimizationHints".into()),
+            Some("Translate,MediaRouter,OptimizationHints,DeferRendererTasksAfterInput".into()),
         ),
         ("no-default-browser-check".into(), None),
     ];
@@ -829,7 +832,7 @@ mod tests {
         assert!(args.contains(&"--lang=de".to_string()), "{args:?}");
         assert!(
             args.contains(
-                &"--disable-features=TranslateUI,Translate,MediaRouter,OptimizationHints,Foo"
+                &"--disable-features=TranslateUI,Translate,MediaRouter,OptimizationHints,DeferRendererTasksAfterInput,Foo"
                     .to_string()
             ),
             "{args:?}"

@@ -21,7 +21,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::daemon::engine::{Engine, ReplyEvent, ReplyStream};
 use crate::error::{Error, ErrorKind};
@@ -357,7 +357,10 @@ async fn write_loop(stream: Arc<Stream>, mut rx: mpsc::Receiver<String>, gone: C
     while let Some(text) = rx.recv().await {
         let failed = match tokio::time::timeout(WRITE_LIMIT, send.write_all(text.as_bytes())).await
         {
-            Ok(Ok(())) => None,
+            Ok(Ok(())) => {
+                trace!(bytes = text.len(), "line written");
+                None
+            }
             Ok(Err(e)) => Some(format!("client gone ({e})")),
             Err(_) => Some(format!("client did not read for {WRITE_LIMIT:?}")),
         };

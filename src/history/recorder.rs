@@ -1,15 +1,22 @@
-//! The daemon's history writer: one thread owns the SQLite connection, the engine hands it
-//! each finished request over a channel and waits (bounded) for it to be written, so a
-//! client that got `done` finds its request in `poectl history`.
+//! The daemon's history writer. A finished request is written in the request's own task,
+//! before its final event goes out, so a client that got `done` finds it in
+//! `poectl history`.
+//!
+//! The file is in write-ahead-log mode (see [`Store::open`]): a record costs a few appends
+//! and no fsync, a few hundred microseconds of work, done right where the request ends:
+//! handing it to another thread cost more than the write when the machine is busy, which
+//! it is when a reply ends (the browser reloads the tab). A second thread, on a connection
+//! of its own, prunes old conversations and folds the log into the file; a record waits
+//! for it only if it comes during a checkpoint (after 30 s without records: its own disk
+//! writes, and at most 100 ms waiting for a reader) or a prune (hourly).
 //!
 //! Nothing here can fail a request: a file that cannot be opened turns recording off with
-//! an error in the log, a write that fails logs a warning, a slow one is not waited for.
+//! an error in the log, a write that fails logs a warning.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use super::store::{Outcome, Placement, Record, Store};
@@ -18,53 +25,62 @@ use crate::daemon::engine::Completion;
 use crate::error::Error;
 use crate::protocol::CompleteRequest;
 
-/// How long a request's final event waits for its history write.
-const WRITE_WAIT: Duration = Duration::from_secs(2);
 /// How often old conversations are pruned (also once at start).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The write-ahead log is folded into the file once no record came for this long... (the
+/// first records after a checkpoint wait for the disk on a busy machine: while requests
+/// keep coming, their records only append to the log)
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(30);
+/// ...or this long after the first record it holds, so that it stays small under load.
+const CHECKPOINT_AT_MOST: Duration = Duration::from_secs(300);
 
-struct Job {
-    record: Record,
-    written: oneshot::Sender<()>,
+/// The open history and the nudge of its maintenance thread.
+struct Writer {
+    store: Mutex<Store>,
+    /// One nudge per record (a full channel: a checkpoint is already owed).
+    maintenance: Option<mpsc::SyncSender<()>>,
 }
 
 /// The engine's handle on the history writer (a no-op when the history is off).
 pub struct Recorder {
-    tx: Option<mpsc::Sender<Job>>,
+    writer: Option<Arc<Writer>>,
 }
 
 impl Recorder {
     /// Records nothing.
     pub fn disabled() -> Recorder {
-        Recorder { tx: None }
+        Recorder { writer: None }
     }
 
-    /// Starts the writer thread on the file `config` names for this `profile`. With
-    /// `enabled = false` nothing starts and no file is created.
+    /// Opens (creating and migrating it if need be) the file `config` names for this
+    /// `profile`, and starts its maintenance thread. With `enabled = false` nothing starts
+    /// and no file is created.
     pub fn start(config: &HistoryConfig, profile: &std::path::Path) -> Recorder {
         if !config.enabled {
             info!("history is off (history.enabled = false)");
             return Recorder::disabled();
         }
         let path = super::file_path(config, profile);
-        let keep_days = config.keep_days;
-        let (tx, rx) = mpsc::channel();
-        match std::thread::Builder::new()
-            .name("poed-history".into())
-            .spawn(move || write_loop(path, keep_days, rx))
-        {
-            Ok(_) => Recorder { tx: Some(tx) },
+        let store = match Store::open(&path) {
+            Ok(s) => s,
             Err(e) => {
-                error!(error = %e, "cannot start the history writer; nothing will be recorded");
-                Recorder::disabled()
+                error!(error = %e, "the history cannot be used; requests are served but not recorded");
+                return Recorder::disabled();
             }
+        };
+        info!(path = %path.display(), keep_days = config.keep_days, "recording the history");
+        Recorder {
+            writer: Some(Arc::new(Writer {
+                store: Mutex::new(store),
+                maintenance: start_maintenance(path, config.keep_days),
+            })),
         }
     }
 
-    /// Records a finished request; waits at most [`WRITE_WAIT`] for the write. `resolved`
-    /// is the (public model, bot) the request's model name resolved to, if it did;
-    /// `placement` the conversation the engine placed it in, whose whole messages then are
-    /// `request.messages`.
+    /// Records a finished request and returns once it is in the file (readers see it).
+    /// `resolved` is the (public model, bot) the request's model name resolved to, if it
+    /// did; `placement` the conversation the engine placed it in, whose whole messages then
+    /// are `request.messages`.
     pub async fn record(
         &self,
         request: &CompleteRequest,
@@ -72,7 +88,7 @@ impl Recorder {
         result: &Result<Completion, Error>,
         placement: Option<Placement>,
     ) {
-        let Some(tx) = &self.tx else { return };
+        let Some(writer) = &self.writer else { return };
         if request.messages.is_empty() {
             return;
         }
@@ -99,44 +115,93 @@ impl Recorder {
             outcome,
             placement,
         };
-        let (written, done) = oneshot::channel();
-        // A closed channel means the writer could not open the file; it said so at start.
-        if tx.send(Job { record, written }).is_err() {
-            return;
-        }
-        if tokio::time::timeout(WRITE_WAIT, done).await.is_err() {
-            warn!(
-                wait = ?WRITE_WAIT,
-                "the history write is slow; the reply goes on without waiting for it"
-            );
-        }
+        // Written right here, blocking this worker for the write (a few hundred
+        // microseconds): handing it to another thread, or telling the runtime with
+        // `block_in_place`, made the final event wait for thread wake-ups, milliseconds on
+        // a busy machine.
+        writer.write(&record);
     }
 }
 
-/// The writer thread: opens the file, prunes it, then writes jobs until the engine is gone.
-fn write_loop(path: PathBuf, keep_days: u32, rx: mpsc::Receiver<Job>) {
-    let mut store = match Store::open(&path) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "the history cannot be used; requests are served but not recorded");
-            return;
-        }
-    };
-    info!(path = %path.display(), keep_days, "recording the history");
-    let mut pruned = Instant::now();
-    prune(&mut store, keep_days);
-    while let Ok(job) = rx.recv() {
-        if pruned.elapsed() >= PRUNE_EVERY {
-            pruned = Instant::now();
-            prune(&mut store, keep_days);
-        }
-        match store.record(&job.record) {
-            Ok(id) => debug!(conversation = ?id, "request recorded in the history"),
+impl Writer {
+    fn write(&self, record: &Record) {
+        let began = Instant::now();
+        let written = self
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(record);
+        match written {
+            Ok(id) => {
+                debug!(conversation = ?id, took = ?began.elapsed(), "request recorded in the history")
+            }
             Err(e) => {
                 warn!(error = %e, "could not record a request in the history; the reply is not affected")
             }
         }
-        let _ = job.written.send(());
+        if let Some(nudge) = &self.maintenance {
+            let _ = nudge.try_send(());
+        }
+    }
+}
+
+/// Starts the thread that prunes the history and folds its write-ahead log into the file,
+/// on a connection of its own: a passive checkpoint there never holds up a record. Returns
+/// its nudge (one per record). `None` if it could not start (the log then grows until poed
+/// ends, when SQLite folds it in).
+fn start_maintenance(path: PathBuf, keep_days: u32) -> Option<mpsc::SyncSender<()>> {
+    let (nudge, nudges) = mpsc::sync_channel(1);
+    let started = std::thread::Builder::new()
+        .name("poed-history".into())
+        .spawn(move || maintenance_loop(path, keep_days, nudges));
+    match started {
+        Ok(_) => Some(nudge),
+        Err(e) => {
+            warn!(error = %e, "cannot start the history's maintenance; old conversations stay and its log grows until poed ends");
+            None
+        }
+    }
+}
+
+/// Prunes at start and every [`PRUNE_EVERY`]; checkpoints once records stop coming for
+/// [`CHECKPOINT_IDLE`], or at the latest [`CHECKPOINT_AT_MOST`] after the first record not
+/// yet folded in. Ends (with a last checkpoint) when the recorder is gone.
+fn maintenance_loop(path: PathBuf, keep_days: u32, nudges: mpsc::Receiver<()>) {
+    let mut store = match Store::open(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot open the history for its maintenance; old conversations stay and its log grows until poed ends");
+            return;
+        }
+    };
+    prune(&mut store, keep_days);
+    let mut pruned = Instant::now();
+    loop {
+        let next_prune = PRUNE_EVERY.saturating_sub(pruned.elapsed());
+        let mut open = match nudges.recv_timeout(next_prune) {
+            Ok(()) => true,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                prune(&mut store, keep_days);
+                pruned = Instant::now();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let owed_since = Instant::now();
+        while open {
+            let left = CHECKPOINT_AT_MOST.saturating_sub(owed_since.elapsed());
+            match nudges.recv_timeout(CHECKPOINT_IDLE.min(left)) {
+                Ok(()) if !left.is_zero() => {}
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+        if let Err(e) = store.checkpoint() {
+            debug!(error = %e, "history checkpoint deferred");
+        }
+        if !open {
+            return;
+        }
     }
 }
 

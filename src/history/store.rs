@@ -70,6 +70,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// `poectl` reads) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a checkpoint waits for a reader or a record in its way.
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(100);
+
 /// Stored candidates examined when matching a request to a conversation.
 const CANDIDATES: i64 = 20;
 
@@ -249,6 +252,7 @@ impl Store {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        write_ahead(&conn)?;
         migrate(&mut conn, path)?;
         Ok(Store {
             conn,
@@ -279,6 +283,28 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Copies what the write-ahead log holds into the file proper and empties the log, so
+    /// that later records append to a fresh log (overwriting the old log's pages after a
+    /// checkpoint makes the next records wait for the disk). Gives up within
+    /// [`CHECKPOINT_BUSY`] when a reader or a record is in the way: it is tried again later,
+    /// and the record never waits long for it.
+    pub fn checkpoint(&self) -> Result<(), HistoryError> {
+        self.conn.busy_timeout(CHECKPOINT_BUSY)?;
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        match done? {
+            0 => Ok(()),
+            _ => Err(HistoryError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some("the log is in use; the checkpoint is tried again later".into()),
+            ))),
+        }
     }
 
     /// Records one finished request in one transaction: it continues the conversation whose
@@ -560,6 +586,26 @@ impl Store {
 }
 
 /// Applies the migrations the file lacks, all in one transaction.
+/// Write-ahead logging with `synchronous = NORMAL`: a commit is one append to the
+/// `-wal` file, with no fsync, so a request's `done` (which waits for its record, see
+/// [`super::Recorder`]) is not held up by the disk; a power loss may drop the last records
+/// but never corrupts the file. Readers (`poectl history`) see every committed record while
+/// the daemon writes. Automatic checkpoints are off: [`Store::checkpoint`] runs them off
+/// the requests' path. A file system without shared memory for the log keeps the rollback
+/// journal (slower commits, same results).
+fn write_ahead(conn: &Connection) -> Result<(), HistoryError> {
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            journal = %mode,
+            "the history file cannot use a write-ahead log here; each record waits for the disk"
+        );
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), HistoryError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -697,6 +743,45 @@ mod tests {
         Store::open(&path).expect("reopen");
         assert_eq!(version(&path), SCHEMA_VERSION);
         Store::open_read_only(&path).expect("read-only");
+    }
+
+    #[test]
+    fn records_go_to_a_private_write_ahead_log_that_readers_see_before_and_after_a_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.sqlite3");
+        let mut writer = Store::open(&path).expect("open");
+        let journal: String = writer
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("journal_mode");
+        assert_eq!(journal, "wal");
+        writer
+            .record(&answered(1, vec![m("user", "hi")], "hello"))
+            .expect("record");
+        // Seen at once by a reader (poectl) while the daemon holds the file open.
+        let reader = Store::open_read_only(&path).expect("reader");
+        assert_eq!(reader.list(10).expect("list").len(), 1);
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        for log in ["history.sqlite3-wal", "history.sqlite3-shm"] {
+            assert_eq!(mode(&dir.path().join(log)), 0o600, "{log}");
+        }
+        // A checkpoint on another connection (the maintenance thread's) empties the log
+        // without losing anything; later records append to the fresh log.
+        let maintenance = Store::open(&path).expect("second connection");
+        maintenance.checkpoint().expect("checkpoint");
+        assert_eq!(
+            std::fs::metadata(dir.path().join("history.sqlite3-wal"))
+                .expect("wal")
+                .len(),
+            0
+        );
+        writer
+            .record(&answered(2, vec![m("user", "again")], "hello again"))
+            .expect("record after the checkpoint");
+        assert_eq!(reader.list(10).expect("list").len(), 2);
+        drop((writer, maintenance, reader));
+        let reader = Store::open_read_only(&path).expect("reader after the daemon closed it");
+        assert_eq!(reader.list(10).expect("list").len(), 2);
     }
 
     #[test]

@@ -535,30 +535,32 @@ impl Driver {
                 continue;
             }
             trace!(tab = tab.id, "prompt box focused");
-            cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT)
-                .await
-                .map_err(|e| browser_error("entering the prompt", e))?;
-            trace!(tab = tab.id, "prompt entered");
-            let send = cdp::wait_for_first(
-                &tab.page,
-                &[
-                    Wanted {
-                        selector: &sel.send_button,
-                        enabled: true,
-                    },
-                    Wanted {
-                        selector: &sel.daily_limit,
-                        enabled: false,
-                    },
-                ],
-                if focus_first {
-                    secs(self.timeouts.send_button_secs)
-                } else {
-                    UNFOCUSED_TRY.min(secs(self.timeouts.send_button_secs))
+            let wanted = [
+                Wanted {
+                    selector: &sel.send_button,
+                    enabled: true,
                 },
-            )
-            .await
-            .map_err(|e| browser_error("waiting for the send button", e))?;
+                Wanted {
+                    selector: &sel.daily_limit,
+                    enabled: false,
+                },
+            ];
+            let limit = if focus_first {
+                secs(self.timeouts.send_button_secs)
+            } else {
+                UNFOCUSED_TRY.min(secs(self.timeouts.send_button_secs))
+            };
+            // The text and the wait for the send button go out together: one round trip, not
+            // two. The wait watches the page, so it sees the button that the text's input
+            // enables whichever the page handles first; the click is only sent once both
+            // have answered, so it always comes after the text.
+            let (entered, send) = futures::join!(
+                cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT),
+                cdp::wait_for_first(&tab.page, &wanted, limit),
+            );
+            entered.map_err(|e| browser_error("entering the prompt", e))?;
+            trace!(tab = tab.id, "prompt entered");
+            let send = send.map_err(|e| browser_error("waiting for the send button", e))?;
             match send.index {
                 Some(0) => return Ok(send),
                 None if !focus_first => {
