@@ -45,6 +45,9 @@ use crate::site::poe::session::Session;
 
 pub use reply::{Completion, ReplyEvent, ReplyStream};
 
+/// A tab whose request ended, and the page to make ready in it once the final event is out.
+type Aftercare = (crate::browser::tab_pool::Lease, Warm);
+
 /// A request that passed its checks, placed in a conversation; it holds a tab or a place
 /// in the queue, or the pool's answer why not.
 struct Admitted {
@@ -224,7 +227,15 @@ impl Engine {
                 }) => (slot.map(|slot| (model, bot, slot)), Some(plan)),
                 Err(e) => (Err(e), None),
             };
-            let run = engine.finish(admitted, plan.as_mut(), t0, &mut push, &cancel);
+            let mut aftercare = None;
+            let run = engine.finish(
+                admitted,
+                plan.as_mut(),
+                t0,
+                &mut push,
+                &cancel,
+                &mut aftercare,
+            );
             let result = match AssertUnwindSafe(run).catch_unwind().await {
                 Ok(result) => result,
                 Err(panic) => {
@@ -274,16 +285,25 @@ impl Engine {
                 .history
                 .record(&request, resolved, &result, placement)
                 .await;
-            sink.finish(match result {
+            let last = match result {
                 Ok(c) => ReplyEvent::Done(c),
                 Err(e) => ReplyEvent::Failed(e),
-            })
-            .await;
+            };
+            // The final event first (at once when the reader keeps up), then the tab's page
+            // load; a slow reader does not hold the tab up.
+            let pending = sink.try_finish(last);
+            if let Some((tab, next)) = aftercare {
+                engine.warm.prepare_and_release(tab, next);
+            }
+            if let Some(last) = pending {
+                sink.finish(last).await;
+            }
         });
         stream
     }
 
-    /// Runs an admitted request and keeps the counters.
+    /// Runs an admitted request and keeps the counters. A tab to be made fresh after the
+    /// final event is left in `aftercare`.
     async fn finish(
         self: &Arc<Self>,
         admitted: Result<(String, String, Acquired), Error>,
@@ -291,11 +311,13 @@ impl Engine {
         t0: Instant,
         updates: &mut (dyn FnMut(ReplyEvent) + Send),
         cancel: &CancellationToken,
+        aftercare: &mut Option<Aftercare>,
     ) -> Result<Completion, Error> {
         let _in_flight = InFlight::enter(&self.in_flight);
         let mut result = match (admitted, plan) {
             (Ok((model, bot, slot)), Some(plan)) => {
-                self.run(model, bot, plan, slot, updates, cancel, t0).await
+                self.run(model, bot, plan, slot, updates, cancel, t0, aftercare)
+                    .await
             }
             (Ok(_), None) => Err(Error::internal("a request was admitted without a plan")),
             (Err(e), _) => Err(e.sent(false)),
@@ -375,6 +397,7 @@ impl Engine {
         updates: &mut (dyn FnMut(ReplyEvent) + Send),
         cancel: &CancellationToken,
         t0: Instant,
+        aftercare: &mut Option<Aftercare>,
     ) -> Result<Completion, Error> {
         let mut tab = match slot {
             Acquired::Now(tab) => tab,
@@ -464,10 +487,12 @@ impl Engine {
                 let code = reply.chat_code.clone().unwrap_or_default();
                 self.warm.keep_chat_or_refresh(tab, code, bot.clone());
             }
+            // The fresh chat (a page load) is opened once the final event is out: the load
+            // would compete for the CPU with the last frame's way to the client.
             _ => {
                 let unknown = matches!(&result, Err(e) if e.kind == ErrorKind::UnknownModel);
                 let next = if unknown { &self.default_bot } else { &bot };
-                self.warm.prepare_and_release(tab, Warm::Bot(next.clone()));
+                *aftercare = Some((tab, Warm::Bot(next.clone())));
             }
         }
         let reply = result.map_err(|e| self.with_close_names(e, &model))?;

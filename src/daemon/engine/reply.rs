@@ -129,6 +129,19 @@ impl ReplySink {
         }
     }
 
+    /// Ends the stream without waiting when the reader has room for what is held back and
+    /// the final event; otherwise gives the final event back for [`ReplySink::finish`].
+    pub fn try_finish(&mut self, last: ReplyEvent) -> Option<ReplyEvent> {
+        self.flush();
+        if !self.backlog.is_empty() {
+            return Some(last);
+        }
+        match self.tx.try_send(last) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(last)) => Some(last),
+        }
+    }
+
     /// Ends the stream: what is held back, then the final event, each waiting a bounded
     /// time for the reader.
     pub async fn finish(mut self, last: ReplyEvent) {
@@ -235,6 +248,28 @@ mod tests {
                 text("after!"),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn the_final_event_goes_at_once_when_there_is_room_else_it_is_given_back() {
+        let (mut sink, mut stream) = channel(CancellationToken::new());
+        sink.push(text("a"));
+        assert!(sink.try_finish(done("a")).is_none());
+        let (got, events) = read_all(&mut stream).await;
+        assert_eq!((got.as_str(), events.len()), ("a", 2));
+
+        let (mut sink, mut stream) = channel(CancellationToken::new());
+        for i in 0..(REPLY_QUEUE + 3) {
+            sink.push(text(&i.to_string()));
+        }
+        let Some(last) = sink.try_finish(done("x")) else {
+            panic!("a full queue cannot take the final event");
+        };
+        assert_eq!(last, done("x"));
+        let writer = tokio::spawn(sink.finish(last));
+        let (_, events) = read_all(&mut stream).await;
+        writer.await.expect("writer");
+        assert_eq!(events.last(), Some(&done("x")), "nothing lost");
     }
 
     #[tokio::test]
