@@ -81,6 +81,9 @@ pub struct Chat {
     pub system: Option<String>,
     /// The turns so far (user and assistant), without the system message.
     pub turns: Vec<ChatMessage>,
+    /// The daemon's number for this conversation (from `--continue`, then from each
+    /// answer): named in requests, so that an older stored one is found too.
+    pub conversation: Option<i64>,
 }
 
 impl Chat {
@@ -95,6 +98,7 @@ impl Chat {
             model,
             system,
             turns,
+            conversation: None,
         }
     }
 
@@ -117,6 +121,7 @@ impl Chat {
     /// Forgets the turns; model and system message stay.
     pub fn reset(&mut self) {
         self.turns.clear();
+        self.conversation = None;
     }
 }
 
@@ -229,6 +234,8 @@ pub async fn run(client: &Client, mut chat: Chat) -> Result<(), ChatError> {
             Input::Model(Some(name)) => {
                 if known(&models, &name) {
                     chat.model = Some(name);
+                    // The daemon goes on in a new conversation with the other model.
+                    chat.conversation = None;
                     println!("Model: {}", model_of(&chat));
                 } else {
                     eprintln!("poectl: unknown model {name:?}; {}", model_names(&models));
@@ -238,30 +245,32 @@ pub async fn run(client: &Client, mut chat: Chat) -> Result<(), ChatError> {
             Input::Say(prompt) => {
                 // A Ctrl-C that came before this answer is not meant for it.
                 while let Some(Some(())) = interrupts.recv().now_or_never() {}
-                if let Some(answer) = answer(client, &chat, &prompt, &mut interrupts).await? {
+                if let Some((answer, conversation)) =
+                    answer(client, &mut chat, &prompt, &mut interrupts).await?
+                {
                     chat.answered(&prompt, &answer);
+                    chat.conversation = conversation.or(chat.conversation);
                 }
             }
         }
     }
 }
 
-/// Streams one answer to stdout. `Some(text)` when it completed, `None` when it failed or
-/// was cancelled (the turn is then not kept).
+/// Streams one answer to stdout. `Some((text, conversation))` when it completed, `None`
+/// when it failed or was cancelled (the turn is then not kept).
 async fn answer(
     client: &Client,
-    chat: &Chat,
+    chat: &mut Chat,
     prompt: &str,
     interrupts: &mut tokio::signal::unix::Signal,
-) -> Result<Option<String>, ChatError> {
-    let mut reply = client
-        .complete(CompleteRequest {
-            conversation: None,
-            model: chat.model.clone(),
-            messages: chat.request(prompt),
-            stream: true,
-        })
-        .await?;
+) -> Result<Option<(String, Option<i64>)>, ChatError> {
+    let ask = |chat: &Chat| CompleteRequest {
+        conversation: chat.conversation,
+        model: chat.model.clone(),
+        messages: chat.request(prompt),
+        stream: true,
+    };
+    let mut reply = client.complete(ask(chat)).await?;
     let mut out = std::io::stdout();
     let mut shown = String::new();
     let mut cancelled = false;
@@ -295,7 +304,21 @@ async fn answer(
                 let _ = out.flush();
                 shown = text;
             }
-            Event::Done { text, reason, .. } => {
+            // A daemon that does not know the conversation's number (a history of its
+            // own, or none): nothing was sent; the whole conversation goes without it.
+            Event::Error {
+                kind: crate::ErrorKind::UnknownConversation,
+                ..
+            } if chat.conversation.is_some() && shown.is_empty() => {
+                chat.conversation = None;
+                reply = client.complete(ask(chat)).await?;
+            }
+            Event::Done {
+                text,
+                reason,
+                conversation,
+                ..
+            } => {
                 if text != shown {
                     // The final text differs from what streamed: show the final one whole.
                     if !shown.is_empty() {
@@ -308,7 +331,7 @@ async fn answer(
                 if let Some(r) = reason {
                     eprintln!("[sent in a new site chat: {}]", r.message);
                 }
-                return Ok(Some(text));
+                return Ok(Some((text, conversation)));
             }
             Event::Error { kind, message, .. } => {
                 if !shown.is_empty() {
@@ -369,6 +392,7 @@ mod tests {
             model: None,
             system: Some("Be brief.".into()),
             turns: vec![],
+            conversation: None,
         };
         assert_eq!(
             chat.request("hi"),

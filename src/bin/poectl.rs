@@ -738,6 +738,7 @@ fn start_chat(
             model,
             system,
             turns: Vec::new(),
+            conversation: None,
         });
     };
     let store = open_history(args)?;
@@ -762,6 +763,7 @@ fn start_chat(
     if system.is_some() {
         chat.system = system;
     }
+    chat.conversation = Some(id);
     Ok(chat)
 }
 
