@@ -604,11 +604,14 @@ async fn account_states_answer_with_statuses_that_do_not_mislead_clients() {
     drop(daemon);
 }
 
-/// The official openai package, installed into a virtualenv under target/ once.
+/// The official openai package, installed into a virtualenv under target/ once. Tests
+/// running at the same time wait for the one that installs it.
 async fn openai_python() -> PathBuf {
+    static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     if let Some(p) = std::env::var_os("POED_OPENAI_PYTHON") {
         return PathBuf::from(p);
     }
+    let _one_at_a_time = INSTALLING.lock().await;
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("openai-venv");
