@@ -70,7 +70,12 @@ async fn start_front(double: &Double, front: Front<'_>) -> (Daemon, String) {
 
 /// The README's set-up plus a key: what most tests use.
 async fn start() -> (Double, Daemon, String) {
-    let double = Double::start(fast()).await.expect("double");
+    start_with(fast()).await
+}
+
+/// [`start`] with a double of its own options.
+async fn start_with(options: DoubleOptions) -> (Double, Daemon, String) {
+    let double = Double::start(options).await.expect("double");
     let (daemon, base) = start_front(
         &double,
         Front {
@@ -798,19 +803,10 @@ fn chromium_main(daemon: &Daemon) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sdk_clients_third_turn_reaches_the_site_alone_in_the_chat_of_the_first_two() {
     let python = openai_python().await;
-    let double = Double::start(DoubleOptions {
+    let (double, daemon, base) = start_with(DoubleOptions {
         mode: double::Mode::Y2025,
         ..fast()
     })
-    .await
-    .expect("double");
-    let (daemon, base) = start_front(
-        &double,
-        Front {
-            key: true,
-            ..Front::default()
-        },
-    )
     .await;
     let prompts = ["one [[turns]]", "two [[turns]]", "three [[turns]]"];
     let mut args = vec!["conversation", &base, KEY];

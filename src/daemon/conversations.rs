@@ -244,15 +244,6 @@ impl Conversations {
         inner.evict();
     }
 
-    /// How many conversations are remembered.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Plans a request for `model` (whose bot is `bot`) with `messages`; `named` is the
     /// conversation the client named, whose earlier turns `messages` may leave out.
     pub fn plan(
