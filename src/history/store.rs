@@ -309,7 +309,9 @@ impl Store {
 
     /// Records one finished request in one transaction: it continues the conversation whose
     /// transcript its messages start with (see [`matching`]), or starts one. Returns the
-    /// conversation's id. A request without messages records nothing (`None`).
+    /// conversation's id. A request without messages records nothing (`None`). Its
+    /// statements are compiled once per connection (it runs before the request's final
+    /// event).
     pub fn record(&mut self, record: &Record) -> Result<Option<i64>, HistoryError> {
         if record.messages.is_empty() {
             return Ok(None);
@@ -318,11 +320,9 @@ impl Store {
         let tx = self.conn.transaction()?;
         let placed = match &record.placement {
             Some(p) => {
-                let known: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)",
-                    [p.conversation],
-                    |r| r.get(0),
-                )?;
+                let known: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
+                    .query_row([p.conversation], |r| r.get(0))?;
                 known.then_some((p.conversation, p.stored_turns.min(turns.len())))
             }
             None => {
@@ -341,34 +341,34 @@ impl Store {
             .and_then(|p| p.chat_code.as_deref());
         let (id, skip, mut turn) = match placed {
             Some((id, stored)) => {
-                let next: i64 = tx.query_row(
-                    "SELECT COALESCE(MAX(turn) + 1, 0) FROM messages WHERE conversation_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )?;
-                tx.execute(
+                let next: i64 = tx
+                    .prepare_cached(
+                        "SELECT COALESCE(MAX(turn) + 1, 0) FROM messages WHERE conversation_id = ?1",
+                    )?
+                    .query_row([id], |r| r.get(0))?;
+                tx.prepare_cached(
                     "UPDATE conversations SET last_used_ms = ?2, bot = COALESCE(?3, bot),
                          chat_code = COALESCE(?4, chat_code)
                      WHERE id = ?1",
-                    params![id, record.at_ms, record.bot, chat_code],
-                )?;
+                )?
+                .execute(params![id, record.at_ms, record.bot, chat_code])?;
                 (id, stored, next)
             }
             None => {
                 // A placed conversation the file does not have yet (new, or pruned since)
                 // keeps the daemon's number, with all its turns.
                 let id = record.placement.as_ref().map(|p| p.conversation);
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO conversations (id, created_ms, last_used_ms, model, bot, system, chat_code)
                      VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6)",
-                    params![id, record.at_ms, record.model, record.bot, system, chat_code],
-                )?;
+                )?
+                .execute(params![id, record.at_ms, record.model, record.bot, system, chat_code])?;
                 (tx.last_insert_rowid(), 0, 0)
             }
         };
         let new_turns = &turns[skip..];
         {
-            let mut insert = tx.prepare(
+            let mut insert = tx.prepare_cached(
                 "INSERT INTO messages (conversation_id, turn, role, content, created_ms,
                      queued_ms, first_token_ms, total_ms, outcome, error)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -634,7 +634,7 @@ fn candidates(
     let Some(first) = first else {
         return Ok(Vec::new());
     };
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT c.id FROM conversations c
          JOIN messages m ON m.conversation_id = c.id AND m.turn = 0
          WHERE c.model = ?1 AND c.system IS ?2 AND m.role = ?3 AND m.content = ?4
@@ -647,7 +647,7 @@ fn candidates(
             |r| r.get::<_, i64>(0),
         )?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut rows = conn.prepare(&format!(
+    let mut rows = conn.prepare_cached(&format!(
         "SELECT role, content FROM messages WHERE conversation_id = ?1 AND ({TRANSCRIPT_ROWS}) ORDER BY turn"
     ))?;
     let mut out = Vec::with_capacity(ids.len());
