@@ -423,9 +423,17 @@ fn poed_flags(cfg: &BrowserConfig) -> Result<Vec<(String, Option<String>)>, Stri
         // DeferRendererTasksAfterInput: after a click the renderer holds other tasks back
         // until its next frame, which delays the reply's first WebSocket frame (and its
         // DevTools event) by up to a frame; the page does the same work either way.
+        // WebUIOmnibox*Popup: the address bar's suggestion popup as a web page of its own,
+        // kept loaded in a renderer (about 220 MB) that rebuilds its documents as the
+        // tabs navigate, on the CPU the pages' replies need; nobody sees it (headless),
+        // and the native popup takes its place in a visible window (`poectl login`).
         (
             "disable-features".into(),
-            Some("Translate,MediaRouter,OptimizationHints,DeferRendererTasksAfterInput".into()),
+            Some(
+                "Translate,MediaRouter,OptimizationHints,DeferRendererTasksAfterInput,\
+                 WebUIOmniboxPopup,WebUIOmniboxAimPopup,WebUIOmniboxFullPopup"
+                    .into(),
+            ),
         ),
         ("no-default-browser-check".into(), None),
     ];
@@ -832,7 +840,7 @@ mod tests {
         assert!(args.contains(&"--lang=de".to_string()), "{args:?}");
         assert!(
             args.contains(
-                &"--disable-features=TranslateUI,Translate,MediaRouter,OptimizationHints,DeferRendererTasksAfterInput,Foo"
+                &"--disable-features=TranslateUI,Translate,MediaRouter,OptimizationHints,DeferRendererTasksAfterInput,WebUIOmniboxPopup,WebUIOmniboxAimPopup,WebUIOmniboxFullPopup,Foo"
                     .to_string()
             ),
             "{args:?}"
