@@ -425,11 +425,13 @@ async fn bench(runs: usize) {
     // Concurrency on the 3-tab pool.
     let mut conc_rows = Vec::new();
     let mut loaded = Memory::default();
-    let reps = (runs / 6).max(3);
+    // Rounds of 1, 3 (and 8) clients in turn, so that a change in the machine's load falls
+    // on every row alike; ten rounds at least (a median of three was mostly noise).
+    let reps = (runs / 2).max(10);
     let clients: &[usize] = if quick { &[1, 3] } else { &[1, 3, 8] };
-    for &n in clients {
-        let mut walls = Vec::new();
-        for r in 0..reps {
+    let mut walls_of: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+    for r in 0..reps {
+        for (&n, walls) in clients.iter().zip(walls_of.iter_mut()) {
             wait_warm(&client, 3).await;
             let start = Instant::now();
             let mut tasks = Vec::new();
@@ -468,8 +470,10 @@ async fn bench(runs: usize) {
                 loaded.chromium_pss_kib = loaded.chromium_pss_kib.max(m.chromium_pss_kib);
             }
         }
-        let med = percentile(&walls, 50.0);
-        conc_rows.push((n, med, percentile(&walls, 90.0), n as f64 / (med / 1000.0)));
+    }
+    for (&n, walls) in clients.iter().zip(&walls_of) {
+        let med = percentile(walls, 50.0);
+        conc_rows.push((n, med, percentile(walls, 90.0), n as f64 / (med / 1000.0)));
     }
     drop(client);
     if let Some(to) = &trace {
@@ -568,7 +572,7 @@ async fn bench(runs: usize) {
     for series in &turns {
         println!("{}", series.row(""));
     }
-    println!("\n| concurrent clients (3 tabs) | median wall ms | p90 wall ms | replies/s |");
+    println!("\n| concurrent clients (3 tabs), {reps} rounds in turn | median wall ms | p90 wall ms | replies/s |");
     println!("|---|---|---|---|");
     for (n, med, p90, tput) in &conc_rows {
         println!("| {n} | {med:.0} | {p90:.0} | {tput:.2} |");
