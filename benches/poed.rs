@@ -478,6 +478,24 @@ async fn bench(runs: usize) {
     drop(client);
     if let Some(to) = &trace {
         let _ = std::fs::copy(daemon.dir.path().join("poed.log"), to);
+        // The double's side of the concurrent rounds: when each chat's prompt came and its
+        // frames went out, in ms after the prompt.
+        for chat in double
+            .chats()
+            .iter()
+            .filter(|c| c.prompt.starts_with("concurrent"))
+        {
+            let frames: Vec<String> = chat
+                .frame_times
+                .iter()
+                .map(|t| format!("{:.1}", ms(t.duration_since(chat.received_at))))
+                .collect();
+            eprintln!(
+                "{}: prompt at {} frames {frames:?}",
+                chat.prompt,
+                wall(chat.received_at)
+            );
+        }
     }
     let _ = daemon.stop().await;
     if quick {
