@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what poed's tests and demo need on a fresh Debian machine: Chromium, Xvfb (the
 # visible-window sign-in test), curl and python3-venv (the HTTP tests' real clients), socat
-# (the protocol examples). Does nothing when they are present.
+# (the protocol examples), openssl (a TLS site with an untrusted certificate in a test). Does nothing when they are present.
 set -euo pipefail
 
 missing=()
@@ -9,6 +9,7 @@ missing=()
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -254,7 +254,8 @@ async fn open(cfg: &BrowserConfig) -> Result<Instance, String> {
 
 /// Attaches to the user's own browser (`--connect`) over the debugging port they opened.
 async fn attach_to(cfg: &BrowserConfig, url: &str) -> Result<(Browser, Handler), String> {
-    tokio::time::timeout(secs(cfg.launch_timeout_secs), Browser::connect(url.to_owned()))
+    let connect = Browser::connect_with_config(url.to_owned(), handler_config());
+    tokio::time::timeout(secs(cfg.launch_timeout_secs), connect)
         .await
         .map_err(|_| {
             format!(
@@ -354,11 +355,14 @@ async fn first_answer(
     }
 }
 
-/// What chromiumoxide's `Browser::launch` would use for [`chromium_config`]: the window's own
-/// size, no emulated viewport.
+/// How chromiumoxide handles poed's browser: the window's own size, no emulated viewport,
+/// and Chromium's certificate checks kept (chromiumoxide's default tells every tab to
+/// ignore certificate errors: anyone between poed and the site could then read the
+/// signed-in session).
 fn handler_config() -> HandlerConfig {
     HandlerConfig {
         viewport: None,
+        ignore_https_errors: false,
         ..HandlerConfig::default()
     }
 }
@@ -798,6 +802,11 @@ mod tests {
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn certificate_errors_are_never_ignored() {
+        assert!(!handler_config().ignore_https_errors);
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! `loadingFinished`, then `Network.getResponseBody`) for the subscribed request: the
 //! site's answers to a send or a refetch come that way. An observer (set once per tab) sees
 //! every update-socket frame, also while no request runs. The main frame's document
-//! response (its URL and HTTP status) is kept too, so a caller can tell a page that exists
-//! from a not-found page without reading the page.
+//! response (its URL and HTTP status, or the browser's network error) is kept too, so a
+//! caller can tell a page that exists from a not-found page, or from one that did not load,
+//! without reading the page.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,12 +53,17 @@ pub struct HttpExchange {
     pub body: String,
 }
 
-/// The HTTP response that delivered the main frame's document (the last navigation's).
+/// The HTTP response that delivered the main frame's document (the last navigation's), or
+/// the browser's network error when none came.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentResponse {
-    /// The document's URL after any redirects.
+    /// The document's URL after any redirects (the URL asked for when it failed).
     pub url: String,
+    /// 0 when it failed.
     pub status: u16,
+    /// The browser's error when the document did not load (e.g.
+    /// `net::ERR_CERT_AUTHORITY_INVALID`).
+    pub failure: Option<String>,
 }
 
 /// Sees every frame of the update socket (while no request runs, too).
@@ -438,6 +444,8 @@ async fn pump(
     // request ids whose loading finished before their start was seen
     let mut finished_early: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut seq = 0u64;
+    // The main frame's last document request: (request id, URL).
+    let mut document_request: Option<(String, String)> = None;
     while let Some(event) = events.next().await {
         match event {
             Raw::Created(c) => {
@@ -459,6 +467,11 @@ async fn pump(
                 out.url.send_replace(u);
             }
             Raw::Request(r) => {
+                if r.r#type == Some(ResourceType::Document)
+                    && r.frame_id.as_ref().map(|f| f.inner()) == Some(&out.main_frame)
+                {
+                    document_request = Some((r.request_id.inner().clone(), r.request.url.clone()));
+                }
                 if !r.request.url.contains(&watch.api_contains) {
                     continue;
                 }
@@ -495,6 +508,7 @@ async fn pump(
                     out.document.send_replace(Some(DocumentResponse {
                         url: r.response.url.clone(),
                         status,
+                        failure: None,
                     }));
                 }
                 if let Some(p) = pending.get_mut(r.request_id.inner()) {
@@ -503,6 +517,18 @@ async fn pump(
             }
             Raw::Failed(f) => {
                 pending.remove(f.request_id.inner());
+                let canceled = f.canceled == Some(true);
+                match document_request.take() {
+                    Some((id, url)) if &id == f.request_id.inner() && !canceled => {
+                        debug!(tab, error = %f.error_text, url = %crate::redact::url(&url), "document failed");
+                        out.document.send_replace(Some(DocumentResponse {
+                            url,
+                            status: 0,
+                            failure: Some(f.error_text.clone()),
+                        }));
+                    }
+                    other => document_request = other,
+                }
             }
             Raw::Finished(f) => {
                 let id = f.request_id.inner().clone();

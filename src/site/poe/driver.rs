@@ -265,17 +265,20 @@ impl Driver {
         cdp::goto(&tab.page, &url, secs(self.timeouts.navigation_secs))
             .await
             .map_err(|e| match e {
-                CdpFailure::Command(m) => Error::new(
-                    ErrorKind::SiteError,
-                    format!("cannot open {url}: {m}; check site.base_url, the network and browser.proxy"),
-                ),
+                // The navigation's own answer names the network error.
+                CdpFailure::Command(m) => load_failure(&url, &m),
                 other => browser_error("opening the chat page", other),
             })?;
-        // A signed-out visit is redirected to the sign-in page: no need to wait for a
-        // prompt box that will never come.
         let landed = cdp::current_url(&tab.page, COMMAND_LIMIT)
             .await
             .unwrap_or_else(|_| tab.url());
+        // A page the browser could not load (no answer, a certificate it does not trust)
+        // shows Chromium's error page: say what the browser said, at once.
+        if let Some(failure) = document_failure(&mut documents, &url, &landed).await {
+            return Err(load_failure(&url, &failure));
+        }
+        // A signed-out visit is redirected to the sign-in page: no need to wait for a
+        // prompt box that will never come.
         if self.is_sign_in(&landed) {
             return Err(self.redirected());
         }
@@ -890,23 +893,72 @@ const STOP_CONFIRM_WAIT: Duration = Duration::from_millis(1500);
 /// comes on another stream than the navigation's answer).
 const DOCUMENT_LIMIT: Duration = Duration::from_secs(2);
 
+type Documents = tokio::sync::watch::Receiver<Option<crate::browser::tab::DocumentResponse>>;
+
+/// Whether two URLs name the same page (fragment and trailing slash aside).
+fn same_page(a: &str, b: &str) -> bool {
+    let strip = |u: &str| {
+        u.split('#')
+            .next()
+            .unwrap_or(u)
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    strip(a) == strip(b)
+}
+
+/// The browser's network error for the navigation to `url`, if its document did not load.
+/// Chromium then shows its own error page (`chrome-error://`); only then is the error
+/// waited for (bounded), as it comes on another stream than the navigation's end.
+async fn document_failure(documents: &mut Documents, url: &str, landed: &str) -> Option<String> {
+    let failure_of = |doc: &Option<crate::browser::tab::DocumentResponse>| {
+        doc.as_ref()
+            .filter(|d| same_page(&d.url, url))
+            .and_then(|d| d.failure.clone())
+    };
+    // Not marked seen: `document_status` waits for the same value.
+    if let Some(failure) = failure_of(&documents.borrow()) {
+        return Some(failure);
+    }
+    if !landed.starts_with("chrome-error:") {
+        return None;
+    }
+    let waited = tokio::time::timeout(DOCUMENT_LIMIT, async {
+        while documents.changed().await.is_ok() {
+            if let Some(failure) = failure_of(&documents.borrow_and_update()) {
+                return Some(failure);
+            }
+        }
+        None
+    })
+    .await;
+    Some(
+        waited
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "its error page, without naming the error".into()),
+    )
+}
+
+/// The error for a page the browser could not load.
+fn load_failure(url: &str, failure: &str) -> Error {
+    let url = crate::redact::url(url);
+    let next = if failure.contains("ERR_CERT") || failure.contains("ERR_SSL") {
+        "the site's certificate is not trusted: something between this machine and the site is intercepting its encrypted traffic (a proxy, a captive portal, a wrong site.base_url); poed never ignores certificate errors, as the session would be readable on the way"
+    } else {
+        "check site.base_url, the network and browser.proxy"
+    };
+    Error::new(
+        ErrorKind::SiteError,
+        format!("cannot open {url}: the browser answered {failure}; {next}"),
+    )
+}
+
 /// The HTTP status of the document now shown at `landed`, from the tab's network events
 /// (`documents` was marked seen before the navigation). `None` if the browser reported none
 /// in time (e.g. a page served without a network response).
-async fn document_status(
-    documents: &mut tokio::sync::watch::Receiver<Option<crate::browser::tab::DocumentResponse>>,
-    landed: &str,
-) -> Option<u16> {
-    let same = |a: &str, b: &str| {
-        let strip = |u: &str| {
-            u.split('#')
-                .next()
-                .unwrap_or(u)
-                .trim_end_matches('/')
-                .to_owned()
-        };
-        strip(a) == strip(b)
-    };
+async fn document_status(documents: &mut Documents, landed: &str) -> Option<u16> {
+    let same = same_page;
     tokio::time::timeout(DOCUMENT_LIMIT, async {
         loop {
             if documents.changed().await.is_err() {
