@@ -24,6 +24,7 @@ use base64::Engine as _;
 use chromiumoxide::cdp::browser_protocol::inspector::{
     EnableParams as InspectorEnableParams, EventTargetCrashed,
 };
+use chromiumoxide::cdp::browser_protocol::log::DisableParams as LogDisableParams;
 use chromiumoxide::cdp::browser_protocol::network::{
     EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
     EventWebSocketClosed, EventWebSocketCreated, EventWebSocketFrameReceived,
@@ -32,6 +33,7 @@ use chromiumoxide::cdp::browser_protocol::network::{
 use chromiumoxide::cdp::browser_protocol::page::{
     EventFrameNavigated, EventNavigatedWithinDocument,
 };
+use chromiumoxide::cdp::browser_protocol::performance::DisableParams as PerformanceDisableParams;
 use chromiumoxide::Page;
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -218,6 +220,14 @@ impl Tab {
             .await
             .map_err(listen)?;
         page.execute(InspectorEnableParams::default())
+            .await
+            .map_err(listen)?;
+        // chromiumoxide turns on two domains poed never reads: `Performance` times every task
+        // of the page's renderer for metrics, `Log` sends its entries. Off, they cost nothing.
+        page.execute(PerformanceDisableParams::default())
+            .await
+            .map_err(listen)?;
+        page.execute(LogDisableParams::default())
             .await
             .map_err(listen)?;
         let merged: BoxStream<'static, Raw> = futures::stream::select_all([
