@@ -238,7 +238,10 @@ async fn curl_streams_sse_and_errors_have_openai_shape() {
     let a = exchange(&["-H", &auth, "-H", JSON, "-d", "{not json", &url]).await;
     assert_eq!((a.status, a.code()), (400, "bad_request".into()));
     // A bot handle the site does not have, streamed: found before the send, so it is a 404
-    // too, not an error inside a 200 stream.
+    // too, not an error inside a 200 stream. (With a tab free: a request that waits in the
+    // queue gets its head then, README "Use it from OpenAI clients"; the tabs of the
+    // requests above may still be opening their fresh chats.)
+    daemon.wait_warm(3).await;
     let a = exchange(&[
         "-H",
         &auth,
@@ -720,6 +723,8 @@ async fn the_openai_sdk_never_sends_a_failed_prompt_twice() {
         },
     )
     .await;
+    // Ready once the account is known, from the first fresh chat's page.
+    daemon.wait_warm(1).await;
     let a = exchange(&[&format!("{base}/health")]).await;
     assert_eq!(a.status, 200, "public health: {}", a.body);
     let a = exchange(&[&format!("{base}/v1/models")]).await;
