@@ -852,3 +852,77 @@ async fn an_sdk_clients_third_turn_reaches_the_site_alone_in_the_chat_of_the_fir
     assert_eq!(taken.iter().map(|r| r.turn).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(double.chats().len(), 3, "no send was refused or repeated");
 }
+
+/// A client that keeps its own history short names the conversation in a header: the new
+/// message alone goes on in the site chat of the earlier turn. A header that is not a
+/// number, or names no conversation, is a 400 before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_names_its_conversation_in_a_header_and_sends_only_the_new_message() {
+    let (double, daemon, base) = start_with(DoubleOptions {
+        mode: double::Mode::Y2025,
+        ..fast()
+    })
+    .await;
+    let url = format!("{base}/v1/chat/completions");
+    let auth = format!("Authorization: Bearer {KEY}");
+    const JSON: &str = "Content-Type: application/json";
+    let first = exchange(&["-H", &auth, "-H", JSON, "-d", &ask("one [[turns]]"), &url]).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let conversation = first.json()["poed"]["conversation"]
+        .as_i64()
+        .expect("number");
+    daemon.wait_warm(3).await;
+    let named = format!("X-Poed-Conversation: {conversation}");
+    let second = exchange(&[
+        "-H",
+        &auth,
+        "-H",
+        JSON,
+        "-H",
+        &named,
+        "-d",
+        &ask("two [[turns]]"),
+        &url,
+    ])
+    .await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    let v = second.json();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Earlier human messages: 1"
+    );
+    assert_eq!(v["poed"]["conversation"], conversation);
+    assert_eq!(v["poed"]["continued"], true, "{v}");
+    let taken = double.taken();
+    assert_eq!(taken.len(), 2, "{taken:?}");
+    assert_eq!(taken[1].prompt, "two [[turns]]");
+    assert_eq!(taken[1].chat_code, taken[0].chat_code);
+
+    for (header, code) in [
+        ("X-Poed-Conversation: abc", "bad_request"),
+        ("X-Poed-Conversation: 987654", "unknown_conversation"),
+    ] {
+        let a = exchange(&[
+            "-H",
+            &auth,
+            "-H",
+            JSON,
+            "-H",
+            header,
+            "-d",
+            &ask("three"),
+            &url,
+        ])
+        .await;
+        assert_eq!((a.status, a.code()), (400, code.into()), "{}", a.body);
+        assert!(
+            a.json()["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("conversation"),
+            "{}",
+            a.body
+        );
+    }
+    assert_eq!(double.taken().len(), 2, "nothing more reached the site");
+}

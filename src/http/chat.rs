@@ -127,6 +127,30 @@ fn conversation_of(c: &crate::daemon::engine::Completion) -> Value {
     json!({"conversation": c.conversation, "continued": c.continued, "reason": c.reason})
 }
 
+/// The header that names a conversation, as `complete.conversation` does on the socket.
+const CONVERSATION_HEADER: &str = "x-poed-conversation";
+
+/// The conversation the client names (its number from an earlier answer's
+/// `poed.conversation`), if any. Without it, a request goes on with the conversation its
+/// messages match, as before.
+fn named_conversation(headers: &axum::http::HeaderMap) -> Result<Option<i64>, Error> {
+    let Some(value) = headers.get(CONVERSATION_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|n| *n > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadRequest,
+                "X-Poed-Conversation must be a conversation's number, as an earlier answer's poed.conversation gave it; leave the header out to start or match one by its messages",
+            )
+        })
+}
+
 /// A rough token estimate (about four characters per token); the site reports no usage.
 fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
@@ -145,6 +169,7 @@ pub(super) async fn chat_completions(
         // Refused before a byte of it is read.
         return Err(too_large(state.max_body).into());
     }
+    let conversation = named_conversation(&headers)?;
     let bytes = read_body(body, state.max_body).await?;
     let req = parse_chat_body(&bytes)?;
     // Resolve up front so an unknown model is a plain 404 even when streaming was asked.
@@ -155,7 +180,7 @@ pub(super) async fn chat_completions(
         .map(|m| estimate_tokens(&m.content))
         .sum();
     let request = CompleteRequest {
-        conversation: None,
+        conversation,
         model: Some(model.clone()),
         messages: req.messages,
         stream: req.stream,
