@@ -958,14 +958,13 @@ fn load_failure(url: &str, failure: &str) -> Error {
 /// (`documents` was marked seen before the navigation). `None` if the browser reported none
 /// in time (e.g. a page served without a network response).
 async fn document_status(documents: &mut Documents, landed: &str) -> Option<u16> {
-    let same = same_page;
     tokio::time::timeout(DOCUMENT_LIMIT, async {
         loop {
             if documents.changed().await.is_err() {
                 return None;
             }
             let doc = documents.borrow_and_update().clone();
-            if let Some(doc) = doc.filter(|d| same(&d.url, landed)) {
+            if let Some(doc) = doc.filter(|d| same_page(&d.url, landed)) {
                 return Some(doc.status);
             }
         }
