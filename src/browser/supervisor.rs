@@ -315,6 +315,9 @@ async fn launch(cfg: &BrowserConfig) -> Result<(Browser, Handler, PipeChromium),
     }
 }
 
+/// How long a Chromium whose DevTools failed at launch is given to show that it exited.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
 /// Waits for a launched Chromium's first DevTools answer (it proves the pipe works), or its
 /// exit, or the launch timeout; returns the browser's version.
 async fn first_answer(
@@ -338,6 +341,15 @@ async fn first_answer(
             Ok(status) => status.to_string(),
             Err(e) => e.to_string(),
         }),
+    };
+    // A Chromium that dies closes its pipe too, and that may be noticed first: a DevTools
+    // failure followed by the process's end is its exit.
+    let outcome = match outcome {
+        Outcome::Failed(e) => match tokio::time::timeout(EXIT_GRACE, chromium.child.wait()).await {
+            Ok(Ok(status)) => Outcome::Exited(status.to_string()),
+            _ => Outcome::Failed(e),
+        },
+        other => other,
     };
     let failure = match outcome {
         Outcome::Answered(version) => return Ok(version),
