@@ -1,6 +1,7 @@
 //! End to end on the Poe double: the history that real requests through `poed` leave
 //! (`poectl history` list, show, search, export), `history.enabled = false` writing nothing,
-//! and `poectl chat` driven in a pseudo-terminal.
+//! and `poectl chat` driven in a pseudo-terminal (also through a daemon that does not know
+//! the conversation it continues).
 //!
 //! Each test starts its own double and daemon and is bounded in time; the pty steps run on
 //! a blocking thread with rexpect's own timeout on every expectation.
@@ -387,5 +388,59 @@ async fn poectl_chat_in_a_terminal_streams_switches_cancels_and_leaves() {
         conv["messages"].as_array().map(Vec::len),
         Some(6),
         "the continued chat stays one conversation: {conv}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poectl_chat_sends_a_conversation_its_daemon_does_not_know_whole_and_once() {
+    let double = Double::start(fast()).await.expect("double");
+    // The conversation is in the history of one daemon...
+    let first = Daemon::start(&double.base_url(), &[]).await;
+    let out = run(first.poectl(&["ask", "Tell me about penguins"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answer = expected_reply("GPT-3.5-Turbo", "Tell me about penguins");
+    let list = run(poectl_history(&first, &["history", "--json"])).await;
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
+    let id = list[0]["id"].as_i64().expect("id").to_string();
+
+    // ...and `poectl chat` goes on from it through another daemon, with a history of its
+    // own: that daemon answers `unknown_conversation` (nothing sent), and the chat sends the
+    // whole conversation without the number.
+    let other = Daemon::start(&double.base_url(), &[]).await;
+    let history = first.dir.path().join("history.sqlite3");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poectl"));
+    cmd.args(["chat", "--continue", &id])
+        .env("POED_SOCKET", &other.socket)
+        .env("POED_HISTORY", &history)
+        .env("TERM", "xterm");
+    let whole = format!(
+        "User: Tell me about penguins\nAssistant: {answer}\nUser: And walruses?\nAssistant:"
+    );
+    let steps = tokio::task::spawn_blocking(move || -> Result<_, rexpect::error::Error> {
+        let mut p = rexpect::session::spawn_command(cmd, Some(STEP.as_millis() as u64))?;
+        p.exp_string("going on after 2 messages")?;
+        p.exp_string(">>> ")?;
+        p.send_line("And walruses?")?;
+        // The answer to the whole conversation (its first line; the terminal ends lines
+        // with CR LF), not to the new message alone.
+        p.exp_string("Echo from GPT-3.5-Turbo: User: Tell me about penguins")?;
+        p.exp_string(">>> ")?;
+        p.send_line("/exit")?;
+        p.exp_eof()?;
+        p.process().wait()
+    });
+    let status = within(Duration::from_secs(120), "poectl chat --continue", steps)
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("poectl chat: {e}\n{}", other.log()));
+    assert!(
+        matches!(status, rexpect::process::WaitStatus::Exited(_, 0)),
+        "/exit leaves with 0: {status:?}"
+    );
+    let sent: Vec<String> = double.chats().into_iter().map(|c| c.prompt).collect();
+    assert_eq!(
+        sent,
+        vec!["Tell me about penguins".to_owned(), whole],
+        "the refused first try never reached the site; the retry did, once"
     );
 }
