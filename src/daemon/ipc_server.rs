@@ -146,6 +146,7 @@ impl Connection {
                     if buf.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
+                    trace!(conn = self.id, bytes = buf.len(), "line read");
                     self.handle_line(&buf, tx, inflight).await;
                 }
                 Ok(LineRead::TooLong) => {
