@@ -252,13 +252,22 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
-/// `poectl chat ARGS` in a pseudo-terminal, pointed at `daemon`.
+/// `poectl chat ARGS` in a pseudo-terminal, pointed at `daemon` and its history.
 fn spawn_chat(daemon: &Daemon, args: &[&str]) -> rexpect::session::PtySession {
+    spawn_chat_on(
+        &daemon.socket,
+        &daemon.dir.path().join("history.sqlite3"),
+        args,
+    )
+}
+
+/// `poectl chat ARGS` in a pseudo-terminal, on the daemon at `socket` with `history` read.
+fn spawn_chat_on(socket: &Path, history: &Path, args: &[&str]) -> rexpect::session::PtySession {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poectl"));
     cmd.arg("chat")
         .args(args)
-        .env("POED_SOCKET", &daemon.socket)
-        .env("POED_HISTORY", daemon.dir.path().join("history.sqlite3"))
+        .env("POED_SOCKET", socket)
+        .env("POED_HISTORY", history)
         .env("TERM", "xterm");
     rexpect::session::spawn_command(cmd, Some(STEP.as_millis() as u64)).expect("spawn poectl chat")
 }
@@ -408,16 +417,11 @@ async fn poectl_chat_sends_a_conversation_its_daemon_does_not_know_whole_and_onc
     // whole conversation without the number.
     let other = Daemon::start(&double.base_url(), &[]).await;
     let history = first.dir.path().join("history.sqlite3");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poectl"));
-    cmd.args(["chat", "--continue", &id])
-        .env("POED_SOCKET", &other.socket)
-        .env("POED_HISTORY", &history)
-        .env("TERM", "xterm");
+    let mut p = spawn_chat_on(&other.socket, &history, &["--continue", &id]);
     let whole = format!(
         "User: Tell me about penguins\nAssistant: {answer}\nUser: And walruses?\nAssistant:"
     );
     let steps = tokio::task::spawn_blocking(move || -> Result<_, rexpect::error::Error> {
-        let mut p = rexpect::session::spawn_command(cmd, Some(STEP.as_millis() as u64))?;
         p.exp_string("going on after 2 messages")?;
         p.exp_string(">>> ")?;
         p.send_line("And walruses?")?;
