@@ -68,8 +68,10 @@ pub struct DocumentResponse {
     pub failure: Option<String>,
 }
 
-/// Sees every frame of the update socket (while no request runs, too).
-pub type FrameObserver = Arc<dyn Fn(&str) + Send + Sync>;
+/// Sees every frame of the update socket (while no request runs, too), with the time the
+/// browser received it (DevTools' monotonic clock, in seconds: one clock for every tab of a
+/// browser, so frames of different tabs can be put in the order the site sent them).
+pub type FrameObserver = Arc<dyn Fn(&str, f64) + Send + Sync>;
 
 /// What the pump tells the subscribed request.
 #[derive(Debug)]
@@ -102,10 +104,10 @@ impl Relay {
         }
     }
 
-    fn observe(&self, frame: &str) {
+    fn observe(&self, frame: &str, received: f64) {
         let observer = self.observer.lock().ok().and_then(|o| o.clone());
         if let Some(observer) = observer {
-            observer(frame);
+            observer(frame, received);
         }
     }
 
@@ -574,7 +576,7 @@ async fn pump(
                 };
                 relay.frames.fetch_add(1, Ordering::Relaxed);
                 trace!(tab, bytes = text.len(), "frame");
-                relay.observe(&text);
+                relay.observe(&text, *f.timestamp.inner());
                 if relay.has_subscriber() {
                     relay.send(TabSignal::Frame(text.into_owned()));
                 }

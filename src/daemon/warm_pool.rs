@@ -102,14 +102,14 @@ impl WarmPool {
         let tab = Tab::open(&self.browser, id, self.watch.clone()).await?;
         let account = self.account.clone();
         let bots = self.bots.clone();
-        tab.set_observer(Arc::new(move |frame: &str| {
+        tab.set_observer(Arc::new(move |frame: &str, received: f64| {
             // A `bot` object always carries a `handle`.
             if !frame.contains("messagePointInfo") && !frame.contains("handle") {
                 return;
             }
             for update in parse_frame(frame) {
                 match update {
-                    Update::Points(p) => account.points(&p),
+                    Update::Points(p) => account.points(&p, received),
                     Update::Message(m) if m.is_bot() && m.state == "complete" => {
                         if let Some(bot) = &m.bot {
                             bots.answered(bot);
