@@ -147,6 +147,10 @@ pub struct BrowserConfig {
     pub args: Vec<String>,
     /// Seconds to wait for Chromium to start.
     pub launch_timeout_secs: f64,
+    /// The user agent every tab presents. Unset (the default): a headless browser poed
+    /// launched presents the agent the same Chromium shows with a window (`Chrome/...`, not
+    /// `HeadlessChrome/...`), with its own client hints; `""` leaves Chromium's own.
+    pub user_agent: Option<String>,
 }
 
 /// The tab pool and request queue.
@@ -262,6 +266,7 @@ impl Default for BrowserConfig {
             connect: None,
             args: Vec::new(),
             launch_timeout_secs: 30.0,
+            user_agent: None,
         }
     }
 }

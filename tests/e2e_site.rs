@@ -1,8 +1,8 @@
 //! What the site says, read from the network, end to end on real Chromium and the double
 //! in its 2025 mode (today's site): send refusals and their kinds, pacing by refusals,
 //! lost updates taken from the page's refetch response with the DOM switched off, the
-//! sign-in redirect, and the account's points. `POE_DOUBLE_MODE=2023` runs the mode-neutral
-//! ones against the 2023 picture.
+//! sign-in redirect, the account's points, and the user agent the site sees.
+//! `POE_DOUBLE_MODE=2023` runs the mode-neutral ones against the 2023 picture.
 
 mod common;
 mod double;
@@ -249,4 +249,60 @@ async fn points_show_in_status_and_change_after_a_reply() {
     );
     let s = client.status().await.expect("status");
     assert!(s.account.out_of_points_until.is_some(), "{s:?}");
+}
+
+/// The double's agents, after one answered request.
+async fn agents_seen(toml: Option<&str>) -> Vec<double::Agent> {
+    let double = double_in(None).await;
+    let daemon = match toml {
+        Some(toml) => Daemon::start_with_config(&double.base_url(), toml, &[]).await,
+        None => Daemon::start(&double.base_url(), &[]).await,
+    };
+    daemon.wait_warm(1).await;
+    let (last, _) = answer(&daemon, "who is asking?").await;
+    assert!(matches!(last, Event::Done { .. }), "{last:?}");
+    let agents = double.agents();
+    assert!(!agents.is_empty(), "the double saw no requests");
+    agents
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_sees_a_headless_browser_as_the_chrome_it_is_with_its_client_hints() {
+    // Bot filters in front of the real site refuse `HeadlessChrome`. What Chromium says
+    // of itself when left alone, and what poed's tabs say by default:
+    let own = agents_seen(Some("[browser]\nuser_agent = \"\"\n")).await;
+    let shown = agents_seen(None).await;
+    let pairs = |agents: &[double::Agent]| -> std::collections::BTreeSet<(String, Option<String>)> {
+        agents
+            .iter()
+            .map(|a| (a.user_agent.clone(), a.brands.clone()))
+            .collect()
+    };
+    assert!(
+        own.iter().any(|a| a.user_agent.contains("HeadlessChrome/")),
+        "{own:?}"
+    );
+    for agent in &shown {
+        assert!(
+            agent.user_agent.contains(" Chrome/") && !agent.user_agent.contains("Headless"),
+            "{agent:?}"
+        );
+    }
+    // The same agent save the name, and the same client hints (brands) on the same requests:
+    // an override without them would drop the `Sec-CH-UA` header, a sign of its own.
+    let renamed = own
+        .iter()
+        .map(|a| double::Agent {
+            user_agent: a.user_agent.replace("HeadlessChrome", "Chrome"),
+            ..a.clone()
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(pairs(&shown), pairs(&renamed));
+    assert!(shown.iter().any(|a| a.brands.is_some()), "{shown:?}");
+    // An agent from the configuration is what every request says.
+    let fixed = "Mozilla/5.0 (X11; Linux x86_64) Example/1.0";
+    let toml = format!("[browser]\nuser_agent = \"{fixed}\"\n");
+    for agent in agents_seen(Some(&toml)).await {
+        assert_eq!(agent.user_agent, fixed, "{agent:?}");
+    }
 }

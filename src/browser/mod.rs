@@ -11,6 +11,7 @@
 //! - [`tab`]: one tab and its event pump, which turns the tab's CDP WebSocket events into
 //!   parsed updates for whoever is running a request on it.
 //! - [`tab_pool`]: lends tabs to requests; FIFO queue with a cap, `busy` beyond it.
+//! - [`user_agent`]: the agent the tabs present (a headless browser's as its windowed self).
 //! - [`cdp`]: small DevTools helpers: wait for a selector, insert text, click.
 
 pub mod cdp;
@@ -19,3 +20,4 @@ pub mod profile_lock;
 pub mod supervisor;
 pub mod tab;
 pub mod tab_pool;
+pub mod user_agent;

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::browser::pipe::PipeChromium;
 use crate::browser::profile_lock::{self, LockState};
+use crate::browser::user_agent::{Disguise, Plan};
 use crate::config::{secs, BrowserConfig};
 use crate::protocol::BrowserStatus;
 use crate::redact;
@@ -152,6 +153,8 @@ struct Instance {
     /// The Chromium poed launched; `None` when attached to the user's own browser
     /// (`--connect`), which is never closed, killed or relaunched.
     chromium: Option<PipeChromium>,
+    /// The user agent its tabs present.
+    disguise: Disguise,
 }
 
 /// Launches or attaches to Chromium and starts the supervisor task. A failure of the first
@@ -218,6 +221,7 @@ async fn open(cfg: &BrowserConfig) -> Result<Instance, String> {
         handler_died: died_rx,
         handler,
         version: None,
+        disguise: Disguise::new(Plan::for_browser(cfg, chromium.is_some())),
         chromium,
     };
     inst.version = match inst.chromium.as_mut() {
@@ -700,6 +704,7 @@ async fn serve(
         browser,
         handler_died,
         chromium,
+        disguise,
         ..
     } = inst;
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
@@ -726,9 +731,11 @@ async fn serve(
                     let result = tokio::time::timeout(Duration::from_secs(10), browser.new_page(params))
                         .await
                         .map_err(|_| "the browser did not open a tab within 10s".to_string())
-                        .and_then(|r| r.map_err(|e| format!("cannot open a tab: {e}")))
-                        .map(|page| (page, gone.clone()));
-                    let _ = reply.send(result);
+                        .and_then(|r| r.map_err(|e| format!("cannot open a tab: {e}")));
+                    if let Ok(page) = &result {
+                        disguise.apply(browser, page).await;
+                    }
+                    let _ = reply.send(result.map(|page| (page, gone.clone())));
                 }
                 Some(Command::SetCookies(cookies, reply)) => {
                     let result = tokio::time::timeout(Duration::from_secs(10), browser.set_cookies(cookies))

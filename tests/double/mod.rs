@@ -281,6 +281,10 @@ impl Double {
             .route("/__double/mode", post(set_mode))
             .route("/__double/user-clicks", get(user_clicks))
             .route("/{bot}", get(bot_page))
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                note_agent,
+            ))
             .with_state(shared.clone());
         let mut stop = shared.shutdown.subscribe();
         let server = tokio::spawn(async move {
@@ -337,6 +341,12 @@ impl Double {
     pub fn set_daily_limit(&self, v: bool) {
         self.shared.daily_limit.store(v, Ordering::SeqCst);
         self.shared.update(|_| ());
+    }
+
+    /// What the requests so far said of the browser that sent them: each distinct pair of
+    /// `User-Agent` and `Sec-CH-UA` headers, in the order first seen.
+    pub fn agents(&self) -> Vec<Agent> {
+        self.shared.lock().agents.clone()
     }
 
     /// Sets the points balance (2025 mode).
@@ -510,6 +520,56 @@ struct ServerState {
     points: u64,
     /// 2025: cost overrides by lower-case bot handle.
     bot_costs: HashMap<String, u64>,
+    /// What requests said of their browser ([`Double::agents`]).
+    agents: Vec<Agent>,
+}
+
+/// What a request said of the browser that sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// The path of the first request that said it.
+    pub path: String,
+    pub user_agent: String,
+    /// `Sec-CH-UA` (the browser's brands), if sent.
+    pub brands: Option<String>,
+}
+
+/// How many distinct agents the double keeps.
+const MAX_AGENTS: usize = 32;
+
+/// Notes the `User-Agent` and `Sec-CH-UA` of every request, as a site's bot filter reads them.
+async fn note_agent(
+    AxumState(shared): St,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // In a block of its own: a borrow of the request (whose body is not `Sync`) must not
+    // live across the await below.
+    let agent = {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Agent {
+            path: request.uri().path().to_owned(),
+            user_agent: header(header::USER_AGENT).unwrap_or_default(),
+            brands: header(header::HeaderName::from_static("sec-ch-ua")),
+        }
+    };
+    {
+        let mut s = shared.lock();
+        let known = s
+            .agents
+            .iter()
+            .any(|a| a.user_agent == agent.user_agent && a.brands == agent.brands);
+        if !known && s.agents.len() < MAX_AGENTS {
+            s.agents.push(agent);
+        }
+    }
+    next.run(request).await
 }
 
 impl ServerState {
