@@ -251,8 +251,9 @@ async fn points_show_in_status_and_change_after_a_reply() {
     assert!(s.account.out_of_points_until.is_some(), "{s:?}");
 }
 
-/// The double's agents, after one answered request.
-async fn agents_seen(toml: Option<&str>) -> Vec<double::Agent> {
+/// What the double's requests and its pages' bot checks saw of the browser, after one
+/// answered request.
+async fn browser_seen(toml: Option<&str>) -> (Vec<double::Agent>, Vec<double::BrowserCheck>) {
     let double = double_in(None).await;
     let daemon = match toml {
         Some(toml) => Daemon::start_with_config(&double.base_url(), toml, &[]).await,
@@ -263,15 +264,17 @@ async fn agents_seen(toml: Option<&str>) -> Vec<double::Agent> {
     assert!(matches!(last, Event::Done { .. }), "{last:?}");
     let agents = double.agents();
     assert!(!agents.is_empty(), "the double saw no requests");
-    agents
+    let checks = double.browser_checks(STEP).await;
+    assert!(!checks.is_empty(), "no page reported its browser");
+    (agents, checks)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_site_sees_a_headless_browser_as_the_chrome_it_is_with_its_client_hints() {
+async fn the_site_sees_a_headless_browser_as_the_chrome_it_is_and_not_as_automated() {
     // Bot filters in front of the real site refuse `HeadlessChrome`. What Chromium says
     // of itself when left alone, and what poed's tabs say by default:
-    let own = agents_seen(Some("[browser]\nuser_agent = \"\"\n")).await;
-    let shown = agents_seen(None).await;
+    let (own, own_checks) = browser_seen(Some("[browser]\nuser_agent = \"\"\n")).await;
+    let (shown, checks) = browser_seen(None).await;
     let pairs = |agents: &[double::Agent]| -> std::collections::BTreeSet<(String, Option<String>)> {
         agents
             .iter()
@@ -302,7 +305,23 @@ async fn the_site_sees_a_headless_browser_as_the_chrome_it_is_with_its_client_hi
     // An agent from the configuration is what every request says.
     let fixed = "Mozilla/5.0 (X11; Linux x86_64) Example/1.0";
     let toml = format!("[browser]\nuser_agent = \"{fixed}\"\n");
-    for agent in agents_seen(Some(&toml)).await {
+    let (agents, checks_fixed) = browser_seen(Some(&toml)).await;
+    for agent in agents {
         assert_eq!(agent.user_agent, fixed, "{agent:?}");
     }
+    // The pages see what the requests say, and no browser that calls itself automated
+    // (`navigator.webdriver`, which the DevTools pipe alone would turn on).
+    for check in checks.iter().chain(&own_checks).chain(&checks_fixed) {
+        assert!(!check.webdriver, "{check:?}");
+    }
+    assert!(
+        checks
+            .iter()
+            .all(|c| shown.iter().any(|a| a.user_agent == c.agent)),
+        "{checks:?}"
+    );
+    assert!(
+        checks_fixed.iter().all(|c| c.agent == fixed),
+        "{checks_fixed:?}"
+    );
 }

@@ -422,6 +422,12 @@ const CHROMIUMOXIDE_DEFAULTS: [(&str, Option<&str>); 25] = [
     ("disable-extensions", None),
 ];
 
+/// chromiumoxide's defaults poed's own launch leaves out. `enable-automation` tells pages
+/// the browser is automated (`navigator.webdriver`) and puts a "controlled by automated test
+/// software" bar in the sign-in window: sites' bot checks, and sign-in providers, refuse
+/// such a browser.
+const DEFAULTS_LEFT_OUT: [&str; 1] = ["enable-automation"];
+
 /// Flags whose value is a comma-separated list: a second occurrence adds to the list (Chromium
 /// reads only the last occurrence of a flag). Any other flag given again takes the new value.
 const LIST_FLAGS: [&str; 4] = [
@@ -456,6 +462,13 @@ fn poed_flags(cfg: &BrowserConfig) -> Result<Vec<(String, Option<String>)>, Stri
             ),
         ),
         ("no-default-browser-check".into(), None),
+        // The DevTools pipe alone makes `navigator.webdriver` true, which bot checks in front
+        // of sites (and sign-in providers) read as "automated": the user's own browser says
+        // false, and so does poed's.
+        (
+            "disable-blink-features".into(),
+            Some("AutomationControlled".into()),
+        ),
     ];
     if let Some(proxy) = &cfg.proxy {
         flags.push(("proxy-server".into(), Some(proxy.clone())));
@@ -525,6 +538,9 @@ pub fn chromium_args(cfg: &BrowserConfig) -> Result<Vec<OsString>, String> {
             None => flags.push((name.to_owned(), value)),
         };
     for (name, value) in CHROMIUMOXIDE_DEFAULTS {
+        if DEFAULTS_LEFT_OUT.contains(&name) {
+            continue;
+        }
         set(name, value.map(str::to_owned));
     }
     set(
@@ -845,6 +861,15 @@ mod tests {
         assert!(args.contains(&"--headless".to_string()));
         assert!(args.contains(&"--window-size=1280,900".to_string()));
         assert!(args.contains(&"--no-first-run".to_string()));
+        // Not a browser that calls itself automated.
+        assert!(
+            !args.contains(&"--enable-automation".to_string()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--disable-blink-features=AutomationControlled".to_string()),
+            "{args:?}"
+        );
         // Each flag once: Chromium reads only the last of a repeated flag.
         let mut names: Vec<&str> = args
             .iter()

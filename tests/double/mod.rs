@@ -280,6 +280,7 @@ impl Double {
             .route("/__double/chats", get(chats_json))
             .route("/__double/mode", post(set_mode))
             .route("/__double/user-clicks", get(user_clicks))
+            .route("/__double/browser-check", post(browser_check))
             .route("/{bot}", get(bot_page))
             .layer(axum::middleware::from_fn_with_state(
                 shared.clone(),
@@ -347,6 +348,14 @@ impl Double {
     /// `User-Agent` and `Sec-CH-UA` headers, in the order first seen.
     pub fn agents(&self) -> Vec<Agent> {
         self.shared.lock().agents.clone()
+    }
+
+    /// What the pages' bot checks saw of their browser: each distinct report, in the order
+    /// first seen; waits up to `timeout` for the first.
+    pub async fn browser_checks(&self, timeout: Duration) -> Vec<BrowserCheck> {
+        self.wait_until(timeout, |s| !s.browser_checks.is_empty())
+            .await;
+        self.shared.lock().browser_checks.clone()
     }
 
     /// Sets the points balance (2025 mode).
@@ -522,6 +531,17 @@ struct ServerState {
     bot_costs: HashMap<String, u64>,
     /// What requests said of their browser ([`Double::agents`]).
     agents: Vec<Agent>,
+    /// What the pages saw of their browser ([`Double::browser_checks`]).
+    browser_checks: Vec<BrowserCheck>,
+}
+
+/// What a page's bot check saw of its browser (`navigator`), as the site's own checks read it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct BrowserCheck {
+    /// `navigator.webdriver`: true in a browser that says it is automated.
+    pub webdriver: bool,
+    /// `navigator.userAgent`.
+    pub agent: String,
 }
 
 /// What a request said of the browser that sent it.
@@ -851,6 +871,19 @@ async fn explore_page(AxumState(shared): St, headers: HeaderMap) -> Response {
 
 /// Answers 200 once the user clicks (see [`Double::user_clicks_sign_in`]); the sign-in page
 /// waits on it. 204 when the double stops first.
+/// A page's bot check ([`BrowserCheck`]); distinct reports are kept.
+async fn browser_check(AxumState(shared): St, body: Bytes) -> StatusCode {
+    let Ok(check) = serde_json::from_slice::<BrowserCheck>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    shared.update(|s| {
+        if !s.browser_checks.contains(&check) && s.browser_checks.len() < MAX_AGENTS {
+            s.browser_checks.push(check);
+        }
+    });
+    StatusCode::NO_CONTENT
+}
+
 async fn user_clicks(AxumState(shared): St) -> StatusCode {
     let mut clicks = shared.user_clicks.subscribe();
     let mut stop = shared.shutdown.subscribe();
