@@ -311,8 +311,11 @@ async fn the_site_sees_a_headless_browser_as_the_chrome_it_is_and_not_as_automat
     }
     // The pages see what the requests say, and no browser that calls itself automated
     // (`navigator.webdriver`, which the DevTools pipe alone would turn on).
+    // Nor do they see poed's own scripts reading their DOM: those run in an isolated world,
+    // where the page's wrappers of built-ins do not reach.
     for check in checks.iter().chain(&own_checks).chain(&checks_fixed) {
         assert!(!check.webdriver, "{check:?}");
+        assert!(!check.foreign, "{check:?}");
     }
     assert!(
         checks

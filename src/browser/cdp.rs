@@ -2,7 +2,7 @@
 //!
 //! chromiumoxide has no wait-for-selector, and `Element::type_str` cannot type newlines or
 //! non-ASCII text. Waiting is one `Runtime.evaluate` of a MutationObserver promise (one round
-//! trip, no polling); text goes in with `Input.insertText`; clicks are real (trusted) mouse
+//! trip, no polling), in the page's isolated world, out of the page scripts' sight and reach; text goes in with `Input.insertText`; clicks are real (trusted) mouse
 //! press and release events at the element's centre. Everything is bounded by our own
 //! timeouts.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use chromiumoxide::cdp::browser_protocol::input::{
     DispatchMouseEventParams, DispatchMouseEventType, InsertTextParams, MouseButton,
 };
-use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::cdp::js_protocol::runtime::{EvaluateParams, ExecutionContextId};
 use chromiumoxide::Page;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -72,13 +72,41 @@ const WAIT_JS: &str = r#"(async (wanted, ms) => {
 })"#;
 
 /// Evaluates `expression` in the page, awaiting a returned promise, and returns its JSON value.
+///
+/// It runs in the page's isolated world (the one chromiumoxide keeps on every document):
+/// the same DOM, but globals of its own, so the page's scripts neither see poed's (its
+/// observers, its timers, its DOM reads) nor break them by replacing built-ins
+/// (`MutationObserver`, `Promise`, `querySelector`), as bot checks, session recorders and
+/// polyfills do. Where the world is not known yet (the document just changed), or its
+/// context went with the old document, the page's main world is used: the scripts only read
+/// and focus, so running one again there does no harm.
 pub async fn eval(page: &Page, expression: String, limit: Duration) -> Result<Value, CdpFailure> {
-    let params = EvaluateParams::builder()
+    let world = page.secondary_execution_context().await.ok().flatten();
+    if let Some(world) = world {
+        match evaluate(page, expression.clone(), Some(world), limit).await {
+            Err(CdpFailure::Command(e)) if e.contains("context") => {
+                tracing::debug!(error = %e, "isolated world gone; evaluating in the main world");
+            }
+            other => return other,
+        }
+    }
+    evaluate(page, expression, None, limit).await
+}
+
+async fn evaluate(
+    page: &Page,
+    expression: String,
+    world: Option<ExecutionContextId>,
+    limit: Duration,
+) -> Result<Value, CdpFailure> {
+    let mut params = EvaluateParams::builder()
         .expression(expression)
         .await_promise(true)
-        .return_by_value(true)
-        .build()
-        .map_err(CdpFailure::Command)?;
+        .return_by_value(true);
+    if let Some(world) = world {
+        params = params.context_id(world);
+    }
+    let params = params.build().map_err(CdpFailure::Command)?;
     let reply = tokio::time::timeout(limit, page.execute(params))
         .await
         .map_err(|_| CdpFailure::Timeout(limit))?

@@ -542,6 +542,10 @@ pub struct BrowserCheck {
     pub webdriver: bool,
     /// `navigator.userAgent`.
     pub agent: String,
+    /// A script not of the page read its DOM through `document.querySelector`, which the
+    /// page had wrapped (as bot checks and session recorders do).
+    #[serde(default)]
+    pub foreign: bool,
 }
 
 /// What a request said of the browser that sent it.
