@@ -1,7 +1,7 @@
 //! The OpenAI-compatible HTTP front door, end to end on the double with real Chromium,
 //! exercised by clients nobody here wrote: the official `openai` Python package and curl.
 //! Besides the API itself: only its user gets in (Host, Origin, content type, API key,
-//! loopback without a key), and no failed request reaches the site twice.
+//! loopback and poed's own user without a key), and no failed request reaches the site twice.
 
 mod common;
 mod double;
@@ -925,4 +925,67 @@ async fn a_client_names_its_conversation_in_a_header_and_sends_only_the_new_mess
         );
     }
     assert_eq!(double.taken().len(), 2, "nothing more reached the site");
+}
+
+/// `nobody`, for clients run as another user.
+const NOBODY: u32 = 65534;
+
+/// curl `url` as `uid` (with `key` as a bearer token): status and body.
+async fn curl_as(uid: u32, url: &str, key: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-w", "\n%{http_code}"]);
+    if let Some(key) = key {
+        cmd.args(["-H", &format!("Authorization: Bearer {key}")]);
+    }
+    cmd.arg(url)
+        .uid(uid)
+        .gid(uid)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = run(cmd).await;
+    assert_eq!(out.code, 0, "curl as uid {uid}: {}", out.stderr);
+    let (body, status) = out.stdout.rsplit_once('\n').expect("status line");
+    (status.trim().parse().expect("status"), body.to_owned())
+}
+
+/// Loopback is open to every account on the machine: without a key, the front door serves
+/// only the user poed runs as, whom the kernel names for each connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_another_user_of_the_machine_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if me != 0 {
+        eprintln!("skipped: running a client as another user needs root (the unit tests of http::peer cover the lookup)");
+        return;
+    }
+    let double = Double::start(fast()).await.expect("double");
+    let (_daemon, base) = start_front(&double, Front::default()).await;
+    let health = format!("{base}/health");
+    let (status, body) = curl_as(NOBODY, &health, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("permission_denied") && body.contains(&format!("uid {NOBODY}")),
+        "{body}"
+    );
+    assert!(body.contains("--api-key-file"), "says what to do: {body}");
+    let models = format!("{base}/v1/models");
+    assert_eq!(curl_as(NOBODY, &models, None).await.0, 403);
+    // poed's own user gets in.
+    let (status, body) = curl_as(me, &health, None).await;
+    assert_eq!(status, 200, "{body}");
+    // With a key, the key decides, whoever holds it.
+    let (_keyed, base) = start_front(
+        &double,
+        Front {
+            key: true,
+            ..Front::default()
+        },
+    )
+    .await;
+    let models = format!("{base}/v1/models");
+    assert_eq!(curl_as(NOBODY, &models, Some(KEY)).await.0, 200);
+    assert_eq!(curl_as(NOBODY, &models, Some("wrong")).await.0, 401);
 }

@@ -2,7 +2,10 @@
 //!
 //! poed holds a signed-in session, so a request that reaches a handler spends the user's
 //! quota. Local programs of the user are trusted; web pages in the user's browser are not,
-//! and neither are other machines. In order, like ollama's and Jupyter's local APIs:
+//! and neither are other machines, nor other users of this machine. In order, like
+//! ollama's and Jupyter's local APIs, plus a check of the connecting user:
+//! 0. Without an API key, the client must run as poed's own user (or root), found from the
+//!    kernel's socket tables ([`super::peer`]); loopback is open to every account (403).
 //! 1. `Host` must be a loopback name or address, the listen address, or in
 //!    `http.allowed_hosts` (403): a page that rebinds its own name to 127.0.0.1 still sends
 //!    its name.
@@ -59,6 +62,31 @@ impl Guard {
                 .collect(),
             public_health: config.public_health,
         }
+    }
+
+    /// Without an API key, only poed's own user (and root) may connect; `peer` is the
+    /// connection the request came on.
+    pub fn check_user(&self, peer: Option<&super::peer::Peer>) -> Result<(), ApiError> {
+        if self.api_key.is_some() {
+            return Ok(());
+        }
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let no_key = "this front door has no API key, so it serves only the user poed runs as";
+        let uid = peer
+            .ok_or_else(|| "the connection has no peer address".to_owned())
+            .and_then(super::peer::Peer::uid)
+            .map_err(|e| {
+                forbidden(format!(
+                    "{no_key} (uid {me}), and which user connected is unknown: {e}; give it a key (--api-key-file) and send it as `Authorization: Bearer <key>`"
+                ))
+            })?;
+        if uid == me || uid == 0 {
+            return Ok(());
+        }
+        Err(forbidden(format!(
+            "{no_key} (uid {me}); this client runs as uid {uid}. Run it as uid {me}, or give the front door a key (--api-key-file) and send it as `Authorization: Bearer <key>`"
+        )))
     }
 
     /// Runs the checks on a request's head. `Ok(Some(origin))`: an allowed cross-origin
@@ -190,7 +218,14 @@ impl Guard {
 
 /// The middleware running [`Guard::check`] in front of every route.
 pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    let origin = match guard.check(request.method(), request.uri(), request.headers()) {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<super::peer::Peer>>()
+        .map(|c| &c.0);
+    let checked = guard
+        .check_user(peer)
+        .and_then(|()| guard.check(request.method(), request.uri(), request.headers()));
+    let origin = match checked {
         Ok(origin) => origin,
         Err(e) => {
             tracing::info!(code = %e.code, method = %request.method(), path = request.uri().path(), "HTTP request refused");

@@ -6,7 +6,9 @@
 //! model table. A client that disconnects drops its reply stream, which cancels the request
 //! (the site's stop button is pressed).
 //!
-//! - [`guard`]: who may get in (Host, Origin, API key, content type), before any handler.
+//! - [`guard`]: who may get in (the connecting user, Host, Origin, API key, content type),
+//!   before any handler.
+//! - [`peer`]: which local user a loopback client runs as, from the kernel's socket tables.
 //! - [`chat`]: the completions route, its body cap and parser, the SSE stream.
 //! - [`error`]: OpenAI's error shape, statuses, and the retry headers that keep SDKs from
 //!   sending a prompt twice.
@@ -14,6 +16,7 @@
 pub mod chat;
 pub mod error;
 pub mod guard;
+pub mod peer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -112,6 +115,8 @@ pub async fn serve(
     if let Ok(addr) = bound.listener.local_addr() {
         info!(%addr, "HTTP front door listening");
     }
+    // The peer's address reaches the guard, which asks the kernel which user it is.
+    let app = app.into_make_service_with_connect_info::<peer::Peer>();
     let result = axum::serve(bound.listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
