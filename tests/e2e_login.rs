@@ -209,6 +209,16 @@ async fn login_in_a_visible_window_under_xvfb_then_headless_again() {
     let out = run(daemon.poectl(&["ask", "after login"])).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stderr, daemon.log());
     assert_eq!(out.stdout, expected_reply("GPT-3.5-Turbo", "after login"));
+    // The site saw one browser throughout: the window and the headless browser present the
+    // same agent and brands (a clearance cookie earned in the window holds for both), and
+    // neither says it is automated.
+    let agents = double.agents();
+    let names: std::collections::BTreeSet<_> = agents.iter().map(|a| &a.user_agent).collect();
+    let brands: std::collections::BTreeSet<_> =
+        agents.iter().filter_map(|a| a.brands.as_ref()).collect();
+    assert_eq!((names.len(), brands.len()), (1, 1), "{agents:?}");
+    let checks = double.browser_checks(STEP).await;
+    assert!(checks.iter().all(|c| !c.webdriver), "{checks:?}");
     let _ = xvfb.kill().await;
 }
 
