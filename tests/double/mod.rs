@@ -31,7 +31,10 @@
 //! streaming of a reply with stop and lost-update endings (`stream.rs`), a second socket that
 //! carries nothing but noise, and the records: every send ATTEMPT (taken or refused) and stop
 //! it receives ([`Double::chats`]), which tests and the benchmark compare with what the client
-//! saw.
+//! saw. Like the site's own bot filters, it notes what each request says of its browser
+//! (`User-Agent`, `Sec-CH-UA`: [`Double::agents`]), and its bot pages run a bot check that
+//! reports `navigator.webdriver`, `navigator.userAgent` and DOM reads by scripts that are not
+//! the page's ([`Double::browser_checks`], `POST /__double/browser-check`).
 //!
 //! Routes: `GET /{bot}`, `GET /chat/{code}` (2025), `GET /explore` (2025), `GET|POST /login`,
 //! `POST /api/gql_POST`, `GET /api/chat/{chatId}` (the 2023 page's refetch), `GET
