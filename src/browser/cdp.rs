@@ -78,13 +78,16 @@ const WAIT_JS: &str = r#"(async (wanted, ms) => {
 /// observers, its timers, its DOM reads) nor break them by replacing built-ins
 /// (`MutationObserver`, `Promise`, `querySelector`), as bot checks, session recorders and
 /// polyfills do. Where the world is not known yet (the document just changed), or its
-/// context went with the old document, the page's main world is used: the scripts only read
-/// and focus, so running one again there does no harm.
+/// context went with the old document before the script started, the page's main world is
+/// used: the scripts only read and focus, so running one there instead does no harm.
 pub async fn eval(page: &Page, expression: String, limit: Duration) -> Result<Value, CdpFailure> {
     let world = page.secondary_execution_context().await.ok().flatten();
     if let Some(world) = world {
         match evaluate(page, expression.clone(), Some(world), limit).await {
-            Err(CdpFailure::Command(e)) if e.contains("context") => {
+            // Only a context unknown before the script started ("Cannot find context with
+            // specified id"); one destroyed while it ran (the page navigated) is the
+            // caller's answer, as in the main world.
+            Err(CdpFailure::Command(e)) if e.contains("Cannot find context") => {
                 tracing::debug!(error = %e, "isolated world gone; evaluating in the main world");
             }
             other => return other,
