@@ -34,7 +34,7 @@
 //! saw. Like the site's own bot filters, it notes what each request says of its browser
 //! (`User-Agent`, `Sec-CH-UA`: [`Double::agents`]), and its bot pages run a bot check that
 //! reports `navigator.webdriver`, `navigator.userAgent` and DOM reads by scripts that are not
-//! the page's ([`Double::browser_checks`], `POST /__double/browser-check`).
+//! the page's ([`Double::browser_checks`], `POST /__double/browser-check`; `bot_check.js`).
 //!
 //! Routes: `GET /{bot}`, `GET /chat/{code}` (2025), `GET /explore` (2025), `GET|POST /login`,
 //! `POST /api/gql_POST`, `GET /api/chat/{chatId}` (the 2023 page's refetch), `GET
@@ -559,6 +559,11 @@ pub struct Agent {
     pub user_agent: String,
     /// `Sec-CH-UA` (the browser's brands), if sent.
     pub brands: Option<String>,
+}
+
+/// The bot check both pictures' bot pages run, for their `__BOT_CHECK__` line.
+fn bot_check_js() -> &'static str {
+    include_str!("bot_check.js").trim_end()
 }
 
 /// How many distinct agents the double keeps.
