@@ -423,10 +423,11 @@ async fn bench(runs: usize) {
     wait_warm(&client, 3).await;
 
     // Concurrency on the 3-tab pool.
-    let mut conc_rows = Vec::new();
-    let mut loaded = Memory::default();
     // Rounds of 1, 3 (and 8) clients in turn, so that a change in the machine's load falls
-    // on every row alike; ten rounds at least (a median of three was mostly noise).
+    // on every row alike; ten rounds at least (a median of three was mostly noise). Nothing
+    // else runs while a round is timed: memory under load is sampled in a round of its own
+    // afterwards (reading Chromium's `smaps_rollup` costs about 30 ms of CPU per sweep).
+    let mut conc_rows = Vec::new();
     let reps = (runs / 2).max(10);
     let clients: &[usize] = if quick { &[1, 3] } else { &[1, 3, 8] };
     let mut walls_of: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
@@ -434,43 +435,35 @@ async fn bench(runs: usize) {
         for (&n, walls) in clients.iter().zip(walls_of.iter_mut()) {
             wait_warm(&client, 3).await;
             let start = Instant::now();
-            let mut tasks = Vec::new();
-            for k in 0..n {
-                let socket = daemon.socket.clone();
-                tasks.push(tokio::spawn(async move {
-                    let c = Client::connect(&socket).await.expect("connect");
-                    timed_request(&c, &format!("concurrent {n}/{r}/{k}")).await
-                }));
-            }
-            let sampler = {
-                let stop = tokio_util::sync::CancellationToken::new();
-                let s = stop.clone();
-                let handle = tokio::spawn(async move {
-                    let mut max = Memory::default();
-                    while !s.is_cancelled() {
-                        let m = memory(poed_pid);
-                        max.poed_rss_kib = max.poed_rss_kib.max(m.poed_rss_kib);
-                        max.chromium_rss_kib = max.chromium_rss_kib.max(m.chromium_rss_kib);
-                        max.chromium_pss_kib = max.chromium_pss_kib.max(m.chromium_pss_kib);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    max
-                });
-                (stop, handle)
-            };
-            for t in tasks {
-                t.await.expect("task");
-            }
+            concurrent_round(&daemon.socket, n, &format!("{r}")).await;
             walls.push(ms(start.elapsed()));
-            sampler.0.cancel();
-            let m = sampler.1.await.expect("sampler");
-            if n == 8 {
-                loaded.poed_rss_kib = loaded.poed_rss_kib.max(m.poed_rss_kib);
-                loaded.chromium_rss_kib = loaded.chromium_rss_kib.max(m.chromium_rss_kib);
-                loaded.chromium_pss_kib = loaded.chromium_pss_kib.max(m.chromium_pss_kib);
-            }
         }
     }
+    let loaded = if quick {
+        Memory::default()
+    } else {
+        // Memory under load: the peak over one untimed round of 8 clients, sampled on a
+        // thread of its own so the sweeps never hold up the runtime the double runs on.
+        wait_warm(&client, 3).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut max = Memory::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let m = memory(poed_pid);
+                    max.poed_rss_kib = max.poed_rss_kib.max(m.poed_rss_kib);
+                    max.chromium_rss_kib = max.chromium_rss_kib.max(m.chromium_rss_kib);
+                    max.chromium_pss_kib = max.chromium_pss_kib.max(m.chromium_pss_kib);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                max
+            })
+        };
+        concurrent_round(&daemon.socket, 8, "memory").await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().expect("sampler")
+    };
     for (&n, walls) in clients.iter().zip(&walls_of) {
         let med = percentile(walls, 50.0);
         conc_rows.push((n, med, percentile(walls, 90.0), n as f64 / (med / 1000.0)));
@@ -644,6 +637,23 @@ async fn bench(runs: usize) {
 }
 
 /// Waits until `n` tabs are idle and warm (the pool re-warms tabs in the background).
+/// One round of `n` clients, each on its own connection, sending at once; returns when all
+/// have their answer.
+async fn concurrent_round(socket: &std::path::Path, n: usize, round: &str) {
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let socket = socket.to_path_buf();
+        let prompt = format!("concurrent {n}/{round}/{k}");
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect(&socket).await.expect("connect");
+            timed_request(&c, &prompt).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
 async fn wait_warm(client: &Client, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
