@@ -229,6 +229,8 @@ pub struct SiteConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Selectors {
+    /// Where the prompt is entered: today's textarea, or a rich-text editor (a
+    /// `contenteditable` textbox), which the site's `formattedChatInput` flag hints at.
     pub prompt_box: String,
     pub send_button: String,
     pub stop_button: String,
@@ -327,7 +329,7 @@ impl SiteConfig {
 impl Default for Selectors {
     fn default() -> Self {
         Selectors {
-            prompt_box: "textarea[class*='GrowingTextArea_textArea'], textarea[class^='GrowingTextArea']".into(),
+            prompt_box: "textarea[class*='GrowingTextArea_textArea'], textarea[class^='GrowingTextArea'], [role='textbox'][contenteditable]:not([contenteditable='false']), footer [contenteditable]:not([contenteditable='false'])".into(),
             send_button: "button[class*='sendButton'], button[class*='ChatMessageSendButton'], button[aria-label='Send message']".into(),
             stop_button: "button[aria-label='Stop message'], button[class*='StopButton']".into(),
             logged_out: "[class*='LoggedOutBotInfoPage']".into(),

@@ -1,7 +1,8 @@
 //! What the site says, read from the network, end to end on real Chromium and the double
 //! in its 2025 mode (today's site): send refusals and their kinds, pacing by refusals,
 //! lost updates taken from the page's refetch response with the DOM switched off, the
-//! sign-in redirect, the account's points, and the user agent the site sees.
+//! sign-in redirect, the account's points, the user agent the site sees, and a rich-text
+//! prompt box.
 //! `POE_DOUBLE_MODE=2023` runs the mode-neutral ones against the 2023 picture.
 
 mod common;
@@ -159,6 +160,33 @@ async fn lost_updates_are_taken_from_the_refetch_response_with_the_dom_switched_
     );
     let sent: Vec<_> = double.taken();
     assert_eq!(sent.len(), 3, "each prompt was taken once");
+}
+
+/// The site may swap its textarea for a rich-text editor (`formattedChatInput` in the viewer
+/// state): a `contenteditable` textbox of unknown class names. The default selectors find it,
+/// and `Input.insertText` enters the prompt, lines and all, as the page reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rich_text_prompt_box_takes_the_prompt_as_a_textarea_does() {
+    let double = Double::start(DoubleOptions {
+        mode: Mode::Y2025,
+        rich_input: true,
+        chunk_delay_ms: 10,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double");
+    let daemon = Daemon::start(&double.base_url(), &["--prompt-timeout", "5"]).await;
+    daemon.wait_warm(3).await;
+    let prompts = ["one line to a rich editor", "two lines\nand ünïcode ✓"];
+    for prompt in prompts {
+        let (last, _) = answer(&daemon, prompt).await;
+        assert!(
+            matches!(&last, Event::Done { text, .. } if *text == expected_reply("GPT-3.5-Turbo", prompt)),
+            "{prompt:?}: {last:?}"
+        );
+    }
+    let taken: Vec<String> = double.taken().into_iter().map(|c| c.prompt).collect();
+    assert_eq!(taken, prompts, "each prompt taken once, as entered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

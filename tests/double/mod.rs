@@ -147,6 +147,10 @@ pub struct DoubleOptions {
     /// comes (0: all five at once). Late, by default, like updates that trail a reply on the
     /// real site while its chat's page may already send the next message.
     pub late_repeat_ms: u64,
+    /// 2025: the prompt box is a rich-text editor (a `contenteditable` textbox, as the
+    /// viewer state's `formattedChatInput` flag hints the site may switch to) instead of a
+    /// textarea.
+    pub rich_input: bool,
 }
 
 impl Default for DoubleOptions {
@@ -170,6 +174,7 @@ impl Default for DoubleOptions {
             updates_to_all_pages: false,
             ping_interval_ms: 5000,
             late_repeat_ms: 250,
+            rich_input: false,
         }
     }
 }
@@ -252,6 +257,7 @@ impl Double {
             logged_in: AtomicBool::new(opts.logged_in),
             daily_limit: AtomicBool::new(opts.daily_limit),
             textarea_delay_ms: opts.textarea_delay_ms,
+            rich_input: opts.rich_input,
             chunk_delay: Duration::from_millis(opts.chunk_delay_ms),
             point_allotment: opts.point_allotment,
             max_in_flight: opts.max_in_flight,
@@ -489,6 +495,7 @@ struct Shared {
     logged_in: AtomicBool,
     daily_limit: AtomicBool,
     textarea_delay_ms: u64,
+    rich_input: bool,
     chunk_delay: Duration,
     point_allotment: u64,
     max_in_flight: usize,
