@@ -151,6 +151,10 @@ pub struct BrowserConfig {
     /// launched presents the agent the same Chromium shows with a window (`Chrome/...`, not
     /// `HeadlessChrome/...`), with its own client hints; `""` leaves Chromium's own.
     pub user_agent: Option<String>,
+    /// The nice value (0-19) of the launched Chromium's GPU process, which composites frames
+    /// nobody looks at: 19 (the default) lets the processes that carry a request (renderer,
+    /// network service, browser process) have the cores first; 0 leaves it as Chromium runs it.
+    pub gpu_process_nice: u8,
 }
 
 /// The tab pool and request queue.
@@ -269,6 +273,7 @@ impl Default for BrowserConfig {
             args: Vec::new(),
             launch_timeout_secs: 30.0,
             user_agent: None,
+            gpu_process_nice: 19,
         }
     }
 }
@@ -356,7 +361,7 @@ impl Config {
     /// nothing later can overflow or hang on a bad value.
     pub fn validate(&self) -> Result<(), String> {
         self.http.validate()?;
-        let sizes: [(&str, u64, u64, u64); 5] = [
+        let sizes: [(&str, u64, u64, u64); 6] = [
             ("pool.tabs", self.pool.tabs as u64, 1, MAX_TABS),
             ("pool.queue", self.pool.queue as u64, 0, MAX_QUEUE),
             ("pool.chat_pages", self.pool.chat_pages as u64, 0, MAX_TABS),
@@ -371,6 +376,12 @@ impl Config {
                 self.pool.min_send_interval_ms,
                 0,
                 MAX_SECS as u64 * 1000,
+            ),
+            (
+                "browser.gpu_process_nice",
+                self.browser.gpu_process_nice.into(),
+                0,
+                19,
             ),
         ];
         for (name, v, min, max) in sizes {
@@ -605,6 +616,10 @@ mod tests {
             (
                 Box::new(|c: &mut Config| c.pool.min_send_interval_ms = u64::MAX),
                 "min_send_interval_ms",
+            ),
+            (
+                Box::new(|c: &mut Config| c.browser.gpu_process_nice = 20),
+                "browser.gpu_process_nice",
             ),
         ] {
             let mut c = Config::default();

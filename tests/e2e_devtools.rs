@@ -1,7 +1,8 @@
 //! Nobody else can drive poed's browser: Chromium's DevTools are on a pipe, no process of
 //! poed's Chromium has a debugging port or another endpoint open to other users, the profile
-//! is private, and the supervisor still relaunches a killed Chromium over the pipe. Real
-//! binaries, real Chromium, the local Poe double; sockets are read from /proc.
+//! is private, and the supervisor still relaunches a killed Chromium over the pipe. Also the
+//! browser's processes as poed runs them: the GPU process at the lowest CPU priority. Real
+//! binaries, real Chromium, the local Poe double; sockets and processes are read from /proc.
 
 mod common;
 mod double;
@@ -71,6 +72,39 @@ fn chromium_main(daemon: &Daemon) -> i32 {
                 && cmdline(*pid).iter().any(|a| a.contains(&profile))
         })
         .unwrap_or_else(|| panic!("no Chromium under poed {poed}\n{}", daemon.log()))
+}
+
+/// The GPU processes below `browser` (Chromium's helpers rewrite their command line into one
+/// string, words separated by spaces).
+fn gpu_processes(browser: i32) -> Vec<i32> {
+    tree(browser)
+        .into_iter()
+        .filter(|pid| {
+            cmdline(*pid)
+                .iter()
+                .flat_map(|a| a.split(' '))
+                .any(|a| a == "--type=gpu-process")
+        })
+        .collect()
+}
+
+/// The nice value of each thread of `pid`.
+fn thread_nices(pid: i32) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        // The nice value is the 19th field; fields are counted after the command's `)`.
+        .filter_map(|stat| {
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 /// Socket inodes held by `pid` (its fds that read `socket:[N]`).
@@ -508,4 +542,58 @@ async fn a_chromium_that_dies_or_hangs_at_launch_is_reported_and_not_left_behind
         exited(pid),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpu_process_runs_at_the_lowest_priority_unless_told_otherwise() {
+    let double = fast_double().await;
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    daemon.wait_warm(3).await;
+    let browser = chromium_main(&daemon);
+    // The supervisor lowers it as it opens tabs and at each health check (every 3 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lowered = loop {
+        let gpu = gpu_processes(browser);
+        let nices: Vec<i64> = gpu.iter().flat_map(|p| thread_nices(*p)).collect();
+        if !gpu.is_empty() && !nices.is_empty() && nices.iter().all(|n| *n == 19) {
+            break gpu;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GPU processes {gpu:?} of {browser} still at {nices:?} after 10 s\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Nothing else of Chromium's was lowered (Chromium sets some priorities of its own).
+    for pid in tree(browser).into_iter().filter(|p| !lowered.contains(p)) {
+        assert!(!thread_nices(pid).contains(&19), "{pid} {:?}", cmdline(pid));
+    }
+    let out = run(daemon.poectl(&["ask", "with the GPU process lowered"])).await;
+    assert_eq!(
+        out.stdout,
+        expected_reply("GPT-3.5-Turbo", "with the GPU process lowered"),
+        "{}",
+        out.stderr
+    );
+
+    // `gpu_process_nice = 0` leaves it as Chromium runs it, through tab openings, a reply and
+    // a health check.
+    let other =
+        Daemon::start_with_config(&double.base_url(), "[browser]\ngpu_process_nice = 0\n", &[])
+            .await;
+    other.wait_warm(3).await;
+    let out = run(other.poectl(&["ask", "with the GPU process as it is"])).await;
+    assert_eq!(
+        out.stdout,
+        expected_reply("GPT-3.5-Turbo", "with the GPU process as it is"),
+        "{}",
+        out.stderr
+    );
+    let browser = chromium_main(&other);
+    let gpu = gpu_processes(browser);
+    assert!(!gpu.is_empty(), "no GPU process under {browser}");
+    for pid in gpu {
+        assert!(!thread_nices(pid).contains(&19), "{pid}");
+    }
 }

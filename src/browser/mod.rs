@@ -11,11 +11,14 @@
 //! - [`tab`]: one tab and its event pump, which turns the tab's CDP WebSocket events into
 //!   parsed updates for whoever is running a request on it.
 //! - [`tab_pool`]: lends tabs to requests; FIFO queue with a cap, `busy` beyond it.
+//! - [`priority`]: the launched browser's GPU process at a low CPU priority, so the processes
+//!   that carry a request get the cores first.
 //! - [`user_agent`]: the agent the tabs present (a headless browser's as its windowed self).
 //! - [`cdp`]: small DevTools helpers: wait for a selector, insert text, click.
 
 pub mod cdp;
 pub mod pipe;
+pub mod priority;
 pub mod profile_lock;
 pub mod supervisor;
 pub mod tab;

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::browser::pipe::PipeChromium;
+use crate::browser::priority;
 use crate::browser::profile_lock::{self, LockState};
 use crate::browser::user_agent::{Disguise, Plan};
 use crate::config::{secs, BrowserConfig};
@@ -155,6 +156,16 @@ struct Instance {
     chromium: Option<PipeChromium>,
     /// The user agent its tabs present.
     disguise: Disguise,
+    /// The nice value for the launched browser's GPU process (0: left alone).
+    gpu_nice: u8,
+}
+
+/// Lowers the GPU process of the browser poed launched (`pid`; `None` when attached to the
+/// user's own, which is left alone) to `nice`, off the runtime's threads (it reads /proc).
+fn lower_gpu_process(pid: Option<u32>, nice: u8) {
+    if let (Some(pid), nice @ 1..) = (pid, i32::from(nice)) {
+        tokio::task::spawn_blocking(move || priority::lower_gpu_process(pid, nice));
+    }
 }
 
 /// Launches or attaches to Chromium and starts the supervisor task. A failure of the first
@@ -223,6 +234,7 @@ async fn open(cfg: &BrowserConfig) -> Result<Instance, String> {
         version: None,
         disguise: Disguise::new(Plan::for_browser(cfg, chromium.is_some())),
         chromium,
+        gpu_nice: cfg.gpu_process_nice,
     };
     inst.version = match inst.chromium.as_mut() {
         Some(chromium) => {
@@ -721,8 +733,11 @@ async fn serve(
         handler_died,
         chromium,
         disguise,
+        gpu_nice,
         ..
     } = inst;
+    let pid = chromium.as_ref().and_then(|c| c.child.id());
+    let gpu_nice = *gpu_nice;
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     health.tick().await;
@@ -750,6 +765,8 @@ async fn serve(
                         .and_then(|r| r.map_err(|e| format!("cannot open a tab: {e}")));
                     if let Ok(page) = &result {
                         disguise.apply(browser, page).await;
+                        // A new window: Chromium may have started its GPU process only now.
+                        lower_gpu_process(pid, gpu_nice);
                     }
                     let _ = reply.send(result.map(|page| (page, gone.clone())));
                 }
@@ -792,6 +809,8 @@ async fn serve(
                 if !matches!(answered, Ok(Ok(_))) {
                     return Ended::Died(format!("Chromium did not answer a health check within {HEALTH_TIMEOUT:?}"));
                 }
+                // A GPU process restarted after a crash, or threads started since.
+                lower_gpu_process(pid, gpu_nice);
             }
         }
     }
