@@ -151,9 +151,10 @@ pub struct BrowserConfig {
     /// launched presents the agent the same Chromium shows with a window (`Chrome/...`, not
     /// `HeadlessChrome/...`), with its own client hints; `""` leaves Chromium's own.
     pub user_agent: Option<String>,
-    /// The nice value (0-19) of the launched Chromium's GPU process, which composites frames
-    /// nobody looks at: 19 (the default) lets the processes that carry a request (renderer,
-    /// network service, browser process) have the cores first; 0 leaves it as Chromium runs it.
+    /// The nice value (0-19) of the launched headless Chromium's GPU process, which
+    /// composites frames nobody looks at: 19 (the default) lets the processes that carry a
+    /// request (renderer, network service, browser process) have the cores first; 0 leaves it
+    /// as Chromium runs it. A browser with a window is left alone.
     pub gpu_process_nice: u8,
 }
 

@@ -8,14 +8,14 @@ mod double;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{run, within, Daemon, STEP};
+use common::{procs, run, within, Daemon, STEP};
 use double::{expected_reply, Double, DoubleOptions};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-/// The command line of the daemon's main Chromium process.
-fn chromium_cmdline(daemon: &Daemon) -> String {
+/// The daemon's main Chromium process and its command line.
+fn chromium_main(daemon: &Daemon) -> (i32, String) {
     let poed = daemon.pid().expect("pid").to_string();
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
         let pid = entry.file_name().to_string_lossy().to_string();
@@ -30,11 +30,16 @@ fn chromium_cmdline(daemon: &Daemon) -> String {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains("user-data-dir") {
-                return cmd;
+                return (pid.parse().expect("pid"), cmd);
             }
         }
     }
     panic!("no chromium under poed");
+}
+
+/// The command line of the daemon's main Chromium process.
+fn chromium_cmdline(daemon: &Daemon) -> String {
+    chromium_main(daemon).1
 }
 
 /// Starts `poectl login` and returns it with the first line it says on stderr (where to
@@ -194,6 +199,19 @@ async fn login_in_a_visible_window_under_xvfb_then_headless_again() {
         !visible.contains("--headless"),
         "a visible window: {visible}"
     );
+    // The window's frames are someone's to see: its GPU process keeps its priority (the
+    // headless browser's is lowered as its tabs open and at each 3 s health check; watched
+    // here for longer than one check).
+    let (browser, _) = chromium_main(&daemon);
+    let watch_until = std::time::Instant::now() + Duration::from_millis(3500);
+    while std::time::Instant::now() < watch_until {
+        let gpu = procs::gpu_processes(browser);
+        assert!(!gpu.is_empty(), "no GPU process under the window's browser");
+        for pid in gpu {
+            assert!(!procs::thread_nices(pid).contains(&19), "{pid} lowered");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // The user signs in on the page in that window. poed's browser has no debugging port a
     // stand-in could drive, so the double's sign-in page clicks its own button on cue.

@@ -7,7 +7,8 @@
 //! poed lowers its priority (`browser.gpu_process_nice`, default 19: it runs when a core is
 //! free) and looks again whenever the supervisor checks the browser's health, since Chromium
 //! starts a new GPU process after a crash and the process starts new threads. It only ever
-//! lowers a priority, never raises one, and leaves a browser it attached to alone.
+//! lowers a priority, never raises one, and leaves a browser with a window (`poectl login`,
+//! whose frames someone looks at) and a browser it attached to alone.
 
 use std::path::Path;
 

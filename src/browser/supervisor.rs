@@ -156,7 +156,7 @@ struct Instance {
     chromium: Option<PipeChromium>,
     /// The user agent its tabs present.
     disguise: Disguise,
-    /// The nice value for the launched browser's GPU process (0: left alone).
+    /// The nice value for the launched headless browser's GPU process (0: left alone).
     gpu_nice: u8,
 }
 
@@ -234,7 +234,13 @@ async fn open(cfg: &BrowserConfig) -> Result<Instance, String> {
         version: None,
         disguise: Disguise::new(Plan::for_browser(cfg, chromium.is_some())),
         chromium,
-        gpu_nice: cfg.gpu_process_nice,
+        // A window (`poectl login`) shows its frames to someone: only a headless browser's
+        // GPU process draws for nobody.
+        gpu_nice: if cfg.headless {
+            cfg.gpu_process_nice
+        } else {
+            0
+        },
     };
     inst.version = match inst.chromium.as_mut() {
         Some(chromium) => {

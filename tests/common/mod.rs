@@ -11,6 +11,8 @@ use poed::client::Client;
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 
+pub mod procs;
+
 /// Upper bound for any single end-to-end test step that waits on the browser.
 pub const STEP: Duration = Duration::from_secs(60);
 
