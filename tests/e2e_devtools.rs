@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::procs::{cmdline, gpu_processes, thread_nices, tree};
+use common::procs::{chromium_main, cmdline, gpu_processes, thread_nices, tree};
 use common::{run, within, Daemon, STEP};
 use double::{expected_reply, Double, DoubleOptions};
 
@@ -24,23 +24,6 @@ async fn fast_double() -> Double {
     })
     .await
     .expect("double")
-}
-
-/// The main Chromium process of a daemon: poed's child whose command line names its profile.
-fn chromium_main(daemon: &Daemon) -> i32 {
-    let poed = daemon.pid().expect("poed pid") as i32;
-    let profile = daemon.profile.display().to_string();
-    tree(poed)
-        .into_iter()
-        .find(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let parent = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned));
-            parent.as_deref() == Some(poed.to_string().as_str())
-                && cmdline(*pid).iter().any(|a| a.contains(&profile))
-        })
-        .unwrap_or_else(|| panic!("no Chromium under poed {poed}\n{}", daemon.log()))
 }
 
 /// Socket inodes held by `pid` (its fds that read `socket:[N]`).

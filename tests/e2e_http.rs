@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::procs::chromium_main;
 use common::{run, within, Daemon, STEP};
 use double::{expected_reply, Double, DoubleOptions};
 use serde_json::Value;
@@ -776,30 +777,6 @@ async fn the_openai_sdk_never_sends_a_failed_prompt_twice() {
     assert_eq!(v["code"], "browser_crashed", "{v}");
     assert_eq!(v["should_retry"], "false", "{v}");
     assert_eq!(sends(prompt), 1, "reached the site once: {v}");
-}
-
-/// The main Chromium process of a daemon: the child of poed running on its profile.
-fn chromium_main(daemon: &Daemon) -> i32 {
-    let poed = daemon.pid().expect("poed pid") as i32;
-    let profile = daemon.profile.display().to_string();
-    let parent_of = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned))
-            })
-            .and_then(|p| p.parse::<i32>().ok())
-    };
-    std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .find(|&pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmd).contains(&profile) && parent_of(pid) == Some(poed)
-        })
-        .expect("chromium main process")
 }
 
 /// A stateless SDK client sends every earlier turn again; poed sends only the new message,

@@ -14,32 +14,9 @@ use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-/// The daemon's main Chromium process and its command line.
-fn chromium_main(daemon: &Daemon) -> (i32, String) {
-    let poed = daemon.pid().expect("pid").to_string();
-    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let pid = entry.file_name().to_string_lossy().to_string();
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1) == Some(&poed.as_str()) && fields.first() != Some(&"Z") {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("user-data-dir") {
-                return (pid.parse().expect("pid"), cmd);
-            }
-        }
-    }
-    panic!("no chromium under poed");
-}
-
 /// The command line of the daemon's main Chromium process.
 fn chromium_cmdline(daemon: &Daemon) -> String {
-    chromium_main(daemon).1
+    procs::cmdline(procs::chromium_main(daemon)).join(" ")
 }
 
 /// Starts `poectl login` and returns it with the first line it says on stderr (where to
@@ -202,7 +179,7 @@ async fn login_in_a_visible_window_under_xvfb_then_headless_again() {
     // The window's frames are someone's to see: its GPU process keeps its priority (the
     // headless browser's is lowered as its tabs open and at each 3 s health check; watched
     // here for longer than one check).
-    let (browser, _) = chromium_main(&daemon);
+    let browser = procs::chromium_main(&daemon);
     let watch_until = std::time::Instant::now() + Duration::from_millis(3500);
     while std::time::Instant::now() < watch_until {
         let gpu = procs::gpu_processes(browser);

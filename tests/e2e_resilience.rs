@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::procs::{chromium_main, parent_of};
 use common::{final_event, run, until_text, within, Daemon, STEP};
 use double::{expected_reply, Double, DoubleOptions};
 use poed::protocol::{ChatMessage, CompleteRequest, Event};
@@ -55,38 +56,6 @@ fn processes_with(needle: &str) -> Vec<i32> {
         }
     }
     out
-}
-
-/// The parent pid of `pid`.
-fn parent_of(pid: i32) -> Option<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()?
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// The main Chromium process of a daemon: the child of poed running on its profile.
-fn chromium_main(daemon: &Daemon) -> i32 {
-    let poed = daemon.pid().expect("poed pid") as i32;
-    let profile = daemon.profile.display().to_string();
-    processes_with(&profile)
-        .into_iter()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .map(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned))
-                })
-                .flatten()
-                .and_then(|p| p.parse::<i32>().ok())
-                == Some(poed)
-        })
-        .expect("chromium main process")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,33 @@
-//! Chromium's processes as /proc shows them: a process tree, command lines (Chromium's
-//! helpers rewrite theirs into one string), the GPU process, and each thread's nice value.
+//! Chromium's processes as /proc shows them: a daemon's main Chromium process, a process
+//! tree, parents, command lines (Chromium's helpers rewrite theirs into one string), the GPU
+//! process, and each thread's nice value.
+
+use super::Daemon;
+
+/// The main Chromium process of a daemon: poed's child whose command line names its profile
+/// (a zombie's command line is empty).
+pub fn chromium_main(daemon: &Daemon) -> i32 {
+    let poed = daemon.pid().expect("poed pid") as i32;
+    let profile = daemon.profile.display().to_string();
+    tree(poed)
+        .into_iter()
+        .find(|pid| {
+            parent_of(*pid) == Some(poed) && cmdline(*pid).iter().any(|a| a.contains(&profile))
+        })
+        .unwrap_or_else(|| panic!("no Chromium under poed {poed}\n{}", daemon.log()))
+}
+
+/// The parent pid of `pid`.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()?
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
 
 /// `pid` and all its descendants (from /proc/<pid>/task/*/children).
 pub fn tree(pid: i32) -> Vec<i32> {
