@@ -15,8 +15,9 @@
 //! For finding where the time goes: `POED_BENCH_QUICK=1` measures only the single-request
 //! rows and 1 and 3 concurrent clients (seconds instead of minutes); `POED_BENCH_TRACE=FILE`
 //! runs poed with `poed=trace` logging (the DevTools messages included), prints each run's
-//! wall-clock times to stderr and copies the daemon's log to FILE; with it,
-//! `POED_BENCH_CONFIG=TOML` gives poed a configuration to try (e.g. Chromium flags).
+//! wall-clock times to stderr and copies the daemon's log to FILE. `POED_BENCH_CONFIG=TOML`
+//! gives poed a configuration to try (e.g. Chromium flags), in either mode, and
+//! `POED_BENCH_POED=PATH` another build of poed to measure: for comparisons in turns.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -326,19 +327,21 @@ async fn bench(runs: usize) {
     // `POED_BENCH_TRACE=FILE` instead runs it with the tests' flags and `poed=trace` logging,
     // and copies its log (with timestamps) to FILE at the end, to see where the time goes.
     let trace = std::env::var_os("POED_BENCH_TRACE").map(std::path::PathBuf::from);
+    // `POED_BENCH_CONFIG=TOML`: a configuration to try (e.g. Chromium flags), on top of the
+    // defaults or of the trace run's flags; the later `--config` is the one poed reads.
+    let tried_dir = tempfile::tempdir().expect("tempdir");
+    let tried = tried_dir.path().join("tried-config.toml");
+    let toml = std::env::var("POED_BENCH_CONFIG").unwrap_or_default();
+    std::fs::write(&tried, toml).expect("config");
+    let tried = tried.display().to_string();
+    let extra = ["--config", tried.as_str()];
     let daemon = match &trace {
-        None => common::Daemon::start_as_users_get_it(&url, &[]).await,
+        None => common::Daemon::start_as_users_get_it(&url, &extra).await,
         Some(_) => {
             let dir = tempfile::tempdir().expect("tempdir");
             let profile = dir.path().join("profile");
             let socket = dir.path().join("run").join("poed.sock");
             let env = [("RUST_LOG", "poed=trace,warn")];
-            // `POED_BENCH_CONFIG=TOML`: a configuration to try, in trace runs only.
-            let config = dir.path().join("trace-config.toml");
-            let toml = std::env::var("POED_BENCH_CONFIG").unwrap_or_default();
-            std::fs::write(&config, toml).expect("config");
-            let config = config.display().to_string();
-            let extra = ["--config", config.as_str()];
             common::Daemon::start_with_env(dir, profile, socket, &url, &extra, &env).await
         }
     };

@@ -103,7 +103,9 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let profile = dir.path().join("profile");
         let socket = dir.path().join("run").join("poed.sock");
-        let spawned = spawn_with(dir.path(), &profile, &socket, base_url, &[], extra, &[]);
+        // Its default log level too (the tests' daemons log at debug).
+        let env = [("RUST_LOG", "")];
+        let spawned = spawn_with(dir.path(), &profile, &socket, base_url, &[], extra, &env);
         Self::ready(dir, profile, socket, spawned).await
     }
 
@@ -304,7 +306,11 @@ fn spawn_with(
         .expect("log file");
     let config = dir.join("empty-config.toml");
     std::fs::write(&config, "").expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_poed"))
+    // `POED_BENCH_POED=PATH`: another build of poed to measure, for comparisons in turns.
+    let poed = std::env::var_os("POED_BENCH_POED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_poed")));
+    let child = Command::new(poed)
         .arg("--config")
         .arg(&config)
         .arg("--socket")
