@@ -149,6 +149,43 @@ async fn lost_updates_are_recovered_from_the_page_never_resent() {
     );
 }
 
+/// A page that moved the focus off its prompt box after poed made it ready (as a site's
+/// banner or dialog taking the focus would) still takes each prompt once, as entered: the
+/// text that went nowhere enables no send button, so poed focuses the box and enters the
+/// text again, and only then clicks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_box_that_lost_its_focus_still_takes_the_prompt_once() {
+    let double = fast_double().await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    let client = daemon.client().await;
+    let prompts = ["the focus moved away", "and away again"];
+    for prompt in prompts {
+        daemon.wait_warm(1).await;
+        let blurred = double.blur_prompt_boxes(STEP).await;
+        assert!(blurred >= 1, "no page moved its focus\n{}", daemon.log());
+        let done = client
+            .complete(ask(prompt))
+            .await
+            .expect("send")
+            .finish()
+            .await;
+        match done {
+            Ok(Event::Done { text, .. }) => {
+                assert_eq!(text, expected_reply("GPT-3.5-Turbo", prompt))
+            }
+            other => panic!("{prompt}: {other:?}\n{}", daemon.log()),
+        }
+    }
+    let taken: Vec<String> = double.chats().iter().map(|c| c.prompt.clone()).collect();
+    assert_eq!(taken, prompts, "each prompt sent once, as entered");
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("the prompt box had lost the focus").count(),
+        2,
+        "each send found the focus gone and focused the box again\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_reply_exits_cleanly_within_the_grace_period() {
     let double = fast_double().await;

@@ -15,6 +15,8 @@ use chromiumoxide::cdp::js_protocol::runtime::{EvaluateParams, ExecutionContextI
 use chromiumoxide::Page;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// Something that went wrong talking to the page.
 #[derive(Debug, thiserror::Error)]
@@ -127,14 +129,88 @@ pub async fn wait_for_first(
     wanted: &[Wanted<'_>],
     timeout: Duration,
 ) -> Result<Found, CdpFailure> {
-    let list: Vec<Value> = wanted
+    wait_for_listed(page, &wanted_list(wanted), timeout).await
+}
+
+fn wanted_list(wanted: &[Wanted<'_>]) -> Value {
+    wanted
         .iter()
         .map(|w| json!({"selector": w.selector, "enabled": w.enabled}))
-        .collect();
-    let expr = format!("{WAIT_JS}({}, {})", Value::Array(list), timeout.as_millis());
+        .collect()
+}
+
+async fn wait_for_listed(
+    page: &Page,
+    list: &Value,
+    timeout: Duration,
+) -> Result<Found, CdpFailure> {
+    let expr = format!("{WAIT_JS}({list}, {})", timeout.as_millis());
     // The page answers by itself at `timeout`; allow for a slow round trip on top.
     let value = eval(page, expr, timeout + Duration::from_secs(5)).await?;
     serde_json::from_value(value).map_err(|e| CdpFailure::Script(e.to_string()))
+}
+
+/// How long one armed wait's observer runs in the page before it is renewed: with the
+/// round trip's allowance it stays under chromiumoxide's 30 s limit for a command.
+const ARMED_FOR: Duration = Duration::from_secs(20);
+
+/// A [`wait_for_first`] started ahead of the input meant to satisfy it.
+///
+/// A command sent together with input reaches the page's main thread after the input and
+/// the frame the input makes the page draw (Chromium runs input and rendering first), so a
+/// wait sent with the prompt's text answered a frame late. An armed wait is already
+/// watching when the text arrives: the page answers from within the text's own input task.
+/// While nothing comes it renews itself every [`ARMED_FOR`]; it ends with the page's
+/// document, and when dropped.
+pub struct ArmedWait {
+    found: oneshot::Receiver<Result<Found, CdpFailure>>,
+    task: JoinHandle<()>,
+}
+
+impl ArmedWait {
+    /// Starts watching `page` for the first of `wanted`.
+    pub fn arm(page: &Page, wanted: &[Wanted<'_>]) -> ArmedWait {
+        let (tx, found) = oneshot::channel();
+        let page = page.clone();
+        let list = wanted_list(wanted);
+        let task = tokio::spawn(async move {
+            loop {
+                let outcome = wait_for_listed(&page, &list, ARMED_FOR).await;
+                let renew = matches!(outcome, Ok(Found { index: None, .. })) && !tx.is_closed();
+                if !renew {
+                    let _ = tx.send(outcome);
+                    return;
+                }
+            }
+        });
+        ArmedWait { found, task }
+    }
+
+    /// True while it still watches: nothing was found and the page's document is the one
+    /// it was armed in. What it found before the input it waits for tells nothing of that
+    /// input's effect.
+    pub fn watching(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// What it finds within `timeout` (`index: None` after it).
+    pub async fn found(mut self, timeout: Duration) -> Result<Found, CdpFailure> {
+        match tokio::time::timeout(timeout, &mut self.found).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(_)) => Err(CdpFailure::Command("the armed wait ended".into())),
+            Err(_) => Ok(Found {
+                index: None,
+                x: 0.0,
+                y: 0.0,
+            }),
+        }
+    }
+}
+
+impl Drop for ArmedWait {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Focuses the element matching `selector`; false when there is none.

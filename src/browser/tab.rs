@@ -140,6 +140,9 @@ pub struct Tab {
     pub page: Page,
     /// The page this tab shows with its prompt box ready, if any.
     pub warm_for: Option<crate::browser::tab_pool::Warm>,
+    /// The wait for the send button, armed when the page got ready (see
+    /// [`crate::browser::cdp::ArmedWait`]).
+    pub armed: Option<crate::browser::cdp::ArmedWait>,
     /// The largest message id a reply on the current page had: updates up to it that come
     /// later belong to earlier turns. Reset when the page is opened again.
     pub last_message_id: Option<i64>,
@@ -271,6 +274,7 @@ impl Tab {
             id,
             page,
             warm_for: None,
+            armed: None,
             last_message_id: None,
             browser_gone,
             relay,

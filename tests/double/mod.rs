@@ -275,6 +275,7 @@ impl Double {
             changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             user_clicks: watch::channel(false).0,
+            blur: watch::channel(0).0,
         });
         let app = Router::new()
             .route("/", get(home))
@@ -441,6 +442,19 @@ impl Double {
             .await
     }
 
+    /// Makes every open page give the focus to another text box (as a search field or a
+    /// dialog taking it would) and waits until each said it did. Returns how many did.
+    pub async fn blur_prompt_boxes(&self, timeout: Duration) -> usize {
+        let (open, before) = {
+            let s = self.shared.lock();
+            (s.noise_sockets, s.blurred)
+        };
+        self.shared.blur.send_modify(|n| *n += 1);
+        self.wait_until(timeout, |s| s.blurred >= before + open)
+            .await;
+        self.shared.lock().blurred - before
+    }
+
     async fn wait_until(&self, timeout: Duration, cond: impl Fn(&ServerState) -> bool) -> bool {
         let mut changed = self.shared.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -520,11 +534,17 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// Set by [`Double::user_clicks_sign_in`]: sign-in pages click their button.
     user_clicks: watch::Sender<bool>,
+    /// Bumped by [`Double::blur_prompt_boxes`]: every page moves the focus off its prompt box.
+    blur: watch::Sender<u64>,
 }
 
 #[derive(Default)]
 struct ServerState {
     records: Vec<ChatRecord>,
+    /// Pages with their second socket open, and how many of them said they moved the focus
+    /// off their prompt box.
+    noise_sockets: usize,
+    blurred: usize,
     /// Server-side state of each chat, by chat id (`ChatRecord::chat_id`).
     chats: HashMap<String, Chat>,
     /// 2025: chat id of each chat code.
@@ -1011,11 +1031,16 @@ fn is_ping(text: &str) -> bool {
 }
 
 /// The page's second socket: heartbeats, a non-JSON text and a binary frame, never an update.
+/// For [`Double::blur_prompt_boxes`] it also tells the page to move the focus off its prompt
+/// box, and hears the page say it did.
 async fn noise_socket(AxumState(shared): St, ws: WebSocketUpgrade) -> Response {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut blur = shared.blur.subscribe();
     ws.on_upgrade(|mut socket: WebSocket| async move {
+        shared.update(|s| s.noise_sockets += 1);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let started = Instant::now();
+        blur.borrow_and_update();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -1025,18 +1050,30 @@ async fn noise_socket(AxumState(shared): St, ws: WebSocketUpgrade) -> Response {
                         Message::Text("ping".into()),
                         Message::Binary(vec![0u8, 1, 2, 255].into()),
                     ];
+                    let mut sent = true;
                     for frame in frames {
-                        if socket.send(frame).await.is_err() {
-                            return;
-                        }
+                        sent = sent && socket.send(frame).await.is_ok();
+                    }
+                    if !sent {
+                        break;
                     }
                 }
-                incoming = socket.recv() => if !matches!(incoming, Some(Ok(m)) if !matches!(m, Message::Close(_))) {
-                    return;
+                Ok(()) = blur.changed() => {
+                    if socket.send(Message::Text("blur-prompt-box".into())).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Text(t))) if t.as_str() == "blurred" => {
+                        shared.update(|s| s.blurred += 1);
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
                 },
-                _ = shut_down(&mut shutdown) => return,
+                _ = shut_down(&mut shutdown) => break,
             }
         }
+        shared.update(|s| s.noise_sockets -= 1);
     })
 }
 

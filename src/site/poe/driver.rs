@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
-use crate::browser::cdp::{self, CdpFailure, Wanted};
+use crate::browser::cdp::{self, ArmedWait, CdpFailure, Wanted};
 use crate::browser::tab::{Tab, TabSignal};
 use crate::browser::tab_pool::Warm;
 use crate::config::{secs, SiteConfig, Timeouts};
@@ -254,6 +254,7 @@ impl Driver {
     /// be used is [`is_chat_gone`], each as soon as the page says so.
     pub async fn open(&self, tab: &mut Tab, target: &Target<'_>) -> Result<(), Error> {
         tab.warm_for = None;
+        tab.armed = None;
         tab.last_message_id = None;
         let url = self.target_url(target);
         let not_here = |why: String| match target {
@@ -347,6 +348,7 @@ impl Driver {
                 if !focused {
                     return Err(self.not_logged_in());
                 }
+                tab.armed = Some(ArmedWait::arm(&tab.page, &self.send_wanted()));
                 tab.warm_for = Some(target.warm());
                 debug!(tab = tab.id, ?target, "chat ready");
                 Ok(())
@@ -377,6 +379,7 @@ impl Driver {
     /// focused. False when the page is not that chat or has no prompt box now.
     pub async fn keep_chat(&self, tab: &mut Tab, code: &str) -> Result<bool, Error> {
         tab.warm_for = None;
+        tab.armed = None;
         if self.chat_code_of(&tab.url()).as_deref() != Some(code) {
             return Ok(false);
         }
@@ -384,9 +387,25 @@ impl Driver {
             .await
             .map_err(|e| browser_error("focusing the prompt box", e))?;
         if focused {
+            tab.armed = Some(ArmedWait::arm(&tab.page, &self.send_wanted()));
             tab.warm_for = Some(Warm::Chat(code.to_owned()));
         }
         Ok(focused)
+    }
+
+    /// What the send waits for: the send button enabled, or the daily-limit notice.
+    fn send_wanted(&self) -> [Wanted<'_>; 2] {
+        let sel = &self.site.selectors;
+        [
+            Wanted {
+                selector: &sel.send_button,
+                enabled: true,
+            },
+            Wanted {
+                selector: &sel.daily_limit,
+                enabled: false,
+            },
+        ]
     }
 
     /// Sends `prompt` to `target` in `tab` and streams the reply through `progress`.
@@ -516,6 +535,9 @@ impl Driver {
         }
         // From here on the chat is used: whatever happens, it is not fresh any more.
         tab.warm_for = None;
+        // The wait for the button armed when the page got ready, if it still watches:
+        // then the page answers from within the text's own input task.
+        let mut armed = tab.armed.take().filter(ArmedWait::watching);
         // `open_chat` left the prompt box focused: the first try only enters the text (one
         // round trip less); if the page lost the focus meanwhile, the button stays off and
         // the next try focuses first.
@@ -534,20 +556,12 @@ impl Driver {
                 }
                 self.open(tab, target).await?;
                 tab.warm_for = None;
+                armed = tab.armed.take().filter(ArmedWait::watching);
                 reopened = true;
                 continue;
             }
             trace!(tab = tab.id, "prompt box focused");
-            let wanted = [
-                Wanted {
-                    selector: &sel.send_button,
-                    enabled: true,
-                },
-                Wanted {
-                    selector: &sel.daily_limit,
-                    enabled: false,
-                },
-            ];
+            let wanted = self.send_wanted();
             let limit = if focus_first {
                 secs(self.timeouts.send_button_secs)
             } else {
@@ -557,10 +571,38 @@ impl Driver {
             // two. The wait watches the page, so it sees the button that the text's input
             // enables whichever the page handles first; the click is only sent once both
             // have answered, so it always comes after the text.
-            let (entered, send) = futures::join!(
-                cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT),
-                cdp::wait_for_first(&tab.page, &wanted, limit),
-            );
+            let text = cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT);
+            let (entered, send) = match armed.take() {
+                Some(armed) => {
+                    let found = armed.found(limit);
+                    tokio::pin!(text, found);
+                    let (entered, send) = tokio::select! {
+                        biased;
+                        send = &mut found => match send {
+                            // The page enabled the button while handling the text, so the
+                            // text is in: the click need not wait for the text's own answer,
+                            // which Chromium sends only after the frame the text makes the
+                            // page draw. (The text went out first and is not taken back.)
+                            Ok(send) if send.index == Some(0) => {
+                                trace!(tab = tab.id, "send button enabled before the text's answer");
+                                return Ok(send);
+                            }
+                            send => (text.await, send),
+                        },
+                        entered = &mut text => (entered, found.await),
+                    };
+                    // A wait that ended with its document tells nothing: ask the page now.
+                    let send = match send {
+                        Err(e) => {
+                            debug!(tab = tab.id, error = %e, "the armed wait ended; waiting afresh");
+                            cdp::wait_for_first(&tab.page, &wanted, limit).await
+                        }
+                        found => found,
+                    };
+                    (entered, send)
+                }
+                None => futures::join!(text, cdp::wait_for_first(&tab.page, &wanted, limit)),
+            };
             entered.map_err(|e| browser_error("entering the prompt", e))?;
             trace!(tab = tab.id, "prompt entered");
             let send = send.map_err(|e| browser_error("waiting for the send button", e))?;
@@ -573,6 +615,7 @@ impl Driver {
                 Some(_) if !reopened => {
                     self.open(tab, target).await?;
                     tab.warm_for = None;
+                    armed = tab.armed.take().filter(ArmedWait::watching);
                     reopened = true;
                 }
                 Some(_) => {
