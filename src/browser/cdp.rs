@@ -2,9 +2,10 @@
 //!
 //! chromiumoxide has no wait-for-selector, and `Element::type_str` cannot type newlines or
 //! non-ASCII text. Waiting is one `Runtime.evaluate` of a MutationObserver promise (one round
-//! trip, no polling), in the page's isolated world, out of the page scripts' sight and reach; text goes in with `Input.insertText`; clicks are real (trusted) mouse
-//! press and release events at the element's centre. Everything is bounded by our own
-//! timeouts.
+//! trip, no polling), in the page's isolated world, out of the page scripts' sight and reach;
+//! a wait can be armed ahead of the input meant to satisfy it ([`ArmedWait`]). Text goes in
+//! with `Input.insertText`; clicks are real (trusted) mouse press and release events at the
+//! element's centre. Everything is bounded by our own timeouts.
 
 use std::time::Duration;
 

@@ -5,8 +5,9 @@
 //! (`{base}/chat/{code}`), unless the tab already shows it; a redirect to the sign-in page
 //! means signed out at once, otherwise wait for the prompt box. A chat page that is gone
 //! (not found, moved away, no prompt box) is said with [`is_chat_gone`], before anything
-//! was sent, so the caller can start a fresh chat instead. Focus the prompt box, enter the prompt with `Input.insertText`, wait until the send button is enabled,
-//! click it. Then everything comes from the network (see [`crate::browser::tab`]): the
+//! was sent, so the caller can start a fresh chat instead. Focus the prompt box and arm the
+//! wait for the send button while the tab waits for a request; then enter the prompt with
+//! `Input.insertText` and click as soon as the page enables the button. Then everything comes from the network (see [`crate::browser::tab`]): the
 //! response to the page's own send request says whether the site took the prompt (a
 //! refusal ends the request at once with its own kind; a refusal for the site's rate or for
 //! too many replies in flight is sent again after the account's backoff), the update
