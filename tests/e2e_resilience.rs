@@ -24,6 +24,20 @@ fn ask(prompt: &str) -> CompleteRequest {
     }
 }
 
+/// Sends `prompt` and checks that the whole expected reply came.
+async fn answered_in_full(daemon: &Daemon, client: &poed::client::Client, prompt: &str) {
+    let done = client
+        .complete(ask(prompt))
+        .await
+        .expect("send")
+        .finish()
+        .await;
+    match done {
+        Ok(Event::Done { text, .. }) => assert_eq!(text, expected_reply("GPT-3.5-Turbo", prompt)),
+        other => panic!("{prompt}: {other:?}\n{}", daemon.log()),
+    }
+}
+
 async fn fast_double() -> Double {
     Double::start(DoubleOptions {
         chunk_delay_ms: 10,
@@ -119,18 +133,7 @@ async fn lost_updates_are_recovered_from_the_page_never_resent() {
     let daemon = Daemon::start(&double.base_url(), &[]).await;
     let client = daemon.client().await;
     for prompt in ["[[missed-stop]] recover me", "[[refetch]] recover me too"] {
-        let done = client
-            .complete(ask(prompt))
-            .await
-            .expect("send")
-            .finish()
-            .await;
-        match done {
-            Ok(Event::Done { text, .. }) => {
-                assert_eq!(text, expected_reply("GPT-3.5-Turbo", prompt))
-            }
-            other => panic!("{prompt}: {other:?}\n{}", daemon.log()),
-        }
+        answered_in_full(&daemon, &client, prompt).await;
     }
     // A plain stall is `stalled`, and nothing was sent twice.
     let err = client
@@ -163,18 +166,7 @@ async fn a_prompt_box_that_lost_its_focus_still_takes_the_prompt_once() {
         daemon.wait_warm(1).await;
         let blurred = double.blur_prompt_boxes(STEP).await;
         assert!(blurred >= 1, "no page moved its focus\n{}", daemon.log());
-        let done = client
-            .complete(ask(prompt))
-            .await
-            .expect("send")
-            .finish()
-            .await;
-        match done {
-            Ok(Event::Done { text, .. }) => {
-                assert_eq!(text, expected_reply("GPT-3.5-Turbo", prompt))
-            }
-            other => panic!("{prompt}: {other:?}\n{}", daemon.log()),
-        }
+        answered_in_full(&daemon, &client, prompt).await;
     }
     let taken: Vec<String> = double.chats().iter().map(|c| c.prompt.clone()).collect();
     assert_eq!(taken, prompts, "each prompt sent once, as entered");

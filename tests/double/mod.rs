@@ -593,6 +593,12 @@ fn bot_check_js() -> &'static str {
     include_str!("bot_check.js").trim_end()
 }
 
+/// The double's focus control both pictures' bot pages run, for their `__FOCUS_CONTROL__`
+/// line.
+fn focus_control_js() -> &'static str {
+    include_str!("focus_control.js").trim_end()
+}
+
 /// How many distinct agents the double keeps.
 const MAX_AGENTS: usize = 32;
 

@@ -31,6 +31,7 @@ pub(super) fn bot_page(shared: &Shared, bot: &str, headers: &HeaderMap) -> Respo
         .replace("__BOT_TITLE__", &html_text(bot))
         .replace("__LOGGED_OUT__", if logged_in { "" } else { LOGGED_OUT })
         .replace("__BOT_CHECK__", super::bot_check_js())
+        .replace("__FOCUS_CONTROL__", super::focus_control_js())
         .replace("__CONFIG__", &script_json(&config));
     ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
 }

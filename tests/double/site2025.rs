@@ -355,6 +355,7 @@ fn chat_app(
     let page = hashed_classes(shared, include_str!("page2025.html"))
         .replace("__TITLE__", &html_text(bot.display_name))
         .replace("__BOT_CHECK__", super::bot_check_js())
+        .replace("__FOCUS_CONTROL__", super::focus_control_js())
         .replace("__CONFIG__", &script_safe(config));
     html(shared, headers, StatusCode::OK, page)
 }
