@@ -7,14 +7,15 @@
 //! (not found, moved away, no prompt box) is said with [`is_chat_gone`], before anything
 //! was sent, so the caller can start a fresh chat instead. Focus the prompt box and arm the
 //! wait for the send button while the tab waits for a request; then enter the prompt with
-//! `Input.insertText` and click as soon as the page enables the button. Then everything comes from the network (see [`crate::browser::tab`]): the
-//! response to the page's own send request says whether the site took the prompt (a
-//! refusal ends the request at once with its own kind; a refusal for the site's rate or for
-//! too many replies in flight is sent again after the account's backoff), the update
-//! socket's frames carry the reply, and after lost updates the page's refetch response
-//! holds it. Only if that response does not come is the page's DOM read, as a last resort
-//! that can be switched off. No injected script, no polling. Stopping clicks the page's
-//! stop button. A prompt the site took is never sent again.
+//! `Input.insertText` and click as soon as the page enables the button. Then everything
+//! comes from the network (see [`crate::browser::tab`]): the response to the page's own
+//! send request says whether the site took the prompt (a refusal ends the request at once
+//! with its own kind; a refusal for the site's rate or for too many replies in flight is
+//! sent again after the account's backoff), the update socket's frames carry the reply, and
+//! after lost updates the page's refetch response holds it. Only if that response does not
+//! come is the page's DOM read, as a last resort that can be switched off. No injected
+//! script, no polling. Stopping clicks the page's stop button. A prompt the site took is
+//! never sent again.
 
 use std::time::{Duration, Instant};
 
