@@ -10,9 +10,9 @@
 //! - [`find_reply`]: the reply read back from the chat the page refetches after lost updates.
 //!   That query's name and shape are not known, so the whole body is searched for message
 //!   objects.
-//! - [`bots_in`], [`bot_list_page`], [`bot_list_complete`], [`points_in`]: bots of a
-//!   bot-list response, its place in the paged list and whether all pages came, the
-//!   account's points.
+//! - [`bots_in`], [`bot_list_page`], [`bot_list_complete`]: bots of a bot-list response,
+//!   its place in the paged list and whether all pages came. (The account's points come
+//!   from the update frames, where the site sends them: see [`frames`](super::frames).)
 //!
 //! Bodies are searched wherever the wanted object sits (extra wrappers, batched responses)
 //! with the bounded walk of [`frames`](super::frames): depth-capped, no recursion.
@@ -21,7 +21,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use super::frames::{int_of, objects, BotInfo, MessageUpdate, Outcome, PointInfo};
+use super::frames::{int_of, objects, BotInfo, MessageUpdate, Outcome};
 
 /// The page's send mutation, as named in the `poe-queryname` header (2025).
 pub const SEND_QUERY: &str = "sendMessageMutation";
@@ -374,13 +374,6 @@ pub fn bot_list_complete(pages: &[BotListPage]) -> bool {
         }
     }
     false
-}
-
-/// The account's points in a response (a settings or viewer query): the first
-/// `messagePointInfo` with a known field.
-pub fn points_in(body: &str) -> Option<PointInfo> {
-    let v = serde_json::from_str::<Value>(body).ok()?;
-    objects(&v).find_map(|o| o.get("messagePointInfo").and_then(PointInfo::from_json))
 }
 
 #[cfg(test)]
@@ -801,23 +794,5 @@ mod tests {
             bot_list_page(None, &page("8", true, bot)).map(|p| p.after),
             Some(None)
         );
-    }
-
-    #[test]
-    fn points_are_read_from_a_settings_response() {
-        let body = json!({"data": {"viewer": {"messagePointInfo": {
-            "messagePointBalance": 2731, "totalMessagePointAllotment": 3000,
-            "messagePointResetTime": "1767225600000000", "warningBannerPercent": 12.5}}}})
-        .to_string();
-        assert_eq!(
-            points_in(&body),
-            Some(PointInfo {
-                balance: Some(2731),
-                allotment: Some(3000),
-                reset_micros: Some(1_767_225_600_000_000),
-                warning_percent: Some(12.5),
-            })
-        );
-        assert_eq!(points_in("{\"data\": {}}"), None);
     }
 }
