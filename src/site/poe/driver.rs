@@ -537,9 +537,6 @@ impl Driver {
         }
         // From here on the chat is used: whatever happens, it is not fresh any more.
         tab.warm_for = None;
-        // The wait for the button armed when the page got ready, if it still watches:
-        // then the page answers from within the text's own input task.
-        let mut armed = tab.armed.take().filter(ArmedWait::watching);
         // `open_chat` left the prompt box focused: the first try only enters the text (one
         // round trip less); if the page lost the focus meanwhile, the button stays off and
         // the next try focuses first.
@@ -558,7 +555,6 @@ impl Driver {
                 }
                 self.open(tab, target).await?;
                 tab.warm_for = None;
-                armed = tab.armed.take().filter(ArmedWait::watching);
                 reopened = true;
                 continue;
             }
@@ -569,44 +565,15 @@ impl Driver {
             } else {
                 UNFOCUSED_TRY.min(secs(self.timeouts.send_button_secs))
             };
-            // The text and the wait for the send button go out together: one round trip, not
-            // two. The wait watches the page, so it sees the button that the text's input
-            // enables whichever the page handles first; the click is only sent once both
-            // have answered, so it always comes after the text.
-            let text = cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT);
-            let (entered, send) = match armed.take() {
-                Some(armed) => {
-                    let found = armed.found(limit);
-                    tokio::pin!(text, found);
-                    let (entered, send) = tokio::select! {
-                        biased;
-                        send = &mut found => match send {
-                            // The page enabled the button while handling the text, so the
-                            // text is in: the click need not wait for the text's own answer,
-                            // which Chromium sends only after the frame the text makes the
-                            // page draw. (The text went out first and is not taken back.)
-                            Ok(send) if send.index == Some(0) => {
-                                trace!(tab = tab.id, "send button enabled before the text's answer");
-                                return Ok(send);
-                            }
-                            send => (text.await, send),
-                        },
-                        entered = &mut text => (entered, found.await),
-                    };
-                    // A wait that ended with its document tells nothing: ask the page now.
-                    let send = match send {
-                        Err(e) => {
-                            debug!(tab = tab.id, error = %e, "the armed wait ended; waiting afresh");
-                            cdp::wait_for_first(&tab.page, &wanted, limit).await
-                        }
-                        found => found,
-                    };
-                    (entered, send)
-                }
-                None => futures::join!(text, cdp::wait_for_first(&tab.page, &wanted, limit)),
-            };
-            entered.map_err(|e| browser_error("entering the prompt", e))?;
-            trace!(tab = tab.id, "prompt entered");
+            // The wait for the button armed when the page got ready (by `open` or
+            // `keep_chat`, again after a reopen), if it still watches; a try after a lost
+            // focus waits afresh.
+            let armed = tab.armed.take().filter(ArmedWait::watching);
+            let (entered, send) = enter_text(tab, prompt, armed, &wanted, limit).await;
+            if let Some(entered) = entered {
+                entered.map_err(|e| browser_error("entering the prompt", e))?;
+                trace!(tab = tab.id, "prompt entered");
+            }
             let send = send.map_err(|e| browser_error("waiting for the send button", e))?;
             match send.index {
                 Some(0) => return Ok(send),
@@ -617,7 +584,6 @@ impl Driver {
                 Some(_) if !reopened => {
                     self.open(tab, target).await?;
                     tab.warm_for = None;
-                    armed = tab.armed.take().filter(ArmedWait::watching);
                     reopened = true;
                 }
                 Some(_) => {
@@ -941,6 +907,52 @@ const DOCUMENT_LIMIT: Duration = Duration::from_secs(2);
 type Documents = tokio::sync::watch::Receiver<Option<crate::browser::tab::DocumentResponse>>;
 
 /// Whether two URLs name the same page (fragment and trailing slash aside).
+/// Enters `prompt` and waits (up to `limit`) for the first of `wanted`. The text and the
+/// wait go out together, one round trip: the wait watches the page, so it sees the button
+/// the text's input enables whichever the page handles first. With a wait `armed` ahead,
+/// the page answers from within the text's own input task; once it says the button is
+/// enabled the text is in, and its own answer (which Chromium sends only after the frame
+/// the text makes the page draw) is not waited for: `None` then. Either way the click
+/// that follows comes after the text.
+async fn enter_text(
+    tab: &Tab,
+    prompt: &str,
+    armed: Option<ArmedWait>,
+    wanted: &[Wanted<'_>],
+    limit: Duration,
+) -> (
+    Option<Result<(), CdpFailure>>,
+    Result<cdp::Found, CdpFailure>,
+) {
+    let text = cdp::insert_text(&tab.page, prompt, COMMAND_LIMIT);
+    let Some(armed) = armed else {
+        let (entered, send) = futures::join!(text, cdp::wait_for_first(&tab.page, wanted, limit));
+        return (Some(entered), send);
+    };
+    let found = armed.found(limit);
+    tokio::pin!(text, found);
+    let (entered, send) = tokio::select! {
+        biased;
+        send = &mut found => match send {
+            Ok(send) if send.index == Some(0) => {
+                trace!(tab = tab.id, "send button enabled before the text's answer");
+                return (None, Ok(send));
+            }
+            send => (text.await, send),
+        },
+        entered = &mut text => (entered, found.await),
+    };
+    // A wait that ended with its document tells nothing: ask the page now.
+    let send = match send {
+        Err(e) => {
+            debug!(tab = tab.id, error = %e, "the armed wait ended; waiting afresh");
+            cdp::wait_for_first(&tab.page, wanted, limit).await
+        }
+        found => found,
+    };
+    (Some(entered), send)
+}
+
 fn same_page(a: &str, b: &str) -> bool {
     let strip = |u: &str| {
         u.split('#')
