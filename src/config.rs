@@ -176,6 +176,11 @@ pub struct PoolConfig {
     /// chats). At most `tabs - 1` count: one tab stays for new chats. 0 makes every
     /// follow-up open its chat's page first.
     pub chat_pages: usize,
+    /// After a reply, the tab's fresh page is loaded once no other request is being
+    /// served, so that the load (tens of ms of the browser's CPU) does not slow the last
+    /// frames of replies that end together; at most this many milliseconds later, and at
+    /// once when a request waits for a tab. 0 loads it at once.
+    pub refresh_wait_ms: u64,
 }
 
 /// Timeouts, in seconds.
@@ -287,6 +292,7 @@ impl Default for PoolConfig {
             min_send_interval_ms: 0,
             max_sends_per_minute: 0,
             chat_pages: 2,
+            refresh_wait_ms: 300,
         }
     }
 }
@@ -362,7 +368,7 @@ impl Config {
     /// nothing later can overflow or hang on a bad value.
     pub fn validate(&self) -> Result<(), String> {
         self.http.validate()?;
-        let sizes: [(&str, u64, u64, u64); 6] = [
+        let sizes: [(&str, u64, u64, u64); 7] = [
             ("pool.tabs", self.pool.tabs as u64, 1, MAX_TABS),
             ("pool.queue", self.pool.queue as u64, 0, MAX_QUEUE),
             ("pool.chat_pages", self.pool.chat_pages as u64, 0, MAX_TABS),
@@ -375,6 +381,12 @@ impl Config {
             (
                 "pool.min_send_interval_ms",
                 self.pool.min_send_interval_ms,
+                0,
+                MAX_SECS as u64 * 1000,
+            ),
+            (
+                "pool.refresh_wait_ms",
+                self.pool.refresh_wait_ms,
                 0,
                 MAX_SECS as u64 * 1000,
             ),

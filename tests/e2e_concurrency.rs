@@ -89,6 +89,82 @@ async fn three_parallel_answers_are_correct_and_not_mixed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_loads_its_next_page_only_once_the_other_replies_have_ended() {
+    let double = double(20).await;
+    // A long limit, so that only the other reply's end can start the load.
+    let daemon = Daemon::start_with_config(
+        &double.base_url(),
+        "[pool]\nrefresh_wait_ms = 600000\n",
+        &["--tabs", "2"],
+    )
+    .await;
+    daemon.wait_warm(2).await;
+    let client = daemon.client().await;
+    let (short, long) = ("short one", "[[long]] one");
+    let a = client.complete(ask(short)).await.expect("send");
+    let b = client.complete(ask(long)).await.expect("send");
+    let ((_, a_text), (_, b_text)) = futures::future::join(collect(a), collect(b)).await;
+    assert_eq!(a_text, expected_reply("GPT-3.5-Turbo", short));
+    assert_eq!(b_text, expected_reply("GPT-3.5-Turbo", long));
+    // Both tabs get their fresh page again.
+    daemon.wait_warm(2).await;
+    let chats = double.chats();
+    let end_of = |prompt: &str| {
+        chats
+            .iter()
+            .find(|c| c.prompt == prompt)
+            .and_then(|c| c.frame_times.last().copied())
+            .expect("the reply's frames")
+    };
+    let (a_end, b_end) = (end_of(short), end_of(long));
+    assert!(a_end < b_end, "the short reply ended first");
+    let loads = double.page_loads();
+    let between = loads.iter().filter(|t| a_end < **t && **t < b_end).count();
+    let after = loads.iter().filter(|t| b_end < **t).count();
+    assert_eq!(
+        (between, after),
+        (0, 2),
+        "no page load while the long reply streamed, both tabs' loads after it \
+         (the long reply took {:?} more)",
+        b_end - a_end
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_tab_does_not_wait_for_other_replies_to_end() {
+    let double = double(20).await;
+    let daemon = Daemon::start_with_config(
+        &double.base_url(),
+        "[pool]\nrefresh_wait_ms = 600000\n",
+        &["--tabs", "2"],
+    )
+    .await;
+    daemon.wait_warm(2).await;
+    let client = daemon.client().await;
+    // One reply that never ends, one that does; then a request that needs the second tab.
+    let stalled = client
+        .complete(ask("[[stall]] keeps a tab"))
+        .await
+        .expect("send");
+    let (_, text) = collect(client.complete(ask("first")).await.expect("send")).await;
+    assert_eq!(text, expected_reply("GPT-3.5-Turbo", "first"));
+    let (events, text) = within(
+        Duration::from_secs(30),
+        "the waiting request's answer (its tab's page load must not wait for the stalled reply)",
+        async { collect(client.complete(ask("second")).await.expect("send")).await },
+    )
+    .await;
+    assert_eq!(
+        text,
+        expected_reply("GPT-3.5-Turbo", "second"),
+        "{events:?}"
+    );
+    client.cancel(&stalled.id).await.expect("cancel");
+    let prompts: Vec<String> = double.chats().iter().map(|c| c.prompt.clone()).collect();
+    assert_eq!(prompts, ["[[stall]] keeps a tab", "first", "second"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_is_fifo_reports_positions_and_answers_busy_when_full() {
     let double = double(20).await;
     let daemon = Daemon::start(&double.base_url(), &["--tabs", "1", "--queue", "2"]).await;

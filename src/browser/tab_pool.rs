@@ -175,6 +175,8 @@ pub struct TabPool<T: Lendable = Tab> {
     target: usize,
     /// Woken whenever a tab is retired, so the keeper can replace it.
     lost: Notify,
+    /// Woken whenever a request starts waiting for a tab (see [`TabPool::on_queued`]).
+    queued: Notify,
 }
 
 impl<T: Lendable> TabPool<T> {
@@ -189,6 +191,7 @@ impl<T: Lendable> TabPool<T> {
             queue_capacity,
             target,
             lost: Notify::new(),
+            queued: Notify::new(),
         })
     }
 
@@ -287,6 +290,7 @@ impl<T: Lendable> TabPool<T> {
             } else {
                 let (tx, rx) = oneshot::channel();
                 s.waiters.push_back(tx);
+                self.queued.notify_waiters();
                 Ok(Acquired::Queued(QueueTicket {
                     position: s.waiters.len(),
                     rx: Some(rx),
@@ -326,6 +330,18 @@ impl<T: Lendable> TabPool<T> {
             }
             s.idle.push(item);
         }
+    }
+
+    /// Whether a request waits for a tab.
+    pub fn has_waiters(&self) -> bool {
+        self.lock().waiters.iter().any(|w| !w.is_closed())
+    }
+
+    /// Resolves when a request starts waiting for a tab after the returned future was
+    /// enabled (`Notified::enable`) or first polled: enable it, then check
+    /// [`TabPool::has_waiters`], then await it, and no waiter is missed.
+    pub fn on_queued(&self) -> tokio::sync::futures::Notified<'_> {
+        self.queued.notified()
     }
 
     /// How many idle tabs keep a chat's page.
@@ -552,6 +568,23 @@ mod tests {
         assert!(p
             .acquire(&bot("b"))
             .is_ok_and(|a| matches!(a, Acquired::Now(_))));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_starts_waiting_wakes_whoever_watches_the_queue() {
+        let p = pool(4, vec![Fake("only", None)]);
+        let _tab = now(p.acquire(&bot("b")).expect("ok"));
+        let queued_now = p.on_queued();
+        tokio::pin!(queued_now);
+        queued_now.as_mut().enable();
+        assert!(!p.has_waiters());
+        let ticket = queued(p.acquire(&bot("b")).expect("queued"));
+        tokio::time::timeout(Duration::from_secs(1), queued_now)
+            .await
+            .expect("woken by the new waiter");
+        assert!(p.has_waiters());
+        drop(ticket);
+        assert!(!p.has_waiters(), "a waiter that left does not count");
     }
 
     #[tokio::test]

@@ -8,11 +8,18 @@
 //! crashed or hung page, an error path, a browser that died) with backoff until the pool
 //! has its configured size again. When the browser cannot open tabs at all, it asks the
 //! supervisor to relaunch it.
+//!
+//! The fresh page a tab gets after a reply is loaded once the other requests being served
+//! have ended ([`Serving`]): a page load costs the browser tens of milliseconds of CPU, and
+//! replies that end together (a batch sent at once) would otherwise get their last frames
+//! behind it. It waits `pool.refresh_wait_ms` at most, and not at all once a request waits
+//! for a tab.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -39,6 +46,37 @@ pub struct Listeners {
     pub bots: Arc<BotStore>,
 }
 
+/// How many requests are being served (admitted and not yet ended), counted by the engine
+/// and watched by the warm pool, which puts a page load after a reply off while any is.
+pub struct Serving(watch::Sender<usize>);
+
+impl Default for Serving {
+    fn default() -> Self {
+        Serving(watch::Sender::new(0))
+    }
+}
+
+impl Serving {
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Counts a request until the guard is dropped.
+    pub fn enter(&self) -> ServingGuard<'_> {
+        self.0.send_modify(|n| *n += 1);
+        ServingGuard(self)
+    }
+}
+
+/// One request counted by [`Serving`].
+pub struct ServingGuard<'a>(&'a Serving);
+
+impl Drop for ServingGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 pub struct WarmPool {
     pub pool: Arc<TabPool>,
     browser: BrowserHandle,
@@ -52,6 +90,9 @@ pub struct WarmPool {
     headless: bool,
     /// Idle tabs that may keep a chat's page.
     chat_pages: usize,
+    /// The requests being served, and how long a page load after a reply waits for them.
+    serving: Arc<Serving>,
+    refresh_wait: Duration,
     next_tab_id: AtomicUsize,
 }
 
@@ -66,6 +107,8 @@ impl WarmPool {
         watch: Watch,
         headless: bool,
         chat_pages: usize,
+        serving: Arc<Serving>,
+        refresh_wait: Duration,
     ) -> Arc<Self> {
         let Listeners { account, bots } = listeners;
         Arc::new(WarmPool {
@@ -78,6 +121,8 @@ impl WarmPool {
             watch,
             headless,
             chat_pages,
+            serving,
+            refresh_wait,
             next_tab_id: AtomicUsize::new(1),
         })
     }
@@ -188,13 +233,47 @@ impl WarmPool {
     /// goes back cold (the next request on it opens the page itself); a dead or hung one is
     /// retired and replaced.
     pub fn prepare_and_release(self: &Arc<Self>, lease: Lease, next: Warm) {
-        self.prepare_and_release_or(lease, next, None);
+        self.prepare_and_release_or(lease, next, None, false);
+    }
+
+    /// [`WarmPool::prepare_and_release`] for the tab of a request that has ended: its page
+    /// load waits until no other request is being served (at most `pool.refresh_wait_ms`,
+    /// and not once a request waits for a tab), see the module docs.
+    pub fn refresh_after_reply(self: &Arc<Self>, lease: Lease, next: Warm) {
+        self.prepare_and_release_or(lease, next, None, true);
     }
 
     /// [`WarmPool::prepare_and_release`] for a tab whose page is the site chat `code` of
     /// `bot` after a reply.
     pub fn keep_chat_or_refresh(self: &Arc<Self>, lease: Lease, code: String, bot: String) {
-        self.prepare_and_release_or(lease, Warm::Chat(code), Some(bot));
+        self.prepare_and_release_or(lease, Warm::Chat(code), Some(bot), false);
+    }
+
+    /// Waits until no request is being served, a request waits for a tab, `refresh_wait`
+    /// has passed or the tab's browser is gone, whichever comes first.
+    async fn wait_for_quiet(&self, browser_gone: &CancellationToken) {
+        if self.refresh_wait.is_zero() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.refresh_wait;
+        let mut serving = self.serving.0.subscribe();
+        loop {
+            let queued = self.pool.on_queued();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            if *serving.borrow_and_update() == 0 || self.pool.has_waiters() {
+                return;
+            }
+            tokio::select! {
+                changed = serving.changed() => if changed.is_err() { return },
+                _ = &mut queued => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    debug!("a tab's page load waited its longest for other replies");
+                    return;
+                }
+                _ = browser_gone.cancelled() => return,
+            }
+        }
     }
 
     fn prepare_and_release_or(
@@ -202,6 +281,7 @@ impl WarmPool {
         lease: Lease,
         next: Warm,
         fresh_bot: Option<String>,
+        after_reply: bool,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -238,6 +318,9 @@ impl WarmPool {
                 Warm::Chat(_) => fresh_bot.unwrap_or_else(|| this.default_bot.clone()),
                 Warm::Bot(bot) => bot,
             };
+            if after_reply {
+                this.wait_for_quiet(&lease.browser_gone).await;
+            }
             match this.driver.open_chat(&mut lease, &bot).await {
                 Ok(()) => this.account.signed_in(),
                 Err(_) if lease.browser_gone.is_cancelled() => {

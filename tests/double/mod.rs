@@ -406,6 +406,11 @@ impl Double {
         self.shared.lock().records.clone()
     }
 
+    /// When each bot or chat page was requested (a tab loading it), in arrival order.
+    pub fn page_loads(&self) -> Vec<Instant> {
+        self.shared.lock().page_loads.clone()
+    }
+
     /// The sends the site took (status `success`), in arrival order.
     pub fn taken(&self) -> Vec<ChatRecord> {
         self.chats().into_iter().filter(ChatRecord::taken).collect()
@@ -563,6 +568,8 @@ struct ServerState {
     agents: Vec<Agent>,
     /// What the pages saw of their browser ([`Double::browser_checks`]).
     browser_checks: Vec<BrowserCheck>,
+    /// When each bot or chat page was requested ([`Double::page_loads`]).
+    page_loads: Vec<Instant>,
 }
 
 /// What a page's bot check saw of its browser (`navigator`), as the site's own checks read it.
@@ -882,6 +889,7 @@ async fn home(AxumState(shared): St, headers: HeaderMap) -> Response {
 }
 
 async fn bot_page(AxumState(shared): St, Path(bot): Path<String>, headers: HeaderMap) -> Response {
+    shared.update(|s| s.page_loads.push(Instant::now()));
     match shared.mode() {
         // No such bot: the site answers "not found" in both pictures.
         Mode::Y2023 if bots::find(&bot).is_none() => (
@@ -901,6 +909,7 @@ async fn chat_page(
     Path(code): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    shared.update(|s| s.page_loads.push(Instant::now()));
     match shared.mode() {
         Mode::Y2023 => StatusCode::NOT_FOUND.into_response(),
         Mode::Y2025 => site2025::chat_page(&shared, &code, &headers),

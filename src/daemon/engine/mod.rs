@@ -18,7 +18,7 @@
 pub mod reply;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use crate::config::{secs, Config};
 use crate::daemon::account::Account;
 use crate::daemon::bots::{BotStore, CACHE_FILE};
 use crate::daemon::conversations::{self, Conversations, Ended, Plan};
-use crate::daemon::warm_pool::{Listeners, WarmPool};
+use crate::daemon::warm_pool::{Listeners, Serving, WarmPool};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::Stats;
 use crate::protocol::{
@@ -72,7 +72,8 @@ pub struct Engine {
     pacer: Pacer,
     stats: Stats,
     started: Instant,
-    in_flight: AtomicUsize,
+    /// The requests being served (the warm pool puts page loads off while any is).
+    serving: Arc<Serving>,
     /// Set when shutdown stops running requests: their error is `shutting_down`.
     stopping: AtomicBool,
     /// Held while a sign-in or cookie import runs: one at a time.
@@ -97,22 +98,6 @@ fn bots_cache_path(config: &Config) -> std::path::PathBuf {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| std::path::Path::new("."))
         .join(CACHE_FILE)
-}
-
-/// Keeps the in-flight count right whatever way a request ends.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Test hook: a prompt containing the text of `POED_TEST_PANIC_ON` makes its request panic
@@ -142,6 +127,7 @@ impl Engine {
         let pool = TabPool::new(config.pool.tabs, config.pool.queue);
         let account = Arc::new(Account::default());
         let bots = Arc::new(BotStore::load(Some(bots_cache_path(&config))));
+        let serving = Arc::new(Serving::default());
         let warm = WarmPool::new(
             pool.clone(),
             browser.clone(),
@@ -157,6 +143,8 @@ impl Engine {
                 .pool
                 .chat_pages
                 .min(config.pool.tabs.saturating_sub(1)),
+            serving.clone(),
+            Duration::from_millis(config.pool.refresh_wait_ms),
         );
         let (remembered, next_id) = crate::history::remembered(
             &config.history,
@@ -179,7 +167,7 @@ impl Engine {
             ),
             stats: Stats::default(),
             started: Instant::now(),
-            in_flight: AtomicUsize::new(0),
+            serving,
             stopping: AtomicBool::new(false),
             session_op: tokio::sync::Mutex::new(()),
             socket: Mutex::new(config.socket.display().to_string()),
@@ -293,7 +281,7 @@ impl Engine {
             // load; a slow reader does not hold the tab up.
             let pending = sink.try_finish(last);
             if let Some((tab, next)) = aftercare {
-                engine.warm.prepare_and_release(tab, next);
+                engine.warm.refresh_after_reply(tab, next);
             }
             if let Some(last) = pending {
                 sink.finish(last).await;
@@ -313,7 +301,7 @@ impl Engine {
         cancel: &CancellationToken,
         aftercare: &mut Option<Aftercare>,
     ) -> Result<Completion, Error> {
-        let _in_flight = InFlight::enter(&self.in_flight);
+        let _serving = self.serving.enter();
         let mut result = match (admitted, plan) {
             (Ok((model, bot, slot)), Some(plan)) => {
                 self.run(model, bot, plan, slot, updates, cancel, t0, aftercare)
@@ -775,8 +763,7 @@ impl Engine {
 
     /// The Prometheus text for `GET /metrics`.
     pub fn metrics(&self) -> String {
-        self.stats
-            .render(&self.status(), self.in_flight.load(Ordering::Relaxed))
+        self.stats.render(&self.status(), self.serving.count())
     }
 
     /// Stops lending tabs and closes the idle ones.
