@@ -4,8 +4,8 @@
 //! `docs/BENCHMARKS.md` records the figures.
 //!
 //! - submit latency: client sends the request -> the double receives the prompt;
-//! - relay latency: the double writes a frame -> the client has the delta (first frame) or
-//!   the final event (last frame);
+//! - relay latency: the double writes a frame -> the client has the delta (first frame,
+//!   frames in between) or the final event (last frame);
 //! - time to first token and total time for a short reply;
 //! - 1, 3 and 8 concurrent clients on a 3-tab pool;
 //! - poed's RSS and Chromium's total memory, idle and under load;
@@ -108,15 +108,19 @@ fn request(prompt: &str) -> CompleteRequest {
 
 /// One streamed request; returns (first delta, final event) instants.
 async fn timed_request(client: &Client, prompt: &str) -> (Instant, Option<Instant>, Instant) {
+    let (sent, texts, done) = timed_texts(client, prompt).await;
+    (sent, texts.first().copied(), done)
+}
+
+/// [`timed_request`] with the arrival of every text event: (sent, texts, done).
+async fn timed_texts(client: &Client, prompt: &str) -> (Instant, Vec<Instant>, Instant) {
     let sent = Instant::now();
     let mut reply = client.complete(request(prompt)).await.expect("send");
-    let mut first = None;
+    let mut texts = Vec::new();
     while let Some(event) = reply.next().await {
         match event {
-            Event::Delta { .. } | Event::Replace { .. } => {
-                first.get_or_insert_with(Instant::now);
-            }
-            Event::Done { .. } => return (sent, first, Instant::now()),
+            Event::Delta { .. } | Event::Replace { .. } => texts.push(Instant::now()),
+            Event::Done { .. } => return (sent, texts, Instant::now()),
             Event::Error { kind, message, .. } => panic!("request failed: {kind}: {message}"),
             _ => {}
         }
@@ -358,14 +362,25 @@ async fn bench(runs: usize) {
 
     let mut submit = Series::new("submit latency (client send -> double has prompt)");
     let mut relay_first = Series::new("relay latency, first frame (double write -> client delta)");
+    let mut relay_between =
+        Series::new("relay latency, frames in between (double write -> client delta)");
     let mut relay_last = Series::new("relay latency, last frame (double write -> client done)");
     let mut ttft = Series::new("poed: time to first token, short reply");
     let mut total = Series::new("poed: total time, short reply");
     for i in 0..runs {
         let before = double.chats().len();
-        let (sent, first, done) = timed_request(&client, &format!("{SHORT_PROMPT} #{i}")).await;
+        let (sent, texts, done) = timed_texts(&client, &format!("{SHORT_PROMPT} #{i}")).await;
+        let first = texts.first().copied();
         let chats = double.chats();
         let chat = &chats[before];
+        // Each of the double's 2023 bot frames adds text: one delta per frame, in order
+        // (unless poed merged some for a slow reader, which this reader is not).
+        if texts.len() == chat.frame_times.len() && texts.len() >= 3 {
+            let n = texts.len();
+            for (got, frame) in texts.iter().zip(&chat.frame_times).take(n - 1).skip(1) {
+                relay_between.values.push(ms(got.duration_since(*frame)));
+            }
+        }
         submit
             .values
             .push(ms(chat.received_at.duration_since(sent)));
@@ -495,7 +510,14 @@ async fn bench(runs: usize) {
     }
     let _ = daemon.stop().await;
     if quick {
-        for s in [&submit, &relay_first, &relay_last, &ttft, &total] {
+        for s in [
+            &submit,
+            &relay_first,
+            &relay_between,
+            &relay_last,
+            &ttft,
+            &total,
+        ] {
             println!("{}", s.row(""));
         }
         for (n, med, p90, tput) in &conc_rows {
@@ -567,6 +589,7 @@ async fn bench(runs: usize) {
     for s in [
         &submit,
         &relay_first,
+        &relay_between,
         &relay_last,
         &ttft,
         &total,
