@@ -18,6 +18,7 @@
 //! wall-clock times to stderr and copies the daemon's log to FILE. `POED_BENCH_CONFIG=TOML`
 //! gives poed a configuration to try (e.g. Chromium flags), in either mode, and
 //! `POED_BENCH_POED=PATH` another build of poed to measure: for comparisons in turns.
+//! `POED_BENCH_CHUNK_MS` sets the double's time between a reply's frames (20 ms).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -314,7 +315,10 @@ fn main() {
 async fn bench(runs: usize) {
     let double = Arc::new(
         double::Double::start(double::DoubleOptions {
-            chunk_delay_ms: 20,
+            chunk_delay_ms: std::env::var("POED_BENCH_CHUNK_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20),
             // The 2023 picture: every bot frame it records carries reply text, so "double
             // wrote the frame -> client has the text" is exact (2025 frames include empty and
             // repeated ones that would blur the relay figures). Enough points, should the
