@@ -16,7 +16,7 @@ use chromiumoxide::cdp::js_protocol::runtime::{EvaluateParams, ExecutionContextI
 use chromiumoxide::Page;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Something that went wrong talking to the page.
@@ -151,6 +151,19 @@ async fn wait_for_listed(
     serde_json::from_value(value).map_err(|e| CdpFailure::Script(e.to_string()))
 }
 
+/// [`wait_for_listed`] in the JavaScript context `world` only: an error once that context
+/// is gone (its document replaced), never another document's answer.
+async fn wait_in_world(
+    page: &Page,
+    world: ExecutionContextId,
+    list: &Value,
+    timeout: Duration,
+) -> Result<Found, CdpFailure> {
+    let expr = format!("{WAIT_JS}({list}, {})", timeout.as_millis());
+    let value = evaluate(page, expr, Some(world), timeout + Duration::from_secs(5)).await?;
+    serde_json::from_value(value).map_err(|e| CdpFailure::Script(e.to_string()))
+}
+
 /// How long one armed wait's observer runs in the page before it is renewed: with the
 /// round trip's allowance it stays under chromiumoxide's 30 s limit for a command.
 const ARMED_FOR: Duration = Duration::from_secs(20);
@@ -161,30 +174,57 @@ const ARMED_FOR: Duration = Duration::from_secs(20);
 /// the frame the input makes the page draw (Chromium runs input and rendering first), so a
 /// wait sent with the prompt's text answered a frame late. An armed wait is already
 /// watching when the text arrives: the page answers from within the text's own input task.
-/// While nothing comes it renews itself every [`ARMED_FOR`]; it ends with the page's
-/// document, and when dropped.
+/// While nothing comes it renews itself every [`ARMED_FOR`]; it is bound to the document
+/// it was armed in (its isolated world's context, or its main world's) and ends with it,
+/// and when dropped.
 pub struct ArmedWait {
     found: oneshot::Receiver<Result<Found, CdpFailure>>,
+    renewals: watch::Receiver<u32>,
     task: JoinHandle<()>,
 }
 
 impl ArmedWait {
-    /// Starts watching `page` for the first of `wanted`.
-    pub fn arm(page: &Page, wanted: &[Wanted<'_>]) -> ArmedWait {
+    /// Starts watching the document `page` shows now for the first of `wanted`; `None`
+    /// when the page has no document to watch yet (no known JavaScript context).
+    pub async fn arm(page: &Page, wanted: &[Wanted<'_>]) -> Option<ArmedWait> {
+        ArmedWait::arm_for(page, wanted, ARMED_FOR).await
+    }
+
+    /// [`ArmedWait::arm`] with the page's observer renewed every `period`.
+    pub async fn arm_for(
+        page: &Page,
+        wanted: &[Wanted<'_>],
+        period: Duration,
+    ) -> Option<ArmedWait> {
+        let world = match page.secondary_execution_context().await {
+            Ok(Some(world)) => world,
+            _ => page.execution_context().await.ok().flatten()?,
+        };
         let (tx, found) = oneshot::channel();
+        let (renewed, renewals) = watch::channel(0);
         let page = page.clone();
         let list = wanted_list(wanted);
         let task = tokio::spawn(async move {
             loop {
-                let outcome = wait_for_listed(&page, &list, ARMED_FOR).await;
+                let outcome = wait_in_world(&page, world, &list, period).await;
                 let renew = matches!(outcome, Ok(Found { index: None, .. })) && !tx.is_closed();
                 if !renew {
                     let _ = tx.send(outcome);
                     return;
                 }
+                renewed.send_modify(|n| *n += 1);
             }
         });
-        ArmedWait { found, task }
+        Some(ArmedWait {
+            found,
+            renewals,
+            task,
+        })
+    }
+
+    /// How many times the page's observer has been renewed (it changes at each renewal).
+    pub fn renewals(&self) -> watch::Receiver<u32> {
+        self.renewals.clone()
     }
 
     /// True while it still watches: nothing was found and the page's document is the one

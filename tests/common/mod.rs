@@ -11,6 +11,7 @@ use poed::client::Client;
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 
+pub mod chromium;
 pub mod procs;
 
 /// Upper bound for any single end-to-end test step that waits on the browser.

@@ -350,7 +350,7 @@ impl Driver {
                 if !focused {
                     return Err(self.not_logged_in());
                 }
-                tab.armed = Some(ArmedWait::arm(&tab.page, &self.send_wanted()));
+                tab.armed = ArmedWait::arm(&tab.page, &self.send_wanted()).await;
                 tab.warm_for = Some(target.warm());
                 debug!(tab = tab.id, ?target, "chat ready");
                 Ok(())
@@ -389,7 +389,7 @@ impl Driver {
             .await
             .map_err(|e| browser_error("focusing the prompt box", e))?;
         if focused {
-            tab.armed = Some(ArmedWait::arm(&tab.page, &self.send_wanted()));
+            tab.armed = ArmedWait::arm(&tab.page, &self.send_wanted()).await;
             tab.warm_for = Some(Warm::Chat(code.to_owned()));
         }
         Ok(focused)
