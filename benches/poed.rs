@@ -513,15 +513,16 @@ async fn bench(runs: usize) {
         }
     }
     let _ = daemon.stop().await;
+    let single = [
+        &submit,
+        &relay_first,
+        &relay_between,
+        &relay_last,
+        &ttft,
+        &total,
+    ];
     if quick {
-        for s in [
-            &submit,
-            &relay_first,
-            &relay_between,
-            &relay_last,
-            &ttft,
-            &total,
-        ] {
+        for s in single {
             println!("{}", s.row(""));
         }
         for (n, med, p90, tput) in &conc_rows {
@@ -590,13 +591,7 @@ async fn bench(runs: usize) {
     println!("## poed benchmark ({runs} runs; the double streams a short reply in ~5 frames, 20 ms apart)\n");
     println!("| measure | n | median ms | p90 ms | min ms | max ms |");
     println!("|---|---|---|---|---|---|");
-    for s in [
-        &submit,
-        &relay_first,
-        &relay_between,
-        &relay_last,
-        &ttft,
-        &total,
+    for s in single.into_iter().chain([
         &seq_default,
         &seq_paced,
         &b_submit,
@@ -605,7 +600,7 @@ async fn bench(runs: usize) {
         &a_submit,
         &a_ttft,
         &a_total,
-    ] {
+    ]) {
         println!("{}", s.row(""));
     }
     println!("\n| conversations (2025 double), time to first token | n | median ms | p90 ms | min ms | max ms |");

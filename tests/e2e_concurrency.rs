@@ -88,10 +88,10 @@ async fn three_parallel_answers_are_correct_and_not_mixed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tab_loads_its_next_page_only_once_the_other_replies_have_ended() {
+/// Two warm tabs whose page load after a reply may wait for other replies as long as they
+/// take (10 minutes): only their end, or a request waiting for a tab, starts the load.
+async fn two_tabs_waiting_long_to_refresh() -> (Double, Daemon) {
     let double = double(20).await;
-    // A long limit, so that only the other reply's end can start the load.
     let daemon = Daemon::start_with_config(
         &double.base_url(),
         "[pool]\nrefresh_wait_ms = 600000\n",
@@ -99,6 +99,12 @@ async fn a_tab_loads_its_next_page_only_once_the_other_replies_have_ended() {
     )
     .await;
     daemon.wait_warm(2).await;
+    (double, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_loads_its_next_page_only_once_the_other_replies_have_ended() {
+    let (double, daemon) = two_tabs_waiting_long_to_refresh().await;
     let client = daemon.client().await;
     let (short, long) = ("short one", "[[long]] one");
     let a = client.complete(ask(short)).await.expect("send");
@@ -132,14 +138,7 @@ async fn a_tab_loads_its_next_page_only_once_the_other_replies_have_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_for_a_tab_does_not_wait_for_other_replies_to_end() {
-    let double = double(20).await;
-    let daemon = Daemon::start_with_config(
-        &double.base_url(),
-        "[pool]\nrefresh_wait_ms = 600000\n",
-        &["--tabs", "2"],
-    )
-    .await;
-    daemon.wait_warm(2).await;
+    let (double, daemon) = two_tabs_waiting_long_to_refresh().await;
     let client = daemon.client().await;
     // One reply that never ends, one that does; then a request that needs the second tab.
     let stalled = client
