@@ -145,6 +145,7 @@ async fn a_request_waiting_for_a_tab_does_not_wait_for_other_replies_to_end() {
         .complete(ask("[[stall]] keeps a tab"))
         .await
         .expect("send");
+    double.wait_for_chats(1, STEP).await;
     let (_, text) = collect(client.complete(ask("first")).await.expect("send")).await;
     assert_eq!(text, expected_reply("GPT-3.5-Turbo", "first"));
     let (events, text) = within(
