@@ -130,7 +130,7 @@ pub async fn wait_for_first(
     wanted: &[Wanted<'_>],
     timeout: Duration,
 ) -> Result<Found, CdpFailure> {
-    wait_for_listed(page, &wanted_list(wanted), timeout).await
+    wait_for_listed(page, None, &wanted_list(wanted), timeout).await
 }
 
 fn wanted_list(wanted: &[Wanted<'_>]) -> Value {
@@ -140,27 +140,22 @@ fn wanted_list(wanted: &[Wanted<'_>]) -> Value {
         .collect()
 }
 
+/// [`wait_for_first`] of a prepared list, in the JavaScript context `world` if given (then
+/// an error once that context is gone, its document replaced, never another document's
+/// answer), else as [`eval`] picks it.
 async fn wait_for_listed(
     page: &Page,
+    world: Option<ExecutionContextId>,
     list: &Value,
     timeout: Duration,
 ) -> Result<Found, CdpFailure> {
     let expr = format!("{WAIT_JS}({list}, {})", timeout.as_millis());
     // The page answers by itself at `timeout`; allow for a slow round trip on top.
-    let value = eval(page, expr, timeout + Duration::from_secs(5)).await?;
-    serde_json::from_value(value).map_err(|e| CdpFailure::Script(e.to_string()))
-}
-
-/// [`wait_for_listed`] in the JavaScript context `world` only: an error once that context
-/// is gone (its document replaced), never another document's answer.
-async fn wait_in_world(
-    page: &Page,
-    world: ExecutionContextId,
-    list: &Value,
-    timeout: Duration,
-) -> Result<Found, CdpFailure> {
-    let expr = format!("{WAIT_JS}({list}, {})", timeout.as_millis());
-    let value = evaluate(page, expr, Some(world), timeout + Duration::from_secs(5)).await?;
+    let limit = timeout + Duration::from_secs(5);
+    let value = match world {
+        Some(world) => evaluate(page, expr, Some(world), limit).await?,
+        None => eval(page, expr, limit).await?,
+    };
     serde_json::from_value(value).map_err(|e| CdpFailure::Script(e.to_string()))
 }
 
@@ -206,7 +201,7 @@ impl ArmedWait {
         let list = wanted_list(wanted);
         let task = tokio::spawn(async move {
             loop {
-                let outcome = wait_in_world(&page, world, &list, period).await;
+                let outcome = wait_for_listed(&page, Some(world), &list, period).await;
                 let renew = matches!(outcome, Ok(Found { index: None, .. })) && !tx.is_closed();
                 if !renew {
                     let _ = tx.send(outcome);

@@ -906,7 +906,6 @@ const DOCUMENT_LIMIT: Duration = Duration::from_secs(2);
 
 type Documents = tokio::sync::watch::Receiver<Option<crate::browser::tab::DocumentResponse>>;
 
-/// Whether two URLs name the same page (fragment and trailing slash aside).
 /// Enters `prompt` and waits (up to `limit`) for the first of `wanted`. The text and the
 /// wait go out together, one round trip: the wait watches the page, so it sees the button
 /// the text's input enables whichever the page handles first. With a wait `armed` ahead,
@@ -953,6 +952,7 @@ async fn enter_text(
     (Some(entered), send)
 }
 
+/// Whether two URLs name the same page (fragment and trailing slash aside).
 fn same_page(a: &str, b: &str) -> bool {
     let strip = |u: &str| {
         u.split('#')
