@@ -178,6 +178,34 @@ async fn a_prompt_box_that_lost_its_focus_still_takes_the_prompt_once() {
     );
 }
 
+/// The mouse pointer goes onto the send button when a page gets ready, before any request,
+/// as a hand waits by a button: each press then finds it there (the press changes no hover
+/// state, and the pointer never appears on the button out of nowhere). The page a tab opens
+/// after a reply gets it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pointer_waits_on_the_send_button_before_each_press() {
+    let double = fast_double().await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    let client = daemon.client().await;
+    let prompts = ["a first question", "a second question"];
+    for (i, prompt) in prompts.into_iter().enumerate() {
+        daemon.wait_warm(1).await;
+        assert_eq!(
+            double.pointer_moves(i + 1, STEP).await,
+            i + 1,
+            "the ready page's pointer was moved onto its send button before request {i}\n{}",
+            daemon.log()
+        );
+        answered_in_full(&daemon, &client, prompt).await;
+    }
+    assert_eq!(
+        double.presses(),
+        [true, true],
+        "each press found the pointer on the button already\n{}",
+        daemon.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_reply_exits_cleanly_within_the_grace_period() {
     let double = fast_double().await;

@@ -5,7 +5,7 @@
 //! trip, no polling), in the page's isolated world, out of the page scripts' sight and reach;
 //! a wait can be armed ahead of the input meant to satisfy it ([`ArmedWait`]). Text goes in
 //! with `Input.insertText`; clicks are real (trusted) mouse press and release events at the
-//! element's centre. Everything is bounded by our own timeouts.
+//! element's centre, and the pointer can be moved onto an element ahead of its click. Everything is bounded by our own timeouts.
 
 use std::time::Duration;
 
@@ -291,6 +291,44 @@ pub async fn click_at(page: &Page, x: f64, y: f64, limit: Duration) -> Result<()
     pressed.map_err(|e| CdpFailure::Command(e.to_string()))?;
     released.map_err(|e| CdpFailure::Command(e.to_string()))?;
     Ok(())
+}
+
+const CENTRE_JS: &str = r#"((selector) => {
+  const el = document.querySelector(selector);
+  if (!el) return null;
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) return null;
+  return {x: r.left + r.width / 2, y: r.top + r.height / 2};
+})"#;
+
+/// Moves the mouse pointer onto the centre of the element matching `selector`, as a hand
+/// goes to a button before pressing it. False when no such element is shown (nothing moves).
+pub async fn hover(page: &Page, selector: &str, limit: Duration) -> Result<bool, CdpFailure> {
+    let expr = format!("{CENTRE_JS}({})", Value::String(selector.to_owned()));
+    let Some(Point { x, y }) =
+        serde_json::from_value::<Option<Point>>(eval(page, expr, limit).await?)
+            .map_err(|e| CdpFailure::Script(e.to_string()))?
+    else {
+        return Ok(false);
+    };
+    let moved = DispatchMouseEventParams::builder()
+        .r#type(DispatchMouseEventType::MouseMoved)
+        .x(x)
+        .y(y)
+        .build()
+        .map_err(CdpFailure::Command)?;
+    tokio::time::timeout(limit, page.execute(moved))
+        .await
+        .map_err(|_| CdpFailure::Timeout(limit))?
+        .map_err(|e| CdpFailure::Command(e.to_string()))?;
+    Ok(true)
+}
+
+/// A point in the page's viewport, in CSS pixels.
+#[derive(Debug, Deserialize)]
+struct Point {
+    x: f64,
+    y: f64,
 }
 
 /// Navigates and waits for the `load` event.

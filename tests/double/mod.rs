@@ -460,6 +460,19 @@ impl Double {
         self.shared.lock().blurred - before
     }
 
+    /// Waits until `n` pages said their mouse pointer came onto their send button by a
+    /// move (bounded by `timeout`); returns how many did.
+    pub async fn pointer_moves(&self, n: usize, timeout: Duration) -> usize {
+        self.wait_until(timeout, |s| s.pointer_moves >= n).await;
+        self.shared.lock().pointer_moves
+    }
+
+    /// Each press of a send button so far, in order: whether the pointer had come onto the
+    /// button by a move before the press (false: it appeared there with the press).
+    pub fn presses(&self) -> Vec<bool> {
+        self.shared.lock().presses.clone()
+    }
+
     async fn wait_until(&self, timeout: Duration, cond: impl Fn(&ServerState) -> bool) -> bool {
         let mut changed = self.shared.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -550,6 +563,10 @@ struct ServerState {
     /// off their prompt box.
     noise_sockets: usize,
     blurred: usize,
+    /// Pages whose mouse pointer came onto their send button by a move, and for each press
+    /// of a send button whether the pointer had come onto it before (by a move).
+    pointer_moves: usize,
+    presses: Vec<bool>,
     /// Server-side state of each chat, by chat id (`ChatRecord::chat_id`).
     chats: HashMap<String, Chat>,
     /// 2025: chat id of each chat code.
@@ -1047,7 +1064,8 @@ fn is_ping(text: &str) -> bool {
 
 /// The page's second socket: heartbeats, a non-JSON text and a binary frame, never an update.
 /// For [`Double::blur_prompt_boxes`] it also tells the page to move the focus off its prompt
-/// box, and hears the page say it did.
+/// box, and hears the page say it did; it hears where the mouse pointer was when the send
+/// button was pressed ([`Double::presses`]).
 async fn noise_socket(AxumState(shared): St, ws: WebSocketUpgrade) -> Response {
     let mut shutdown = shared.shutdown.subscribe();
     let mut blur = shared.blur.subscribe();
@@ -1079,9 +1097,13 @@ async fn noise_socket(AxumState(shared): St, ws: WebSocketUpgrade) -> Response {
                     }
                 }
                 incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Text(t))) if t.as_str() == "blurred" => {
-                        shared.update(|s| s.blurred += 1);
-                    }
+                    Some(Ok(Message::Text(t))) => match t.as_str() {
+                        "blurred" => shared.update(|s| s.blurred += 1),
+                        "pointer-on-send" => shared.update(|s| s.pointer_moves += 1),
+                        "pressed-after-move" => shared.update(|s| s.presses.push(true)),
+                        "pressed-without-move" => shared.update(|s| s.presses.push(false)),
+                        _ => {}
+                    },
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(_)) => {}
                 },

@@ -351,6 +351,7 @@ impl Driver {
                     return Err(self.not_logged_in());
                 }
                 tab.armed = ArmedWait::arm(&tab.page, &self.send_wanted()).await;
+                self.point_at_send(tab).await;
                 tab.warm_for = Some(target.warm());
                 debug!(tab = tab.id, ?target, "chat ready");
                 Ok(())
@@ -390,9 +391,25 @@ impl Driver {
             .map_err(|e| browser_error("focusing the prompt box", e))?;
         if focused {
             tab.armed = ArmedWait::arm(&tab.page, &self.send_wanted()).await;
+            self.point_at_send(tab).await;
             tab.warm_for = Some(Warm::Chat(code.to_owned()));
         }
         Ok(focused)
+    }
+
+    /// Puts the mouse pointer on the send button ahead of the request, where a user's hand
+    /// would wait: the click then finds the pointer there already, so pressing it changes no
+    /// hover state (the page's hover handlers and a style pass would otherwise run inside
+    /// the click, before the send's first answer is read), and the pointer comes to the
+    /// button by a move rather than appearing on it. A page without a shown send button
+    /// yet is left alone: the click then goes where the button turns up.
+    async fn point_at_send(&self, tab: &Tab) {
+        match cdp::hover(&tab.page, &self.site.selectors.send_button, COMMAND_LIMIT).await {
+            Ok(moved) => trace!(tab = tab.id, moved, "pointer on the send button"),
+            Err(e) => {
+                debug!(tab = tab.id, error = %e, "could not move the pointer to the send button")
+            }
+        }
     }
 
     /// What the send waits for: the send button enabled, or the daily-limit notice.
