@@ -153,18 +153,30 @@ const TRAFFIC_CRATES: &[&str] = &[
     "reqwest",
 ];
 
+/// Without `-v`, chromiumoxide's connection handler logs errors only. It warns of every
+/// DevTools message its types cannot read, and Chromium 156 sends one for each request a
+/// page makes (`Network.requestWillBeSentExtraInfo`, which poed does not use): a warning
+/// per request in an ordinary log. `-v` shows them, for when a message poed needs stops
+/// being read.
+const UNREAD_MESSAGES_QUIET: &str = "chromiumoxide::handler=error";
+
 /// The filter for `-v` counted `verbose` times: poed's own lines at info, debug (`-v`) or
 /// trace (`-vv`, the only level that may show prompts and replies), other crates one step
-/// quieter, and the traffic crates capped at `warn`.
+/// quieter, and the traffic crates capped at `warn` (see [`UNREAD_MESSAGES_QUIET`]).
 fn default_filter(verbose: u8) -> String {
     let base = match verbose {
         0 => "warn,poed=info",
         1 => "info,poed=debug",
         _ => "debug,poed=trace",
     };
-    TRAFFIC_CRATES
+    let capped = TRAFFIC_CRATES
         .iter()
-        .fold(base.to_owned(), |f, krate| format!("{f},{krate}=warn"))
+        .fold(base.to_owned(), |f, krate| format!("{f},{krate}=warn"));
+    if verbose == 0 {
+        format!("{capped},{UNREAD_MESSAGES_QUIET}")
+    } else {
+        capped
+    }
 }
 
 /// Logs to stderr, every line scrubbed of the configuration's secrets (see `poed::redact`).
@@ -269,5 +281,48 @@ mod tests {
         }
         assert!(default_filter(0).contains("poed=info"));
         assert!(default_filter(2).contains("poed=trace"));
+    }
+
+    /// What a subscriber with the filter for `verbose` writes of a few lines.
+    fn logged(verbose: u8, lines: impl FnOnce()) -> String {
+        #[derive(Clone)]
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .map_err(|_| std::io::ErrorKind::Other)?
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink(Default::default());
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(default_filter(verbose)))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, lines);
+        let bytes = sink.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn unread_devtools_messages_are_left_out_of_the_default_log_only() {
+        let lines = || {
+            tracing::warn!(target: "chromiumoxide::handler", "WS Invalid message: extra info");
+            tracing::error!(target: "chromiumoxide::handler", "WS Connection error: gone");
+            tracing::warn!(target: "chromiumoxide::conn", "another warning");
+        };
+        let quiet = logged(0, lines);
+        assert!(!quiet.contains("WS Invalid message"), "{quiet}");
+        assert!(quiet.contains("WS Connection error"), "{quiet}");
+        assert!(quiet.contains("another warning"), "{quiet}");
+        let verbose = logged(1, lines);
+        assert!(verbose.contains("WS Invalid message"), "{verbose}");
     }
 }
