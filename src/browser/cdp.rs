@@ -5,7 +5,8 @@
 //! trip, no polling), in the page's isolated world, out of the page scripts' sight and reach;
 //! a wait can be armed ahead of the input meant to satisfy it ([`ArmedWait`]). Text goes in
 //! with `Input.insertText`; clicks are real (trusted) mouse press and release events at the
-//! element's centre, and the pointer can be moved onto an element ahead of its click. Everything is bounded by our own timeouts.
+//! element's centre, and the pointer can be moved onto an element ahead of its click.
+//! Everything is bounded by our own timeouts.
 
 use std::time::Duration;
 
