@@ -350,8 +350,7 @@ impl Driver {
                 if !focused {
                     return Err(self.not_logged_in());
                 }
-                tab.armed = ArmedWait::arm(&tab.page, &self.send_wanted()).await;
-                self.point_at_send(tab).await;
+                self.ready_to_send(tab).await;
                 tab.warm_for = Some(target.warm());
                 debug!(tab = tab.id, ?target, "chat ready");
                 Ok(())
@@ -390,20 +389,21 @@ impl Driver {
             .await
             .map_err(|e| browser_error("focusing the prompt box", e))?;
         if focused {
-            tab.armed = ArmedWait::arm(&tab.page, &self.send_wanted()).await;
-            self.point_at_send(tab).await;
+            self.ready_to_send(tab).await;
             tab.warm_for = Some(Warm::Chat(code.to_owned()));
         }
         Ok(focused)
     }
 
-    /// Puts the mouse pointer on the send button ahead of the request, where a user's hand
-    /// would wait: the click then finds the pointer there already, so pressing it changes no
-    /// hover state (the page's hover handlers and a style pass would otherwise run inside
-    /// the click, before the send's first answer is read), and the pointer comes to the
-    /// button by a move rather than appearing on it. A page without a shown send button
-    /// yet is left alone: the click then goes where the button turns up.
-    async fn point_at_send(&self, tab: &Tab) {
+    /// What a page with its prompt box focused gets before the request, off its time: the
+    /// wait for the send button armed, and the mouse pointer on the send button, where a
+    /// user's hand would wait. The click then finds the pointer there already, so pressing
+    /// it changes no hover state (the page's hover handlers and a style pass would otherwise
+    /// run inside the click, before the send's first answer is read), and the pointer comes
+    /// to the button by a move rather than appearing on it. A page without a shown send
+    /// button yet keeps its pointer: the click then goes where the button turns up.
+    async fn ready_to_send(&self, tab: &mut Tab) {
+        tab.armed = ArmedWait::arm(&tab.page, &self.send_wanted()).await;
         match cdp::hover(&tab.page, &self.site.selectors.send_button, COMMAND_LIMIT).await {
             Ok(moved) => trace!(tab = tab.id, moved, "pointer on the send button"),
             Err(e) => {
