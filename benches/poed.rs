@@ -9,16 +9,19 @@
 //! - time to first token and total time for a short reply;
 //! - 1, 3 and 8 concurrent clients on a 3-tab pool;
 //! - poed's RSS and Chromium's total memory, idle and under load;
+//! - the DevTools floor: poed's own steps for a request taken straight from the benchmark
+//!   on a page of the double (no daemon, no IPC), for what Chromium alone takes;
 //! - baseline (a): a new browser per request; baseline (b): one browser, a new page per
 //!   request with the `window.WebSocket` wrapper injected and the page polled every 100 ms.
 //!
 //! For finding where the time goes: `POED_BENCH_QUICK=1` measures only the single-request
-//! rows and 1 and 3 concurrent clients (seconds instead of minutes); `POED_BENCH_TRACE=FILE`
+//! rows (the floor's included) and 1 and 3 concurrent clients (seconds instead of minutes); `POED_BENCH_TRACE=FILE`
 //! runs poed with `poed=trace` logging (the DevTools messages included), prints each run's
 //! wall-clock times to stderr and copies the daemon's log to FILE. `POED_BENCH_CONFIG=TOML`
 //! gives poed a configuration to try (e.g. Chromium flags), in either mode, and
 //! `POED_BENCH_POED=PATH` another build of poed to measure: for comparisons in turns.
-//! `POED_BENCH_CHUNK_MS` sets the double's time between a reply's frames (20 ms).
+//! `POED_BENCH_CHUNK_MS` sets the double's time between a reply's frames (20 ms), and
+//! `POED_BENCH_FLOOR_IDLE_MS` how long the floor's page waits before each request (300 ms).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -292,6 +295,143 @@ async fn launch_browser(profile: &std::path::Path) -> (Browser, tokio::task::Joi
     (browser, task)
 }
 
+/// The DevTools floor under poed's figures: poed's own steps for one request (the wait for
+/// the send button armed ahead, the pointer resting on the button, the prompt's text, the
+/// click), taken straight from the benchmark with poed's DevTools helpers, on a page of the
+/// double in its own window of a Chromium launched with poed's flags, read over
+/// chromiumoxide's own connection: no daemon, no pipe bridge, no IPC, no client. The reply's
+/// frames are timed as their `Network.webSocketFrameReceived` events reach this process.
+/// What poed's rows take beyond these is poed's.
+struct Floor {
+    submit: Series,
+    relay_first: Series,
+    relay_between: Series,
+    relay_last: Series,
+}
+
+async fn cdp_floor(double: &double::Double, bot_url: &str, runs: usize) -> Floor {
+    use chromiumoxide::cdp::browser_protocol::network::EventWebSocketFrameReceived;
+    use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
+    use poed::browser::cdp::{self, ArmedWait, Wanted};
+    use poed::site::poe::frames::{parse_frame, Update};
+
+    let limit = Duration::from_secs(10);
+    let idle = Duration::from_millis(
+        std::env::var("POED_BENCH_FLOOR_IDLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    let sel = poed::config::Selectors::default();
+    let mut floor = Floor {
+        submit: Series::new("DevTools floor (no daemon): submit latency"),
+        relay_first: Series::new("DevTools floor: relay, first frame (double write -> event)"),
+        relay_between: Series::new("DevTools floor: relay, frames in between"),
+        relay_last: Series::new("DevTools floor: relay, last frame"),
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let (browser, handler) = launch_browser(dir.path()).await;
+    let params = CreateTargetParams::builder()
+        .url("about:blank")
+        .new_window(true)
+        .build()
+        .expect("target params");
+    let page = browser.new_page(params).await.expect("page");
+    let send = [Wanted {
+        selector: &sel.send_button,
+        enabled: true,
+    }];
+    let prompt_box = [Wanted {
+        selector: &sel.prompt_box,
+        enabled: false,
+    }];
+    // One more than measured: the first page of a new browser is slower than the others.
+    for i in 0..=runs {
+        // A fresh chat made ready as poed makes its warm tabs ready, off the clock.
+        cdp::goto(&page, bot_url, limit).await.expect("goto");
+        let found = cdp::wait_for_first(&page, &prompt_box, limit).await;
+        assert_eq!(found.ok().and_then(|f| f.index), Some(0), "prompt box");
+        assert!(cdp::focus(&page, &sel.prompt_box, limit)
+            .await
+            .expect("focus"));
+        let armed = ArmedWait::arm(&page, &send).await.expect("armed wait");
+        cdp::hover(&page, &sel.send_button, limit)
+            .await
+            .expect("hover");
+        let mut frames = page
+            .event_listener::<EventWebSocketFrameReceived>()
+            .await
+            .expect("frame events");
+        let before = double.chats().len();
+        // A request finds its tab waiting, and a page that has just been worked on takes its
+        // input 2-3 ms sooner than one that has waited 100 ms or more (measured): so the floor
+        // waits too, as long as a tab of poed's waits between the benchmark's requests.
+        tokio::time::sleep(idle).await;
+
+        let prompt = format!("{SHORT_PROMPT} f{i}");
+        let sent = Instant::now();
+        let text = cdp::insert_text(&page, &prompt, limit);
+        let (entered, button) = futures::join!(text, armed.found(limit));
+        entered.expect("text");
+        let button = button.expect("send button");
+        assert_eq!(button.index, Some(0), "send button enabled");
+        // The click's answer comes after the page's handlers: read the frames meanwhile.
+        let click = cdp::click_at(&page, button.x, button.y, limit);
+        let read = async {
+            let mut bot_frames = Vec::new();
+            while let Some(event) = frames.next().await {
+                let at = Instant::now();
+                let mut ended = false;
+                for update in parse_frame(&event.response.payload_data) {
+                    if let Update::Message(m) = update {
+                        if !m.human && !m.chat_break && !m.text.is_empty() {
+                            bot_frames.push(at);
+                            ended |= m.state != "incomplete";
+                        }
+                    }
+                }
+                if ended {
+                    break;
+                }
+            }
+            bot_frames
+        };
+        let (clicked, bot_frames) =
+            tokio::time::timeout(limit, async { futures::join!(click, read) })
+                .await
+                .expect("the floor's reply in time");
+        clicked.expect("click");
+        if i == 0 {
+            continue;
+        }
+        let chats = double.chats();
+        let chat = &chats[before];
+        floor
+            .submit
+            .values
+            .push(ms(chat.received_at.duration_since(sent)));
+        if bot_frames.len() == chat.frame_times.len() && bot_frames.len() >= 3 {
+            let relay: Vec<f64> = bot_frames
+                .iter()
+                .zip(&chat.frame_times)
+                .map(|(got, wrote)| ms(got.duration_since(*wrote)))
+                .collect();
+            floor.relay_first.values.push(relay[0]);
+            floor
+                .relay_between
+                .values
+                .extend_from_slice(&relay[1..relay.len() - 1]);
+            floor.relay_last.values.push(relay[relay.len() - 1]);
+        }
+    }
+    drop(page);
+    let mut browser = browser;
+    let _ = browser.close().await;
+    let _ = browser.wait().await;
+    handler.abort();
+    floor
+}
+
 // ---------------------------------------------------------------------------------------
 
 fn main() {
@@ -513,6 +653,8 @@ async fn bench(runs: usize) {
         }
     }
     let _ = daemon.stop().await;
+    let bot_url = format!("{url}/GPT-3.5-Turbo");
+    let floor = cdp_floor(&double, &bot_url, runs).await;
     let single = [
         &submit,
         &relay_first,
@@ -520,6 +662,10 @@ async fn bench(runs: usize) {
         &relay_last,
         &ttft,
         &total,
+        &floor.submit,
+        &floor.relay_first,
+        &floor.relay_between,
+        &floor.relay_last,
     ];
     if quick {
         for s in single {
@@ -536,7 +682,6 @@ async fn bench(runs: usize) {
     }
 
     // Baselines on the same Chromium and double.
-    let bot_url = format!("{url}/GPT-3.5-Turbo");
     let mut b_total = Series::new("baseline (b) injected wrapper + 100 ms polling: total");
     let mut b_ttft = Series::new("baseline (b): time to first token");
     let mut b_submit = Series::new("baseline (b): submit latency");
