@@ -269,6 +269,10 @@ impl Engine {
                 }
                 None => (request, None),
             };
+            // The reply's last text is on its way to the client already: let the task that
+            // writes it run before this one blocks its thread for the record (a task woken from
+            // here waits for this one to yield, and the record takes a few hundred µs).
+            tokio::task::yield_now().await;
             engine
                 .history
                 .record(&request, resolved, &result, placement)
