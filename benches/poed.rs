@@ -301,61 +301,88 @@ async fn launch_browser(profile: &std::path::Path) -> (Browser, tokio::task::Joi
 /// double in its own window of a Chromium launched with poed's flags, read over
 /// chromiumoxide's own connection: no daemon, no pipe bridge, no IPC, no client. The reply's
 /// frames are timed as their `Network.webSocketFrameReceived` events reach this process.
-/// What poed's rows take beyond these is poed's.
+/// Its requests take turns with poed's, so both meet the machine in the same state: what
+/// poed's rows take beyond these is poed's.
 struct Floor {
+    browser: Browser,
+    handler: tokio::task::JoinHandle<()>,
+    page: chromiumoxide::Page,
+    _profile: tempfile::TempDir,
+    /// How long a fresh chat waits before its request, as poed's warm tabs wait.
+    idle: Duration,
     submit: Series,
     relay_first: Series,
     relay_between: Series,
     relay_last: Series,
 }
 
-async fn cdp_floor(double: &double::Double, bot_url: &str, runs: usize) -> Floor {
-    use chromiumoxide::cdp::browser_protocol::network::EventWebSocketFrameReceived;
-    use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
-    use poed::browser::cdp::{self, ArmedWait, Wanted};
-    use poed::site::poe::frames::{parse_frame, Update};
+const FLOOR_LIMIT: Duration = Duration::from_secs(10);
 
-    let limit = Duration::from_secs(10);
-    let idle = Duration::from_millis(
-        std::env::var("POED_BENCH_FLOOR_IDLE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(300),
-    );
-    let sel = poed::config::Selectors::default();
-    let mut floor = Floor {
-        submit: Series::new("DevTools floor (no daemon): submit latency"),
-        relay_first: Series::new("DevTools floor: relay, first frame (double write -> event)"),
-        relay_between: Series::new("DevTools floor: relay, frames in between"),
-        relay_last: Series::new("DevTools floor: relay, last frame"),
-    };
-    let dir = tempfile::tempdir().expect("tmp");
-    let (browser, handler) = launch_browser(dir.path()).await;
-    let params = CreateTargetParams::builder()
-        .url("about:blank")
-        .new_window(true)
-        .build()
-        .expect("target params");
-    let page = browser.new_page(params).await.expect("page");
-    let send = [Wanted {
-        selector: &sel.send_button,
-        enabled: true,
-    }];
-    let prompt_box = [Wanted {
-        selector: &sel.prompt_box,
-        enabled: false,
-    }];
-    // One more than measured: the first page of a new browser is slower than the others.
-    for i in 0..=runs {
-        // A fresh chat made ready as poed makes its warm tabs ready, off the clock.
-        cdp::goto(&page, bot_url, limit).await.expect("goto");
-        let found = cdp::wait_for_first(&page, &prompt_box, limit).await;
+impl Floor {
+    /// Launches its Chromium and sends one request unmeasured (a new browser's first page
+    /// is slower than the others).
+    async fn start(double: &double::Double, bot_url: &str) -> Floor {
+        use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
+        let profile = tempfile::tempdir().expect("tmp");
+        let (browser, handler) = launch_browser(profile.path()).await;
+        let params = CreateTargetParams::builder()
+            .url("about:blank")
+            .new_window(true)
+            .build()
+            .expect("target params");
+        let page = browser.new_page(params).await.expect("page");
+        let idle = Duration::from_millis(
+            std::env::var("POED_BENCH_FLOOR_IDLE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300),
+        );
+        let mut floor = Floor {
+            browser,
+            handler,
+            page,
+            _profile: profile,
+            idle,
+            submit: Series::new("DevTools floor (no daemon): submit latency"),
+            relay_first: Series::new("DevTools floor: relay, first frame (double write -> event)"),
+            relay_between: Series::new("DevTools floor: relay, frames in between"),
+            relay_last: Series::new("DevTools floor: relay, last frame"),
+        };
+        floor.request(double, bot_url, "warm up", false).await;
+        floor
+    }
+
+    /// One request in a fresh chat, made ready off the clock as poed makes its warm tabs
+    /// ready; measured unless `measured` is false.
+    async fn request(
+        &mut self,
+        double: &double::Double,
+        bot_url: &str,
+        prompt: &str,
+        measured: bool,
+    ) {
+        use chromiumoxide::cdp::browser_protocol::network::EventWebSocketFrameReceived;
+        use poed::browser::cdp::{self, ArmedWait, Wanted};
+        use poed::site::poe::frames::{parse_frame, Update};
+
+        let (page, limit) = (&self.page, FLOOR_LIMIT);
+        let sel = poed::config::Selectors::default();
+        let send = [Wanted {
+            selector: &sel.send_button,
+            enabled: true,
+        }];
+        let prompt_box = [Wanted {
+            selector: &sel.prompt_box,
+            enabled: false,
+        }];
+        cdp::goto(page, bot_url, limit).await.expect("goto");
+        let found = cdp::wait_for_first(page, &prompt_box, limit).await;
         assert_eq!(found.ok().and_then(|f| f.index), Some(0), "prompt box");
-        assert!(cdp::focus(&page, &sel.prompt_box, limit)
+        assert!(cdp::focus(page, &sel.prompt_box, limit)
             .await
             .expect("focus"));
-        let armed = ArmedWait::arm(&page, &send).await.expect("armed wait");
-        cdp::hover(&page, &sel.send_button, limit)
+        let armed = ArmedWait::arm(page, &send).await.expect("armed wait");
+        cdp::hover(page, &sel.send_button, limit)
             .await
             .expect("hover");
         let mut frames = page
@@ -366,17 +393,16 @@ async fn cdp_floor(double: &double::Double, bot_url: &str, runs: usize) -> Floor
         // A request finds its tab waiting, and a page that has just been worked on takes its
         // input 2-3 ms sooner than one that has waited 100 ms or more (measured): so the floor
         // waits too, as long as a tab of poed's waits between the benchmark's requests.
-        tokio::time::sleep(idle).await;
+        tokio::time::sleep(self.idle).await;
 
-        let prompt = format!("{SHORT_PROMPT} f{i}");
         let sent = Instant::now();
-        let text = cdp::insert_text(&page, &prompt, limit);
+        let text = cdp::insert_text(page, prompt, limit);
         let (entered, button) = futures::join!(text, armed.found(limit));
         entered.expect("text");
         let button = button.expect("send button");
         assert_eq!(button.index, Some(0), "send button enabled");
         // The click's answer comes after the page's handlers: read the frames meanwhile.
-        let click = cdp::click_at(&page, button.x, button.y, limit);
+        let click = cdp::click_at(page, button.x, button.y, limit);
         let read = async {
             let mut bot_frames = Vec::new();
             while let Some(event) = frames.next().await {
@@ -401,13 +427,12 @@ async fn cdp_floor(double: &double::Double, bot_url: &str, runs: usize) -> Floor
                 .await
                 .expect("the floor's reply in time");
         clicked.expect("click");
-        if i == 0 {
-            continue;
+        if !measured {
+            return;
         }
         let chats = double.chats();
         let chat = &chats[before];
-        floor
-            .submit
+        self.submit
             .values
             .push(ms(chat.received_at.duration_since(sent)));
         if bot_frames.len() == chat.frame_times.len() && bot_frames.len() >= 3 {
@@ -416,20 +441,31 @@ async fn cdp_floor(double: &double::Double, bot_url: &str, runs: usize) -> Floor
                 .zip(&chat.frame_times)
                 .map(|(got, wrote)| ms(got.duration_since(*wrote)))
                 .collect();
-            floor.relay_first.values.push(relay[0]);
-            floor
-                .relay_between
+            self.relay_first.values.push(relay[0]);
+            self.relay_between
                 .values
                 .extend_from_slice(&relay[1..relay.len() - 1]);
-            floor.relay_last.values.push(relay[relay.len() - 1]);
+            self.relay_last.values.push(relay[relay.len() - 1]);
         }
     }
-    drop(page);
-    let mut browser = browser;
-    let _ = browser.close().await;
-    let _ = browser.wait().await;
-    handler.abort();
-    floor
+
+    async fn stop(self) -> [Series; 4] {
+        let Floor {
+            mut browser,
+            handler,
+            page,
+            submit,
+            relay_first,
+            relay_between,
+            relay_last,
+            ..
+        } = self;
+        drop(page);
+        let _ = browser.close().await;
+        let _ = browser.wait().await;
+        handler.abort();
+        [submit, relay_first, relay_between, relay_last]
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -511,6 +547,8 @@ async fn bench(runs: usize) {
     let mut relay_last = Series::new("relay latency, last frame (double write -> client done)");
     let mut ttft = Series::new("poed: time to first token, short reply");
     let mut total = Series::new("poed: total time, short reply");
+    let bot_url = format!("{url}/GPT-3.5-Turbo");
+    let mut floor = Floor::start(&double, &bot_url).await;
     for i in 0..runs {
         let before = double.chats().len();
         let (sent, texts, done) = timed_texts(&client, &format!("{SHORT_PROMPT} #{i}")).await;
@@ -548,8 +586,12 @@ async fn bench(runs: usize) {
                 at(done)
             );
         }
+        floor
+            .request(&double, &bot_url, &format!("{SHORT_PROMPT} f{i}"), true)
+            .await;
         wait_warm(&client, 3).await;
     }
+    let floor = floor.stop().await;
 
     // Sequential requests 0.3 s apart, like a script calling `poectl ask` in a loop: with
     // the default settings, and with the old fixed pacing (1.5 s between sends) for contrast.
@@ -653,8 +695,6 @@ async fn bench(runs: usize) {
         }
     }
     let _ = daemon.stop().await;
-    let bot_url = format!("{url}/GPT-3.5-Turbo");
-    let floor = cdp_floor(&double, &bot_url, runs).await;
     let single = [
         &submit,
         &relay_first,
@@ -662,10 +702,10 @@ async fn bench(runs: usize) {
         &relay_last,
         &ttft,
         &total,
-        &floor.submit,
-        &floor.relay_first,
-        &floor.relay_between,
-        &floor.relay_last,
+        &floor[0],
+        &floor[1],
+        &floor[2],
+        &floor[3],
     ];
     if quick {
         for s in single {
