@@ -15,8 +15,8 @@
 //!   request with the `window.WebSocket` wrapper injected and the page polled every 100 ms.
 //!
 //! For finding where the time goes: `POED_BENCH_QUICK=1` measures only the single-request
-//! rows (the floor's included) and 1 and 3 concurrent clients (seconds instead of minutes); `POED_BENCH_TRACE=FILE`
-//! runs poed with `poed=trace` logging (the DevTools messages included), prints each run's
+//! rows (the floor's included) and 1 and 3 concurrent clients (seconds instead of minutes);
+//! `POED_BENCH_TRACE=FILE` runs poed with `poed=trace` logging (the DevTools messages included), prints each run's
 //! wall-clock times to stderr and copies the daemon's log to FILE. `POED_BENCH_CONFIG=TOML`
 //! gives poed a configuration to try (e.g. Chromium flags), in either mode, and
 //! `POED_BENCH_POED=PATH` another build of poed to measure: for comparisons in turns.
@@ -451,7 +451,7 @@ impl Floor {
 
     async fn stop(self) -> [Series; 4] {
         let Floor {
-            mut browser,
+            browser,
             handler,
             page,
             submit,
@@ -461,11 +461,16 @@ impl Floor {
             ..
         } = self;
         drop(page);
-        let _ = browser.close().await;
-        let _ = browser.wait().await;
-        handler.abort();
+        close_browser(browser, handler).await;
         [submit, relay_first, relay_between, relay_last]
     }
+}
+
+/// Closes a browser from [`launch_browser`] and waits for its process to end.
+async fn close_browser(mut browser: Browser, handler: tokio::task::JoinHandle<()>) {
+    let _ = browser.close().await;
+    let _ = browser.wait().await;
+    handler.abort();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -742,10 +747,7 @@ async fn bench(runs: usize) {
             }
             b_total.values.push(ms(done.duration_since(sent)));
         }
-        let mut browser = browser;
-        let _ = browser.close().await;
-        let _ = browser.wait().await;
-        handler.abort();
+        close_browser(browser, handler).await;
     }
     let mut a_total = Series::new("baseline (a) new browser per request: total");
     let mut a_ttft = Series::new("baseline (a): time to first token");
@@ -765,10 +767,7 @@ async fn bench(runs: usize) {
             a_ttft.values.push(ms(f.duration_since(sent)));
         }
         a_total.values.push(ms(done.duration_since(sent)));
-        let mut browser = browser;
-        let _ = browser.close().await;
-        let _ = browser.wait().await;
-        handler.abort();
+        close_browser(browser, handler).await;
     }
 
     let turns = conversations(runs).await;
