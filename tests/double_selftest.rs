@@ -1553,7 +1553,13 @@ async fn y2025_replies_in_flight_and_send_rate_are_limited() {
 #[tokio::test]
 async fn y2025_chats_continue_under_their_code_and_can_be_deleted() {
     within(async {
-        let d = Double::start(fast25()).await.unwrap();
+        // Each page gets only its own chat's frames here: the first page must stay silent.
+        let d = Double::start(DoubleOptions {
+            updates_to_all_pages: false,
+            ..fast25()
+        })
+        .await
+        .unwrap();
         let page = open25(&d, "/GPT-4o", &[]).await;
         let (mut ws, _) = connect25(&d, &page).await;
         let (edge, _, _) = send25(&d, &page, "gpt4_o", "first question", None).await;

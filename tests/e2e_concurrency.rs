@@ -88,6 +88,54 @@ async fn three_parallel_answers_are_correct_and_not_mixed() {
     );
 }
 
+/// On an account-wide update channel every page gets the frames of every chat (the
+/// double's `updates_to_all_pages`): each request still streams its own reply. The first
+/// bot thinks before its message appears, so the other two chats' echoes, replies and
+/// repeats reach its page in between, and every page sees the others' replies start while
+/// it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_of_other_chats_on_an_account_wide_channel_are_not_taken() {
+    let double = Double::start(DoubleOptions {
+        chunk_delay_ms: 40,
+        updates_to_all_pages: true,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double");
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "3"]).await;
+    daemon.wait_warm(3).await;
+    let client = daemon.client().await;
+    let prompts = [
+        "first question [[think]]",
+        "second question",
+        "third question",
+    ];
+    let mut replies = Vec::new();
+    for p in prompts {
+        replies.push(client.complete(ask(p)).await.expect("send"));
+    }
+    let results = futures::future::join_all(replies.into_iter().map(collect)).await;
+    for (prompt, (events, text)) in prompts.iter().zip(results) {
+        let expected = expected_reply("GPT-3.5-Turbo", prompt);
+        assert_eq!(text, expected, "streamed text of {prompt:?}");
+        assert!(
+            matches!(events.last(), Some(Event::Done { text, .. }) if *text == expected),
+            "{prompt:?} ended with {:?}",
+            events.last()
+        );
+    }
+    // A request sent while the others' late repeats still arrive takes its own reply too.
+    let (events, text) =
+        collect(client.complete(ask("fourth question")).await.expect("send")).await;
+    assert_eq!(text, expected_reply("GPT-3.5-Turbo", "fourth question"));
+    assert!(matches!(events.last(), Some(Event::Done { .. })));
+    let chats = double.chats();
+    assert_eq!(chats.len(), 4, "each prompt reached the site once");
+    // Each reply was told apart by its own send (its nonce), not by a guess.
+    let log = daemon.log();
+    assert!(!log.contains("send request was not seen"), "{log}");
+}
+
 /// Two warm tabs whose page load after a reply may wait for other replies as long as they
 /// take (10 minutes): only their end, or a request waiting for a tab, starts the load.
 async fn two_tabs_waiting_long_to_refresh() -> (Double, Daemon) {

@@ -178,6 +178,25 @@ async fn a_prompt_box_that_lost_its_focus_still_takes_the_prompt_once() {
     );
 }
 
+/// A page whose API requests poed does not see (`site.api_path_contains` no longer matching
+/// them, as after a change of the site) still gets its reply: the updates held for the send
+/// are taken without its nonce after a short wait, and the log says what to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_comes_even_when_the_pages_send_request_is_not_seen() {
+    let double = fast_double().await;
+    let config = "[site]\napi_path_contains = \"/no-such-api/\"\n";
+    let daemon = Daemon::start_with_config(&double.base_url(), config, &["--tabs", "1"]).await;
+    daemon.wait_warm(1).await;
+    let client = daemon.client().await;
+    answered_in_full(&daemon, &client, "a send nobody saw").await;
+    assert_eq!(double.chats().len(), 1, "sent once");
+    let log = daemon.log();
+    assert!(
+        log.contains("the page's send request was not seen; check site.api_path_contains"),
+        "{log}"
+    );
+}
+
 /// The mouse pointer goes onto the send button when a page gets ready, before any request,
 /// as a hand waits by a button: each press then finds it there (the press changes no hover
 /// state, and the pointer never appears on the button out of nowhere). The page a tab opens

@@ -28,7 +28,7 @@ use chromiumoxide::cdp::browser_protocol::log::DisableParams as LogDisableParams
 use chromiumoxide::cdp::browser_protocol::network::{
     EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
     EventWebSocketClosed, EventWebSocketCreated, EventWebSocketFrameReceived,
-    GetResponseBodyParams, ResourceType,
+    GetRequestPostDataParams, GetResponseBodyParams, ResourceType,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
     EventFrameNavigated, EventNavigatedWithinDocument,
@@ -55,6 +55,15 @@ pub struct HttpExchange {
     pub body: String,
 }
 
+/// An API request of the page as it goes out (its answer follows as [`TabSignal::Http`]).
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    pub url: String,
+    /// Request headers, names as sent.
+    pub request_headers: Vec<(String, String)>,
+    pub post_data: Option<String>,
+}
+
 /// The HTTP response that delivered the main frame's document (the last navigation's), or
 /// the browser's network error when none came.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +87,9 @@ pub type FrameObserver = Arc<dyn Fn(&str, f64) + Send + Sync>;
 pub enum TabSignal {
     /// The text of one frame of the update socket.
     Frame(String),
+    /// An API request of the page (URL filter from config) went out: e.g. the send, whose
+    /// body names the prompt's nonce before any frame about it can come.
+    Request(ApiRequest),
     /// A finished API request of the page (URL filter from config) with its response body.
     Http(HttpExchange),
     /// The update socket closed.
@@ -374,6 +386,8 @@ pub struct Watch {
 struct Pending {
     exchange: HttpExchange,
     seq: u64,
+    /// The request had a body the event left out (too large): it is read with the response.
+    body_left_out: bool,
 }
 
 fn headers_of(h: &chromiumoxide::cdp::browser_protocol::network::Headers) -> Vec<(String, String)> {
@@ -397,6 +411,42 @@ fn post_data_of(r: &chromiumoxide::cdp::browser_protocol::network::Request) -> O
     String::from_utf8(bytes).ok()
 }
 
+/// Reads a request's body that its event left out (Chromium leaves out large ones).
+async fn read_post_data(
+    page: &Page,
+    id: chromiumoxide::cdp::browser_protocol::network::RequestId,
+) -> Option<String> {
+    let got = tokio::time::timeout(BODY_LIMIT, page.execute(GetRequestPostDataParams::new(id)))
+        .await
+        .ok()?
+        .ok()?;
+    Some(got.result.post_data.clone())
+}
+
+/// Hands an API request that is going out to the subscribed request, once its body is read
+/// when its event left the body out.
+fn announce_request(
+    page: &Page,
+    relay: &Arc<Relay>,
+    id: chromiumoxide::cdp::browser_protocol::network::RequestId,
+    mut request: ApiRequest,
+    body_left_out: bool,
+) {
+    if !relay.has_subscriber() {
+        return;
+    }
+    if !body_left_out {
+        relay.send(TabSignal::Request(request));
+        return;
+    }
+    let page = page.clone();
+    let relay = relay.clone();
+    tokio::spawn(async move {
+        request.post_data = read_post_data(&page, id).await;
+        relay.send(TabSignal::Request(request));
+    });
+}
+
 /// Reads the body of a finished API response off the pump (frames keep flowing meanwhile)
 /// and hands the exchange to the subscribed request.
 fn fetch_body(
@@ -405,6 +455,7 @@ fn fetch_body(
     relay: &Arc<Relay>,
     id: chromiumoxide::cdp::browser_protocol::network::RequestId,
     mut exchange: HttpExchange,
+    body_left_out: bool,
 ) {
     if !relay.has_subscriber() {
         return;
@@ -412,6 +463,9 @@ fn fetch_body(
     let page = page.clone();
     let relay = relay.clone();
     tokio::spawn(async move {
+        if body_left_out {
+            exchange.post_data = read_post_data(&page, id.clone()).await;
+        }
         let got =
             tokio::time::timeout(BODY_LIMIT, page.execute(GetResponseBodyParams::new(id))).await;
         let Ok(Ok(body)) = got else {
@@ -509,10 +563,24 @@ async fn pump(
                     status: 0,
                     body: String::new(),
                 };
+                let body_left_out =
+                    exchange.post_data.is_none() && r.request.has_post_data == Some(true);
+                let request = ApiRequest {
+                    url: exchange.url.clone(),
+                    request_headers: exchange.request_headers.clone(),
+                    post_data: exchange.post_data.clone(),
+                };
+                announce_request(&page, &relay, r.request_id.clone(), request, body_left_out);
                 if finished_early.remove(r.request_id.inner()) {
-                    fetch_body(tab, &page, &relay, r.request_id.clone(), exchange);
+                    let id = r.request_id.clone();
+                    fetch_body(tab, &page, &relay, id, exchange, body_left_out);
                 } else {
-                    pending.insert(r.request_id.inner().clone(), Pending { exchange, seq });
+                    let p = Pending {
+                        exchange,
+                        seq,
+                        body_left_out,
+                    };
+                    pending.insert(r.request_id.inner().clone(), p);
                 }
             }
             Raw::Response(r) => {
@@ -549,7 +617,10 @@ async fn pump(
             Raw::Finished(f) => {
                 let id = f.request_id.inner().clone();
                 match pending.remove(&id) {
-                    Some(p) => fetch_body(tab, &page, &relay, f.request_id.clone(), p.exchange),
+                    Some(p) => {
+                        let id = f.request_id.clone();
+                        fetch_body(tab, &page, &relay, id, p.exchange, p.body_left_out)
+                    }
                     // The events of one request come on separate streams: its end may be
                     // seen before its start. Remember it for the start.
                     None => {

@@ -14,7 +14,8 @@
 //!   repeats of the final one, costs, follow-ups, title, `viewerStateUpdated` with points),
 //!   pings answered by pongs; points that each reply spends; chats that move the page to
 //!   `/chat/{chatCode}` and continue there; anonymous `p-b` cookies and a server-side set of
-//!   signed-in ones (signed out, a bot page redirects to `/login?redirect_url=...`); lost
+//!   signed-in ones (signed out, a bot page redirects to `/login?redirect_url=...`); every
+//!   page's update socket gets every chat's frames, as on an account-wide channel; lost
 //!   updates recovered by the page through a chat query; and an explore page listing bots.
 //!   Refusal triggers: `[[reached-limit]]`, `[[rate-limit-exceeded]]`, `[[concurrent]]`,
 //!   `[[too-many-tokens]]`, `[[no-access]]`, `[[refuse:STATUS]]`, and to test a retry
@@ -138,8 +139,9 @@ pub struct DoubleOptions {
     pub rate_limit: Option<RateLimit>,
     /// 2025: prompts longer than this (in chars) are refused with `too_many_tokens`.
     pub max_prompt_chars: Option<usize>,
-    /// 2025: every update socket gets the frames of every chat (as an account-wide channel
-    /// would), not only the socket of the page that sent.
+    /// 2025: every update socket gets the frames of every chat, as the site's account-wide
+    /// update channel may deliver them (the default: the harder reading), or (`false`) only
+    /// the socket of the page that sent.
     pub updates_to_all_pages: bool,
     /// 2025: how often the page pings its update socket.
     pub ping_interval_ms: u64,
@@ -171,7 +173,7 @@ impl Default for DoubleOptions {
             max_in_flight: 3,
             rate_limit: None,
             max_prompt_chars: None,
-            updates_to_all_pages: false,
+            updates_to_all_pages: true,
             ping_interval_ms: 5000,
             late_repeat_ms: 250,
             rich_input: false,

@@ -1,8 +1,8 @@
 //! What the double's bots answer: deterministic replies ([`expected_reply`]) scripted as
 //! cumulative steps and an ending, with the trigger words for the site's misbehaviour
 //! (`[[long]]`, `[[unicode]]`, `[[rewrite]]`, `[[error]]`, `[[rate-limit]]`, `[[cancelled]]`,
-//! `[[stall]]`, `[[missed]]`, `[[missed-stop]]`, `[[refetch]]`, `[[slow]]`, `[[turns]]`). Both
-//! modes play the same scripts; only the frames around them differ.
+//! `[[stall]]`, `[[missed]]`, `[[missed-stop]]`, `[[refetch]]`, `[[slow]]`, `[[turns]]`,
+//! `[[think]]`). Both modes play the same scripts; only the frames around them differ.
 
 use std::time::Duration;
 
@@ -50,7 +50,14 @@ pub(super) struct Script {
     pub(super) steps: Vec<String>,
     pub(super) ending: Ending,
     pub(super) delay: Option<Duration>,
+    /// How long the bot thinks before its message appears (a model's time to its first
+    /// token), after the prompt's echo; `[[think]]` sets [`THINK`].
+    pub(super) think: Option<Duration>,
 }
+
+/// A `[[think]]` bot's time before its message appears: long enough for other chats' replies
+/// to start and end meanwhile.
+pub(super) const THINK: Duration = Duration::from_millis(800);
 
 /// The reply to `prompt` sent to `bot` as the `turn`-th human message of its chat (1 for
 /// the first).
@@ -63,6 +70,7 @@ pub(super) fn script(bot: &str, prompt: &str, turn: u32) -> Script {
             steps,
             ending: Ending::Final(full, "complete"),
             delay: None,
+            think: None,
         }
     };
     let echo = format!("Echo from {bot}: {prompt}");
@@ -71,6 +79,7 @@ pub(super) fn script(bot: &str, prompt: &str, turn: u32) -> Script {
         steps: two(),
         ending,
         delay: None,
+        think: None,
     };
     let last_of_two = || two().pop().unwrap_or_default();
     if prompt.contains("[[turns]]") {
@@ -87,6 +96,7 @@ pub(super) fn script(bot: &str, prompt: &str, turn: u32) -> Script {
             steps: vec![text("Here is **bold"), text("Here is **bold text*")],
             ending: Ending::Final(text("Here is bold text, rewritten."), "complete"),
             delay: None,
+            think: None,
         }
     } else if prompt.contains("[[error]]") {
         with_end(Ending::Final(last_of_two(), "error_user_message_too_long"))
@@ -111,6 +121,12 @@ pub(super) fn script(bot: &str, prompt: &str, turn: u32) -> Script {
             steps,
             ending: Ending::Final(words.join(" "), "complete"),
             delay: Some(Duration::from_millis(50)),
+            think: None,
+        }
+    } else if prompt.contains("[[think]]") {
+        Script {
+            think: Some(THINK),
+            ..normal(echo, 5)
         }
     } else {
         normal(echo, 5)

@@ -234,10 +234,17 @@ impl Stream {
         let echo = inner_message(&self.chat_id, human);
         let title = inner_noise("chatTitleUpdated", &self.chat_id, &self.reply);
         let mut steps = script.steps.iter();
-        // The first frame batches the echo, a noise entry and the bot's first update.
-        match steps.next() {
-            Some(first) => self.bot(first, "incomplete", vec![echo, title], None),
-            None => {
+        // The first frame batches the echo, a noise entry and the bot's first update (a
+        // thinking bot's comes later, on its own).
+        match (steps.next(), script.think) {
+            (Some(first), None) => self.bot(first, "incomplete", vec![echo, title], None),
+            (Some(first), Some(think)) => {
+                let frame = self.shared.outer(vec![echo, title]);
+                self.shared.emit(&self.channel, frame, None);
+                self.pause(think).await?;
+                self.bot(first, "incomplete", Vec::new(), None);
+            }
+            (None, _) => {
                 let frame = self.shared.outer(vec![echo, title]);
                 self.shared.emit(&self.channel, frame, None);
             }
@@ -333,6 +340,9 @@ impl Stream {
             ],
             false,
         );
+        if let Some(think) = script.think {
+            self.pause(think).await?;
+        }
         self.frame(vec![f25::message_created(&self.reply)], false);
         if turn == 1 {
             self.frame(vec![f25::chat_member_added(n, bot)], false);

@@ -129,7 +129,7 @@ pub async fn collect_bots(
                     return Err(Error::new(ErrorKind::BrowserCrashed,
                         "the tab or the browser went away while reading the bot list; try again"));
                 }
-                Some(TabSignal::Frame(_) | TabSignal::SocketClosed) => {}
+                Some(TabSignal::Frame(_) | TabSignal::Request(_) | TabSignal::SocketClosed) => {}
             }
         }
     }

@@ -497,7 +497,8 @@ impl Driver {
         // Read while clicking: the click's acknowledgement comes only after the page ran its
         // handlers, and the first frames must not wait for it.
         // A page kept open since an earlier turn may still bring that turn's updates.
-        let mut tracker = ReplyTracker::new().after(tab.last_message_id);
+        // Updates are held until the page's send is seen: before it none can be ours.
+        let mut tracker = ReplyTracker::new().after(tab.last_message_id).until_sent();
         let result = {
             let click = async {
                 cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
@@ -654,6 +655,10 @@ impl Driver {
         let mut target = ReplyTarget::default();
         // Whether the site's answer to the send was read (it names the chat).
         let mut send_answered = false;
+        // Should the page's send never be seen (say `site.api_path_contains` no longer matches its
+        // requests), the updates held for it are taken after this wait, without its nonce.
+        let unheld = tokio::time::sleep(SEND_SEEN_WAIT);
+        tokio::pin!(unheld);
         // Set once the page lost its update stream: its refetch response is awaited until
         // this moment, then (if allowed) the page itself is read.
         let mut refetch_until: Option<tokio::time::Instant> = None;
@@ -691,12 +696,19 @@ impl Driver {
                         warn!(tab = tab.id, "no refetch response showed the reply (reading the page is off)");
                     }
                 }
+                () = &mut unheld, if tracker.holding() => {
+                    warn!(tab = tab.id, "the page's send request was not seen; check site.api_path_contains (replies are told apart less surely without it)");
+                    let steps = tracker.sent(None);
+                    if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
+                        return end;
+                    }
+                }
                 _ = cancel.cancelled() => {
-                    self.stop(tab, rx).await;
+                    self.stop(tab, rx, tracker.bot_message_id()).await;
                     return Err(cancelled());
                 }
                 _ = &mut deadline => {
-                    self.stop(tab, rx).await;
+                    self.stop(tab, rx, tracker.bot_message_id()).await;
                     return Err(Error::new(ErrorKind::Timeout, format!(
                         "the reply did not finish within {}s; raise timeouts.reply_secs for long answers",
                         self.timeouts.reply_secs)));
@@ -712,7 +724,7 @@ impl Driver {
                             }
                         }
                     }
-                    self.stop(tab, rx).await;
+                    self.stop(tab, rx, tracker.bot_message_id()).await;
                     return Err(Error::new(ErrorKind::Stalled, format!(
                         "no update from the site for {}s{}; the prompt was not resent (resending can get accounts flagged): retry the request",
                         self.timeouts.idle_secs,
@@ -726,25 +738,9 @@ impl Driver {
                                     // While a refetch or the page is awaited, silence is expected.
                                     let quiet = if refetch_until.is_some() || recovery.is_some() { recovering } else { idle_limit };
                                     idle.as_mut().reset(tokio::time::Instant::now() + quiet);
-                                    for step in tracker.feed(&m) {
-                                        match step {
-                                            ReplyStep::Text(chunk) => progress(Progress::Text(chunk)),
-                                            ReplyStep::Finished(Outcome::Complete(text)) => {
-                                                info!(tab = tab.id, chars = text.chars().count(), ms = started.elapsed().as_millis() as u64, "reply complete");
-                                                // The reply may outrun the page's reading of the send's answer,
-                                                // which names the chat the conversation goes on in.
-                                                if !send_answered && chat_code.is_none() {
-                                                    *chat_code = self.chat_code_of(&tab.url());
-                                                    if chat_code.is_none() {
-                                                        await_send_answer(rx, chat_code).await;
-                                                    }
-                                                }
-                                                return Ok(text);
-                                            }
-                                            ReplyStep::Finished(Outcome::Failed { state, .. }) => {
-                                                return Err(site_failure(state));
-                                            }
-                                        }
+                                    let steps = tracker.feed(&m);
+                                    if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
+                                        return end;
                                     }
                                 }
                                 Update::LostUpdates(reason) => {
@@ -758,11 +754,26 @@ impl Driver {
                             }
                         }
                     }
+                    Some(TabSignal::Request(request)) => {
+                        let name = network::query_name(&request.request_headers, request.post_data.as_deref());
+                        if name.as_deref().is_some_and(network::is_send_query) {
+                            let nonce = request.post_data.as_deref().and_then(network::client_nonce);
+                            trace!(tab = tab.id, nonce = nonce.is_some(), "the page's send went out");
+                            target.client_nonce.clone_from(&nonce);
+                            let steps = tracker.sent(nonce);
+                            if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
+                                return end;
+                            }
+                        }
+                    }
                     Some(TabSignal::Http(exchange)) => {
                         let name = network::query_name(&exchange.request_headers, exchange.post_data.as_deref());
                         if name.as_deref().is_some_and(network::is_send_query) {
                             send_answered = true;
-                            target.client_nonce = exchange.post_data.as_deref().and_then(network::client_nonce);
+                            let nonce = exchange.post_data.as_deref().and_then(network::client_nonce);
+                            if nonce.is_some() {
+                                target.client_nonce.clone_from(&nonce);
+                            }
                             match network::parse_send_response(&exchange.body) {
                                 Some(SendResult::Refused { refusal, message }) => {
                                     warn!(tab = tab.id, status = refusal.as_str(), "the site refused the send");
@@ -784,6 +795,11 @@ impl Driver {
                                     pacer.taken().await;
                                 }
                                 None => {}
+                            }
+                            // The send's answer without its start seen (held updates go now).
+                            let steps = tracker.sent(nonce);
+                            if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
+                                return end;
                             }
                             continue;
                         }
@@ -822,7 +838,50 @@ impl Driver {
 
     /// Stops a streaming reply with the page's stop button, and waits briefly for the site
     /// to confirm. Best effort: the tab is made fresh afterwards anyway.
-    async fn stop(&self, tab: &Tab, rx: &mut UnboundedReceiver<TabSignal>) {
+    /// Hands a tracker's steps to the client; returns the reply's end if one came. A
+    /// finished reply that outran the page's reading of the send's answer (which names the
+    /// chat the conversation goes on in) waits for it, briefly.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_steps(
+        &self,
+        tab: &Tab,
+        steps: Vec<ReplyStep>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        rx: &mut UnboundedReceiver<TabSignal>,
+        chat_code: &mut Option<String>,
+        send_answered: bool,
+        started: Instant,
+    ) -> Option<Result<String, Error>> {
+        for step in steps {
+            match step {
+                ReplyStep::Text(chunk) => progress(Progress::Text(chunk)),
+                ReplyStep::Finished(Outcome::Complete(text)) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    info!(
+                        tab = tab.id,
+                        chars = text.chars().count(),
+                        ms,
+                        "reply complete"
+                    );
+                    if !send_answered && chat_code.is_none() {
+                        *chat_code = self.chat_code_of(&tab.url());
+                        if chat_code.is_none() {
+                            await_send_answer(rx, chat_code).await;
+                        }
+                    }
+                    return Some(Ok(text));
+                }
+                ReplyStep::Finished(Outcome::Failed { state, .. }) => {
+                    return Some(Err(site_failure(state)));
+                }
+            }
+        }
+        None
+    }
+
+    /// `reply`: the bot message followed so far, whose end confirms the stop (other chats'
+    /// messages may come on the same channel).
+    async fn stop(&self, tab: &Tab, rx: &mut UnboundedReceiver<TabSignal>, reply: Option<i64>) {
         // The page may not take the first press (e.g. before it knows its chat): press again
         // while the site has not confirmed, a few times at most.
         for press in 0..STOP_PRESSES {
@@ -860,9 +919,11 @@ impl Driver {
                     let TabSignal::Frame(frame) = signal else {
                         continue;
                     };
-                    if parse_frame(&frame).iter().any(
-                        |u| matches!(u, Update::Message(m) if !m.human && m.state != "incomplete"),
-                    ) {
+                    let ends_reply = |u: &Update| {
+                        matches!(u, Update::Message(m) if !m.human && m.state != "incomplete"
+                            && reply.is_none_or(|id| m.message_id == id))
+                    };
+                    if parse_frame(&frame).iter().any(ends_reply) {
                         return true;
                     }
                 }
@@ -875,6 +936,10 @@ impl Driver {
         }
     }
 }
+
+/// How long updates are held for the page's send request to be seen before they are taken
+/// without it (see [`ReplyTracker::until_sent`]).
+const SEND_SEEN_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a finished reply waits for the site's answer to its send, when the page has
 /// not read it yet (it names the chat).

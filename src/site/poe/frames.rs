@@ -78,6 +78,9 @@ pub struct MessageUpdate {
     pub bot: Option<BotInfo>,
     /// From `messageCreated`: the first report of the message, before any `messageAdded`.
     pub created: bool,
+    /// The chat the update names in its `unique_id` (`messageAdded:<chat>`), when it does:
+    /// an account-wide update channel brings every chat's messages to every page.
+    pub chat: Option<String>,
 }
 
 impl MessageUpdate {
@@ -118,6 +121,7 @@ impl MessageUpdate {
                 .map(str::to_owned),
             bot,
             created,
+            chat: None,
         })
     }
 
@@ -223,7 +227,9 @@ fn parse_inner(inner: &Value) -> Option<Update> {
                     // The message is the subscription's object itself (`messageAdded`), or an
                     // object inside it (a `message` / `node` wrapper).
                     let m = objects(own).find(|o| o.contains_key("messageId"))?;
-                    MessageUpdate::from_map(m, name == "messageCreated").map(Update::Message)
+                    let mut update = MessageUpdate::from_map(m, name == "messageCreated")?;
+                    update.chat = chat_of(payload);
+                    Some(Update::Message(update))
                 }
                 "viewerStateUpdated" => objects(own)
                     .find_map(|o| o.get("messagePointInfo").and_then(PointInfo::from_json))
@@ -249,6 +255,16 @@ fn subscription_name<'a>(payload: &'a Value, data: &'a Value) -> Option<&'a str>
         1 => keys.keys().next().map(String::as_str),
         _ => None,
     }
+}
+
+/// The chat a subscription update names: what follows the first `:` of its `unique_id`
+/// (`messageAdded:3349`), compared as the site wrote it. `None` for ids without one (2025's
+/// bare `messageCreated`).
+fn chat_of(payload: &Value) -> Option<String> {
+    let id = payload.get("unique_id").and_then(Value::as_str)?;
+    let (_, chat) = id.split_once(':')?;
+    let chat = chat.trim();
+    (!chat.is_empty()).then(|| chat.to_owned())
 }
 
 /// An integer the site sent as a number or as a string of digits (ids above 2^53 survive
@@ -302,6 +318,10 @@ impl<'a> Iterator for Objects<'a> {
     }
 }
 
+/// How many updates a tracker holds while the send is awaited (the oldest go first: they
+/// are the least likely to be ours).
+const MAX_HELD: usize = 256;
+
 /// How a reply ended on the site.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -337,21 +357,42 @@ pub enum ReplyStep {
 
 /// Follows the bot's reply to one prompt, in a fresh or a continued chat.
 ///
-/// The human echo of the prompt is not streamed, but its `messageId` is the anchor: once it
-/// was seen, only a bot message with a larger id is the reply (a continued chat shows its
-/// older bot messages too). With an expected client nonce ([`ReplyTracker::with_nonce`])
-/// echoes carrying another nonce are someone else's, and no bot message is taken before
-/// the echo. The tracker finishes once, on the bot message it locked on.
+/// The human echo of the prompt is not streamed, but it is the anchor: no bot message is
+/// taken before it, and only one with a larger `messageId` is the reply (a continued chat
+/// shows its older bot messages too). The page's update channel may carry other chats'
+/// messages (the site's channel is the account's: other tabs' prompts and replies reach
+/// every page), so with an expected client nonce ([`ReplyTracker::with_nonce`], or the
+/// nonce given to [`ReplyTracker::sent`]) only the echo carrying it is ours once the site
+/// is seen to put nonces in echoes, the chat that echo names (`messageAdded:<chat>`) is
+/// ours, and messages naming another chat are ignored. A lock taken on a message that did
+/// not name its chat (a bare `messageCreated`) gives way to a message of ours until text
+/// has streamed. The tracker finishes once, on the bot message it locked on.
+///
+/// Before the page's send is seen ([`ReplyTracker::until_sent`]) nothing can be ours yet:
+/// updates are held, and fed once [`ReplyTracker::sent`] says the send went out and with
+/// which nonce (the browser reports the request and the frames on separate streams, so an
+/// echo may come first).
 #[derive(Debug, Default)]
 pub struct ReplyTracker {
     /// The nonce of the page's send request, when the caller knows it.
     expected_nonce: Option<String>,
+    /// Updates that came before the send was seen (`Some` while it is awaited).
+    held: Option<std::collections::VecDeque<MessageUpdate>>,
     /// The echo of the prompt: its id, and whether its nonce matched the expected one (then
     /// no echo without a nonce replaces it).
     human_message: Option<i64>,
     human_pinned: bool,
     human_nonce: Option<String>,
+    /// The chat the echo named (the guessed echo's until one is pinned).
+    human_chat: Option<String>,
+    /// Some human message carried a nonce: the site puts them in echoes, so an echo without
+    /// ours is not ours.
+    nonces_seen: bool,
+    /// Our chat, as the update channel names it: from the pinned echo.
+    chat: Option<String>,
     bot_message: Option<i64>,
+    /// The locked message was seen naming our chat.
+    bot_confirmed: bool,
     bot: Option<BotInfo>,
     /// Messages up to this id are earlier turns of the page's chat (see [`Self::after`]).
     floor: Option<i64>,
@@ -372,6 +413,47 @@ impl ReplyTracker {
             expected_nonce: nonce,
             ..Self::default()
         }
+    }
+
+    /// A tracker that holds every update until [`Self::sent`].
+    pub fn until_sent(mut self) -> Self {
+        self.held = Some(std::collections::VecDeque::new());
+        self
+    }
+
+    /// Whether updates are held until the send is seen.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The page's send went out, with this client nonce if its body had one: the held
+    /// updates are fed now (their steps returned). Called again later (e.g. once the send
+    /// could be read after all), it only learns a nonce it did not have.
+    pub fn sent(&mut self, nonce: Option<String>) -> Vec<ReplyStep> {
+        let Some(held) = self.held.take() else {
+            if let (None, Some(nonce)) = (&self.expected_nonce, nonce) {
+                self.expect_late(nonce);
+            }
+            return Vec::new();
+        };
+        self.expected_nonce = self.expected_nonce.take().or(nonce);
+        held.iter().flat_map(|m| self.feed(m)).collect()
+    }
+
+    /// Learns the nonce after updates were fed without it: the echo guessed so far is kept
+    /// only if it carried that nonce.
+    fn expect_late(&mut self, nonce: String) {
+        if !self.human_pinned && self.bot_message.is_none() {
+            if self.human_nonce.as_deref() == Some(nonce.as_str()) {
+                self.human_pinned = true;
+                self.chat = self.human_chat.clone();
+            } else if self.human_nonce.is_some() {
+                self.human_message = None;
+                self.human_nonce = None;
+                self.human_chat = None;
+            }
+        }
+        self.expected_nonce = Some(nonce);
     }
 
     /// A tracker that ignores every message up to `id` (human or bot): the earlier turns
@@ -423,7 +505,22 @@ impl ReplyTracker {
 
     /// Feeds one message update; returns what to tell the client (possibly nothing).
     pub fn feed(&mut self, m: &MessageUpdate) -> Vec<ReplyStep> {
+        if let Some(held) = &mut self.held {
+            if held.len() == MAX_HELD {
+                held.pop_front();
+            }
+            held.push_back(m.clone());
+            return Vec::new();
+        }
         if self.finished || self.floor.is_some_and(|floor| m.message_id <= floor) {
+            return Vec::new();
+        }
+        if matches!((&self.chat, &m.chat), (Some(ours), Some(theirs)) if ours != theirs) {
+            // Another chat's. A lock taken before this message named its chat is let go.
+            if self.bot_message == Some(m.message_id) && self.streamed.is_empty() {
+                self.bot_message = None;
+                self.bot = None;
+            }
             return Vec::new();
         }
         if m.human {
@@ -433,22 +530,26 @@ impl ReplyTracker {
         if !m.is_bot() {
             return Vec::new();
         }
+        let names_our_chat = self.chat.is_some() && m.chat == self.chat;
         match self.bot_message {
-            None => {
-                let after_echo = match self.human_message {
-                    Some(human) => m.message_id > human,
-                    None => self.expected_nonce.is_none(),
-                };
-                if !after_echo {
-                    return Vec::new();
-                }
-                self.bot_message = Some(m.message_id);
+            None if self.may_lock(m) => self.lock(m),
+            None => return Vec::new(),
+            // A message of our chat replaces a lock on one that did not name its chat.
+            Some(id)
+                if id != m.message_id
+                    && names_our_chat
+                    && !self.bot_confirmed
+                    && self.streamed.is_empty()
+                    && self.may_lock(m) =>
+            {
+                self.lock(m)
             }
             Some(id) if id != m.message_id => return Vec::new(),
             // A late `messageCreated` repeats the empty start of a message already streaming.
             Some(_) if m.created => return Vec::new(),
             Some(_) => {}
         }
+        self.bot_confirmed |= names_our_chat;
         if self.bot.is_none() {
             self.bot.clone_from(&m.bot);
         }
@@ -464,10 +565,32 @@ impl ReplyTracker {
         steps
     }
 
+    /// Whether `m` (a bot message) may be the reply: it comes after our echo, which must
+    /// be the one carrying our nonce where the site puts nonces in echoes.
+    fn may_lock(&self, m: &MessageUpdate) -> bool {
+        let ours = self.human_pinned || self.expected_nonce.is_none() || !self.nonces_seen;
+        ours && self.human_message.is_some_and(|human| m.message_id > human)
+    }
+
+    fn lock(&mut self, m: &MessageUpdate) {
+        self.bot_message = Some(m.message_id);
+        self.bot_confirmed = false;
+        self.bot = None;
+    }
+
     /// Remembers the prompt's echo. Before the bot message is locked only: later human
     /// messages are other turns.
     fn note_human(&mut self, m: &MessageUpdate) {
-        if self.bot_message.is_some() || self.human_pinned {
+        self.nonces_seen |= m.client_nonce.is_some();
+        if self.human_pinned {
+            // The echo again (its `messageAdded` after its `messageCreated`): it may name
+            // the chat now.
+            if self.human_message == Some(m.message_id) && self.chat.is_none() {
+                self.chat.clone_from(&m.chat);
+            }
+            return;
+        }
+        if self.bot_message.is_some() {
             return;
         }
         match (&self.expected_nonce, &m.client_nonce) {
@@ -475,6 +598,7 @@ impl ReplyTracker {
                 self.human_message = Some(m.message_id);
                 self.human_nonce = Some(got.clone());
                 self.human_pinned = true;
+                self.chat.clone_from(&m.chat);
             }
             // Someone else's prompt.
             (Some(_), Some(_)) => {}
@@ -483,6 +607,7 @@ impl ReplyTracker {
                 if self.human_message.is_none_or(|h| m.message_id > h) {
                     self.human_message = Some(m.message_id);
                     self.human_nonce.clone_from(&m.client_nonce);
+                    self.human_chat.clone_from(&m.chat);
                 }
             }
         }
@@ -529,11 +654,16 @@ mod tests {
             client_nonce: None,
             bot: None,
             created: false,
+            chat: None,
         }
     }
 
+    /// What [`added`] parses to.
     fn msg(id: i64, author: &str, text: &str, state: &str) -> Update {
-        Update::Message(update(id, author, text, state))
+        Update::Message(MessageUpdate {
+            chat: Some("123".into()),
+            ..update(id, author, text, state)
+        })
     }
 
     fn messages(updates: Vec<Update>) -> Vec<MessageUpdate> {
@@ -1047,7 +1177,13 @@ mod tests {
         assert_eq!(t.last_message_id(), Some(13));
         // Without the floor, the late repeat would have been taken for the reply.
         let mut t = ReplyTracker::new();
-        let steps = run(&mut t, &[(11, "beaver", "old answer", "complete")]);
+        let steps = run(
+            &mut t,
+            &[
+                (10, "human", "old question", "complete"),
+                (11, "beaver", "old answer", "complete"),
+            ],
+        );
         assert_eq!(
             steps.last(),
             Some(&ReplyStep::Finished(Outcome::Complete("old answer".into())))
@@ -1060,6 +1196,7 @@ mod tests {
         let steps = run(
             &mut t,
             &[
+                (1, "human", "q", "complete"),
                 (2, "beaver", "Here is **bold", "incomplete"),
                 (2, "beaver", "Here is bold", "incomplete"),
                 (2, "beaver", "Here is bold text.", "complete"),
@@ -1091,6 +1228,7 @@ mod tests {
         let steps = run(
             &mut t,
             &[
+                (1, "human", "q", "complete"),
                 (2, "beaver", "A", "incomplete"),
                 (3, "beaver", "other message", "incomplete"),
                 (4, "chat_break", "", "complete"),
@@ -1176,6 +1314,156 @@ mod tests {
         );
     }
 
+    /// One update of an account-wide channel: `m` on chat `chat` (`None`: a bare
+    /// `messageCreated`), as a frame.
+    fn on_chat(chat: Option<&str>, m: Value) -> String {
+        let entry = match chat {
+            Some(chat) => sub("messageAdded", &format!("messageAdded:{chat}"), m),
+            None => sub("messageCreated", "messageCreated", m),
+        };
+        frame(&[entry])
+    }
+
+    /// A human message of another chat: its own id and nonce.
+    fn their_echo(id: i64, nonce: &str) -> Value {
+        let mut m = human_2025(nonce);
+        m["messageId"] = json!(id);
+        m["text"] = json!("their question");
+        m
+    }
+
+    #[test]
+    fn no_bot_message_is_taken_before_an_echo() {
+        let mut t = ReplyTracker::new();
+        assert_eq!(
+            run(&mut t, &[(2, "beaver", "someone's", "complete")]),
+            vec![]
+        );
+        assert!(!t.started());
+    }
+
+    #[test]
+    fn other_chats_on_an_account_wide_channel_are_not_the_reply() {
+        // Ours: chat 3349, echo HUMAN, reply HUMAN + 3. Theirs: chat 77, echo HUMAN + 1,
+        // reply HUMAN + 2 (made before ours, after our echo).
+        let mut created_ours = human_2025(NONCE);
+        created_ours.as_object_mut().map(|m| m.remove("author"));
+        let frames = [
+            on_chat(None, created_ours),
+            on_chat(Some("77"), their_echo(HUMAN + 1, "theirs")),
+            on_chat(Some("3349"), human_2025(NONCE)),
+            // Their bot message, announced without a chat: locked on for now...
+            on_chat(None, bot_2025(json!(HUMAN + 2), "", "incomplete")),
+            // ... and let go when it names its chat.
+            on_chat(Some("77"), bot_2025(json!(HUMAN + 2), "", "incomplete")),
+            on_chat(
+                Some("77"),
+                bot_2025(json!(HUMAN + 2), "Their", "incomplete"),
+            ),
+            on_chat(Some("3349"), bot_2025(json!(HUMAN + 3), "", "incomplete")),
+            on_chat(
+                Some("77"),
+                bot_2025(json!(HUMAN + 2), "Their answer", "complete"),
+            ),
+            on_chat(
+                Some("3349"),
+                bot_2025(json!(HUMAN + 3), "Our", "incomplete"),
+            ),
+            on_chat(
+                Some("77"),
+                bot_2025(json!(HUMAN + 2), "Their answer", "complete"),
+            ),
+            on_chat(
+                Some("3349"),
+                bot_2025(json!(HUMAN + 3), "Our answer", "complete"),
+            ),
+        ];
+        let mut t = ReplyTracker::with_nonce(Some(NONCE.into()));
+        assert_eq!(
+            track(&mut t, &frames),
+            vec![
+                ReplyStep::Text(Chunk::Append("Our".into())),
+                ReplyStep::Text(Chunk::Append(" answer".into())),
+                ReplyStep::Finished(Outcome::Complete("Our answer".into())),
+            ]
+        );
+        assert_eq!(t.bot_message_id(), Some(HUMAN + 3));
+
+        // A lock on their chat-less message gives way to a message of our chat even
+        // before theirs names its chat.
+        let mut t = ReplyTracker::with_nonce(Some(NONCE.into()));
+        let order = [&frames[2], &frames[3], &frames[6], &frames[4], &frames[10]];
+        let frames: Vec<String> = order.into_iter().cloned().collect();
+        assert_eq!(
+            track(&mut t, &frames),
+            vec![
+                ReplyStep::Text(Chunk::Append("Our answer".into())),
+                ReplyStep::Finished(Outcome::Complete("Our answer".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn updates_before_the_send_are_held_and_fed_with_its_nonce() {
+        // Another chat streams while ours is sent; our echo even beats the send's report.
+        let before = [
+            on_chat(Some("77"), their_echo(HUMAN - 10, "theirs")),
+            on_chat(
+                Some("77"),
+                bot_2025(json!(HUMAN - 9), "Their", "incomplete"),
+            ),
+            on_chat(Some("77"), their_echo(HUMAN + 1, "later")),
+            on_chat(Some("3349"), human_2025(NONCE)),
+        ];
+        let mut t = ReplyTracker::new().until_sent();
+        assert!(t.holding());
+        assert_eq!(track(&mut t, &before), vec![]);
+        assert_eq!(t.sent(Some(NONCE.into())), vec![]);
+        assert!(!t.holding());
+        assert_eq!(t.human_message_id(), Some(HUMAN));
+        let after = [
+            on_chat(Some("77"), bot_2025(json!(HUMAN + 2), "Later", "complete")),
+            on_chat(Some("3349"), bot_2025(json!(HUMAN + 3), "Ours", "complete")),
+        ];
+        assert_eq!(
+            track(&mut t, &after).last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("Ours".into())))
+        );
+
+        // Held updates that include the reply come out when the send is seen.
+        let mut t = ReplyTracker::new().until_sent();
+        let mut all = before.to_vec();
+        all.extend(after.iter().cloned());
+        assert_eq!(track(&mut t, &all), vec![]);
+        assert_eq!(
+            t.sent(Some(NONCE.into())).last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("Ours".into())))
+        );
+    }
+
+    #[test]
+    fn a_nonce_learned_late_drops_a_wrong_guess() {
+        let mut t = ReplyTracker::new().until_sent();
+        // The send's nonce could not be read at first.
+        assert_eq!(t.sent(None), vec![]);
+        track(
+            &mut t,
+            &[on_chat(Some("77"), their_echo(HUMAN + 1, "theirs"))],
+        );
+        assert_eq!(t.human_message_id(), Some(HUMAN + 1));
+        assert_eq!(t.sent(Some(NONCE.into())), vec![]);
+        assert_eq!(t.human_message_id(), None, "their echo was only a guess");
+        let rest = [
+            on_chat(Some("77"), bot_2025(json!(HUMAN + 2), "Theirs", "complete")),
+            on_chat(Some("3349"), human_2025(NONCE)),
+            on_chat(Some("3349"), bot_2025(json!(HUMAN + 3), "Ours", "complete")),
+        ];
+        assert_eq!(
+            track(&mut t, &rest).last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("Ours".into())))
+        );
+    }
+
     #[test]
     fn echoes_without_a_nonce_are_taken_when_a_nonce_is_expected() {
         // The 2023 site sent no nonce at all.
@@ -1215,7 +1503,13 @@ mod tests {
             ("thinking_hard", None),
         ] {
             let mut t = ReplyTracker::new();
-            let steps = run(&mut t, &[(2, "beaver", "partial", state)]);
+            let steps = run(
+                &mut t,
+                &[
+                    (1, "human", "q", "complete"),
+                    (2, "beaver", "partial", state),
+                ],
+            );
             assert_eq!(steps[0], ReplyStep::Text(Chunk::Append("partial".into())));
             assert_eq!(
                 steps.get(1),
