@@ -189,6 +189,32 @@ async fn a_rich_text_prompt_box_takes_the_prompt_as_a_textarea_does() {
     assert_eq!(taken, prompts, "each prompt taken once, as entered");
 }
 
+/// The nonce that tells a prompt's echo from other chats' comes from the page's send request
+/// as it goes out, long prompts included (the event carries the whole body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sends_nonce_is_read_for_short_and_long_prompts() {
+    let double = double_in(Some(Mode::Y2025)).await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    daemon.wait_warm(1).await;
+    let long = format!("a long prompt: {}", "many words ".repeat(20_000));
+    for prompt in ["a short prompt", long.as_str()] {
+        let (last, _) = answer(&daemon, prompt).await;
+        assert!(
+            matches!(&last, Event::Done { text, .. } if *text == expected_reply("GPT-3.5-Turbo", prompt)),
+            "{last:?}"
+        );
+    }
+    let log = daemon.log();
+    let sends = log
+        .lines()
+        .filter(|l| l.contains("the page's send went out"));
+    assert_eq!(
+        sends.filter(|l| l.contains("nonce=true")).count(),
+        2,
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_out_profile_is_reported_as_soon_as_the_site_redirects() {
     let double = Double::start(DoubleOptions {

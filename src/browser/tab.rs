@@ -28,7 +28,7 @@ use chromiumoxide::cdp::browser_protocol::log::DisableParams as LogDisableParams
 use chromiumoxide::cdp::browser_protocol::network::{
     EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
     EventWebSocketClosed, EventWebSocketCreated, EventWebSocketFrameReceived,
-    GetRequestPostDataParams, GetResponseBodyParams, ResourceType,
+    GetResponseBodyParams, ResourceType,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
     EventFrameNavigated, EventNavigatedWithinDocument,
@@ -386,8 +386,6 @@ pub struct Watch {
 struct Pending {
     exchange: HttpExchange,
     seq: u64,
-    /// The request had a body the event left out (too large): it is read with the response.
-    body_left_out: bool,
 }
 
 fn headers_of(h: &chromiumoxide::cdp::browser_protocol::network::Headers) -> Vec<(String, String)> {
@@ -411,42 +409,6 @@ fn post_data_of(r: &chromiumoxide::cdp::browser_protocol::network::Request) -> O
     String::from_utf8(bytes).ok()
 }
 
-/// Reads a request's body that its event left out (Chromium leaves out large ones).
-async fn read_post_data(
-    page: &Page,
-    id: chromiumoxide::cdp::browser_protocol::network::RequestId,
-) -> Option<String> {
-    let got = tokio::time::timeout(BODY_LIMIT, page.execute(GetRequestPostDataParams::new(id)))
-        .await
-        .ok()?
-        .ok()?;
-    Some(got.result.post_data.clone())
-}
-
-/// Hands an API request that is going out to the subscribed request, once its body is read
-/// when its event left the body out.
-fn announce_request(
-    page: &Page,
-    relay: &Arc<Relay>,
-    id: chromiumoxide::cdp::browser_protocol::network::RequestId,
-    mut request: ApiRequest,
-    body_left_out: bool,
-) {
-    if !relay.has_subscriber() {
-        return;
-    }
-    if !body_left_out {
-        relay.send(TabSignal::Request(request));
-        return;
-    }
-    let page = page.clone();
-    let relay = relay.clone();
-    tokio::spawn(async move {
-        request.post_data = read_post_data(&page, id).await;
-        relay.send(TabSignal::Request(request));
-    });
-}
-
 /// Reads the body of a finished API response off the pump (frames keep flowing meanwhile)
 /// and hands the exchange to the subscribed request.
 fn fetch_body(
@@ -455,7 +417,6 @@ fn fetch_body(
     relay: &Arc<Relay>,
     id: chromiumoxide::cdp::browser_protocol::network::RequestId,
     mut exchange: HttpExchange,
-    body_left_out: bool,
 ) {
     if !relay.has_subscriber() {
         return;
@@ -463,9 +424,6 @@ fn fetch_body(
     let page = page.clone();
     let relay = relay.clone();
     tokio::spawn(async move {
-        if body_left_out {
-            exchange.post_data = read_post_data(&page, id.clone()).await;
-        }
         let got =
             tokio::time::timeout(BODY_LIMIT, page.execute(GetResponseBodyParams::new(id))).await;
         let Ok(Ok(body)) = got else {
@@ -563,24 +521,17 @@ async fn pump(
                     status: 0,
                     body: String::new(),
                 };
-                let body_left_out =
-                    exchange.post_data.is_none() && r.request.has_post_data == Some(true);
-                let request = ApiRequest {
-                    url: exchange.url.clone(),
-                    request_headers: exchange.request_headers.clone(),
-                    post_data: exchange.post_data.clone(),
-                };
-                announce_request(&page, &relay, r.request_id.clone(), request, body_left_out);
+                if relay.has_subscriber() {
+                    relay.send(TabSignal::Request(ApiRequest {
+                        url: exchange.url.clone(),
+                        request_headers: exchange.request_headers.clone(),
+                        post_data: exchange.post_data.clone(),
+                    }));
+                }
                 if finished_early.remove(r.request_id.inner()) {
-                    let id = r.request_id.clone();
-                    fetch_body(tab, &page, &relay, id, exchange, body_left_out);
+                    fetch_body(tab, &page, &relay, r.request_id.clone(), exchange);
                 } else {
-                    let p = Pending {
-                        exchange,
-                        seq,
-                        body_left_out,
-                    };
-                    pending.insert(r.request_id.inner().clone(), p);
+                    pending.insert(r.request_id.inner().clone(), Pending { exchange, seq });
                 }
             }
             Raw::Response(r) => {
@@ -617,10 +568,7 @@ async fn pump(
             Raw::Finished(f) => {
                 let id = f.request_id.inner().clone();
                 match pending.remove(&id) {
-                    Some(p) => {
-                        let id = f.request_id.clone();
-                        fetch_body(tab, &page, &relay, id, p.exchange, p.body_left_out)
-                    }
+                    Some(p) => fetch_body(tab, &page, &relay, f.request_id.clone(), p.exchange),
                     // The events of one request come on separate streams: its end may be
                     // seen before its start. Remember it for the start.
                     None => {

@@ -758,7 +758,7 @@ impl Driver {
                         let name = network::query_name(&request.request_headers, request.post_data.as_deref());
                         if name.as_deref().is_some_and(network::is_send_query) {
                             let nonce = request.post_data.as_deref().and_then(network::client_nonce);
-                            trace!(tab = tab.id, nonce = nonce.is_some(), "the page's send went out");
+                            debug!(tab = tab.id, nonce = nonce.is_some(), "the page's send went out");
                             target.client_nonce.clone_from(&nonce);
                             let steps = tracker.sent(nonce);
                             if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
