@@ -20,6 +20,7 @@
 //! wall-clock times to stderr and copies the daemon's log to FILE. `POED_BENCH_CONFIG=TOML`
 //! gives poed a configuration to try (e.g. Chromium flags), in either mode, and
 //! `POED_BENCH_POED=PATH` another build of poed to measure: for comparisons in turns.
+//! `POED_BENCH_CONVERSATIONS=1` measures only the conversation rows.
 //! `POED_BENCH_CHUNK_MS` sets the double's time between a reply's frames (20 ms), and
 //! `POED_BENCH_FLOOR_IDLE_MS` how long the floor's page waits before each request (300 ms).
 
@@ -494,6 +495,15 @@ fn main() {
 }
 
 async fn bench(runs: usize) {
+    // `POED_BENCH_CONVERSATIONS=1`: only the conversation rows (a minute instead of eight).
+    if std::env::var_os("POED_BENCH_CONVERSATIONS").is_some() {
+        println!("| conversations (2025 double), time to first token | n | median ms | p90 ms | min ms | max ms |");
+        println!("|---|---|---|---|---|---|");
+        for series in &conversations(runs).await {
+            println!("{}", series.row(""));
+        }
+        return;
+    }
     let double = Arc::new(
         double::Double::start(double::DoubleOptions {
             chunk_delay_ms: std::env::var("POED_BENCH_CHUNK_MS")
