@@ -704,11 +704,11 @@ impl Driver {
                     }
                 }
                 _ = cancel.cancelled() => {
-                    self.stop(tab, rx, tracker.bot_message_id()).await;
+                    self.stop(tab, rx, tracker).await;
                     return Err(cancelled());
                 }
                 _ = &mut deadline => {
-                    self.stop(tab, rx, tracker.bot_message_id()).await;
+                    self.stop(tab, rx, tracker).await;
                     return Err(Error::new(ErrorKind::Timeout, format!(
                         "the reply did not finish within {}s; raise timeouts.reply_secs for long answers",
                         self.timeouts.reply_secs)));
@@ -724,7 +724,7 @@ impl Driver {
                             }
                         }
                     }
-                    self.stop(tab, rx, tracker.bot_message_id()).await;
+                    self.stop(tab, rx, tracker).await;
                     return Err(Error::new(ErrorKind::Stalled, format!(
                         "no update from the site for {}s{}; the prompt was not resent (resending can get accounts flagged): retry the request",
                         self.timeouts.idle_secs,
@@ -755,9 +755,7 @@ impl Driver {
                         }
                     }
                     Some(TabSignal::Request(request)) => {
-                        let name = network::query_name(&request.request_headers, request.post_data.as_deref());
-                        if name.as_deref().is_some_and(network::is_send_query) {
-                            let nonce = request.post_data.as_deref().and_then(network::client_nonce);
+                        if let Some(nonce) = send_nonce(&request.request_headers, request.post_data.as_deref()) {
                             debug!(tab = tab.id, nonce = nonce.is_some(), "the page's send went out");
                             target.client_nonce.clone_from(&nonce);
                             let steps = tracker.sent(nonce);
@@ -879,9 +877,15 @@ impl Driver {
         None
     }
 
-    /// `reply`: the bot message followed so far, whose end confirms the stop (other chats'
-    /// messages may come on the same channel).
-    async fn stop(&self, tab: &Tab, rx: &mut UnboundedReceiver<TabSignal>, reply: Option<i64>) {
+    /// `reply`: the reply's tracker, which goes on reading the page's send and frames: only
+    /// its own reply's end confirms the stop (other chats' messages may come on the same
+    /// channel).
+    async fn stop(
+        &self,
+        tab: &Tab,
+        rx: &mut UnboundedReceiver<TabSignal>,
+        reply: &mut ReplyTracker,
+    ) {
         // The page may not take the first press (e.g. before it knows its chat): press again
         // while the site has not confirmed, a few times at most.
         for press in 0..STOP_PRESSES {
@@ -916,15 +920,31 @@ impl Driver {
             // Wait (bounded) for the site to confirm the stop with a final state.
             let confirmed = tokio::time::timeout(STOP_CONFIRM_WAIT, async {
                 while let Some(signal) = rx.recv().await {
-                    let TabSignal::Frame(frame) = signal else {
-                        continue;
+                    let frame = match signal {
+                        TabSignal::Frame(frame) => frame,
+                        TabSignal::Request(r) => {
+                            let post = r.post_data.as_deref();
+                            if let Some(nonce) = send_nonce(&r.request_headers, post) {
+                                reply.sent(nonce);
+                            }
+                            continue;
+                        }
+                        TabSignal::Http(x) => {
+                            let post = x.post_data.as_deref();
+                            if let Some(nonce) = send_nonce(&x.request_headers, post) {
+                                reply.sent(nonce);
+                            }
+                            continue;
+                        }
+                        TabSignal::SocketClosed => continue,
+                        TabSignal::Gone => return false,
                     };
-                    let ends_reply = |u: &Update| {
-                        matches!(u, Update::Message(m) if !m.human && m.state != "incomplete"
-                            && reply.is_none_or(|id| m.message_id == id))
-                    };
-                    if parse_frame(&frame).iter().any(ends_reply) {
-                        return true;
+                    for update in parse_frame(&frame) {
+                        let Update::Message(m) = update else { continue };
+                        let steps = reply.feed(&m);
+                        if steps.iter().any(|s| matches!(s, ReplyStep::Finished(_))) {
+                            return true;
+                        }
                     }
                 }
                 false
@@ -935,6 +955,13 @@ impl Driver {
             }
         }
     }
+}
+
+/// `Some(nonce)` when a request of the page is its send (the nonce its body carries, if
+/// any); `None` for any other request.
+fn send_nonce(headers: &[(String, String)], post_data: Option<&str>) -> Option<Option<String>> {
+    let name = network::query_name(headers, post_data)?;
+    network::is_send_query(&name).then(|| post_data.and_then(network::client_nonce))
 }
 
 /// How long updates are held for the page's send request to be seen before they are taken
