@@ -48,13 +48,12 @@ async fn collect(mut reply: poed::client::Reply) -> (Vec<Event>, String) {
     (events, text)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_parallel_answers_are_correct_and_not_mixed() {
-    let double = double(40).await;
+/// Sends `prompts` at once from one client of a 3-tab daemon and checks that each streams
+/// and ends with its own reply.
+async fn each_its_own_reply(double: &Double, prompts: [&str; 3]) -> Daemon {
     let daemon = Daemon::start(&double.base_url(), &["--tabs", "3"]).await;
     daemon.wait_warm(3).await;
     let client = daemon.client().await;
-    let prompts = ["first question", "second question ✓", "third question"];
     let mut replies = Vec::new();
     for p in prompts {
         replies.push(client.complete(ask(p)).await.expect("send"));
@@ -63,8 +62,20 @@ async fn three_parallel_answers_are_correct_and_not_mixed() {
     for (prompt, (events, text)) in prompts.iter().zip(results) {
         let expected = expected_reply("GPT-3.5-Turbo", prompt);
         assert_eq!(text, expected, "streamed text of {prompt:?}");
-        assert!(matches!(events.last(), Some(Event::Done { text, .. }) if *text == expected));
+        assert!(
+            matches!(events.last(), Some(Event::Done { text, .. }) if *text == expected),
+            "{prompt:?} ended with {:?}",
+            events.last()
+        );
     }
+    daemon
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_parallel_answers_are_correct_and_not_mixed() {
+    let double = double(40).await;
+    let prompts = ["first question", "second question ✓", "third question"];
+    let _daemon = each_its_own_reply(&double, prompts).await;
     let chats = double.chats();
     assert_eq!(chats.len(), 3);
     let mut ids: Vec<_> = chats.iter().map(|c| c.chat_id.clone()).collect();
@@ -102,28 +113,13 @@ async fn replies_of_other_chats_on_an_account_wide_channel_are_not_taken() {
     })
     .await
     .expect("double");
-    let daemon = Daemon::start(&double.base_url(), &["--tabs", "3"]).await;
-    daemon.wait_warm(3).await;
-    let client = daemon.client().await;
     let prompts = [
         "first question [[think]]",
         "second question",
         "third question",
     ];
-    let mut replies = Vec::new();
-    for p in prompts {
-        replies.push(client.complete(ask(p)).await.expect("send"));
-    }
-    let results = futures::future::join_all(replies.into_iter().map(collect)).await;
-    for (prompt, (events, text)) in prompts.iter().zip(results) {
-        let expected = expected_reply("GPT-3.5-Turbo", prompt);
-        assert_eq!(text, expected, "streamed text of {prompt:?}");
-        assert!(
-            matches!(events.last(), Some(Event::Done { text, .. }) if *text == expected),
-            "{prompt:?} ended with {:?}",
-            events.last()
-        );
-    }
+    let daemon = each_its_own_reply(&double, prompts).await;
+    let client = daemon.client().await;
     // A request sent while the others' late repeats still arrive takes its own reply too.
     let (events, text) =
         collect(client.complete(ask("fourth question")).await.expect("send")).await;

@@ -1348,6 +1348,11 @@ mod tests {
         // reply HUMAN + 2 (made before ours, after our echo).
         let mut created_ours = human_2025(NONCE);
         created_ours.as_object_mut().map(|m| m.remove("author"));
+        let theirs =
+            |text: &str, state: &str| on_chat(Some("77"), bot_2025(json!(HUMAN + 2), text, state));
+        let ours = |text: &str, state: &str| {
+            on_chat(Some("3349"), bot_2025(json!(HUMAN + 3), text, state))
+        };
         let frames = [
             on_chat(None, created_ours),
             on_chat(Some("77"), their_echo(HUMAN + 1, "theirs")),
@@ -1355,28 +1360,13 @@ mod tests {
             // Their bot message, announced without a chat: locked on for now...
             on_chat(None, bot_2025(json!(HUMAN + 2), "", "incomplete")),
             // ... and let go when it names its chat.
-            on_chat(Some("77"), bot_2025(json!(HUMAN + 2), "", "incomplete")),
-            on_chat(
-                Some("77"),
-                bot_2025(json!(HUMAN + 2), "Their", "incomplete"),
-            ),
-            on_chat(Some("3349"), bot_2025(json!(HUMAN + 3), "", "incomplete")),
-            on_chat(
-                Some("77"),
-                bot_2025(json!(HUMAN + 2), "Their answer", "complete"),
-            ),
-            on_chat(
-                Some("3349"),
-                bot_2025(json!(HUMAN + 3), "Our", "incomplete"),
-            ),
-            on_chat(
-                Some("77"),
-                bot_2025(json!(HUMAN + 2), "Their answer", "complete"),
-            ),
-            on_chat(
-                Some("3349"),
-                bot_2025(json!(HUMAN + 3), "Our answer", "complete"),
-            ),
+            theirs("", "incomplete"),
+            theirs("Their", "incomplete"),
+            ours("", "incomplete"),
+            theirs("Their answer", "complete"),
+            ours("Our", "incomplete"),
+            theirs("Their answer", "complete"),
+            ours("Our answer", "complete"),
         ];
         let mut t = ReplyTracker::with_nonce(Some(NONCE.into()));
         assert_eq!(
