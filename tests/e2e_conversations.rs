@@ -189,6 +189,47 @@ async fn an_edited_turn_or_another_model_starts_a_new_chat_and_a_named_one_goes_
     );
 }
 
+/// The site may answer the page's send after the whole reply has streamed (its frames start
+/// at once): the reply is still the prompt's own, and the chat the answer names is where the
+/// conversation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_answered_after_its_reply_still_names_the_chat_to_go_on_in() {
+    let double = Double::start(DoubleOptions {
+        send_answer_delay_ms: 400,
+        ..site()
+    })
+    .await
+    .expect("double");
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    let client = daemon.client().await;
+    let first = complete(&client, None, vec![m("user", "a [[turns]]")], None)
+        .await
+        .expect("first");
+    assert_eq!(first.text, turns(0));
+    let second = complete(
+        &client,
+        None,
+        history(&["a [[turns]]"], &[&turns(0)], "b [[turns]]"),
+        None,
+    )
+    .await
+    .expect("second");
+    assert_eq!(
+        (second.text.as_str(), second.continued),
+        (turns(1).as_str(), true)
+    );
+    let taken = double.taken();
+    assert_eq!(taken.len(), 2, "each prompt sent once");
+    assert_eq!(taken[1].chat_code, taken[0].chat_code);
+    // The reply was over before the answer came.
+    let first_end = double.chats()[0]
+        .frame_times
+        .last()
+        .copied()
+        .expect("frames");
+    assert!(first_end < taken[0].received_at + Duration::from_millis(400));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_the_continuation() {
     let double = Double::start(site()).await.expect("double");

@@ -149,6 +149,9 @@ pub struct DoubleOptions {
     /// comes (0: all five at once). Late, by default, like updates that trail a reply on the
     /// real site while its chat's page may already send the next message.
     pub late_repeat_ms: u64,
+    /// 2025: the site answers the page's send request this long after taking it, while the
+    /// reply's frames start at once (the answer may come after the whole reply).
+    pub send_answer_delay_ms: u64,
     /// 2025: the prompt box is a rich-text editor (a `contenteditable` textbox, as the
     /// viewer state's `formattedChatInput` flag hints the site may switch to) instead of a
     /// textarea.
@@ -176,6 +179,7 @@ impl Default for DoubleOptions {
             updates_to_all_pages: true,
             ping_interval_ms: 5000,
             late_repeat_ms: 250,
+            send_answer_delay_ms: 0,
             rich_input: false,
         }
     }
@@ -268,6 +272,7 @@ impl Double {
             updates_to_all_pages: opts.updates_to_all_pages,
             ping_interval_ms: opts.ping_interval_ms,
             late_repeat: Duration::from_millis(opts.late_repeat_ms),
+            send_answer_delay: Duration::from_millis(opts.send_answer_delay_ms),
             seed,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
@@ -538,6 +543,7 @@ struct Shared {
     updates_to_all_pages: bool,
     ping_interval_ms: u64,
     late_repeat: Duration,
+    send_answer_delay: Duration,
     /// Makes this double's class-name hashes, cookies, codes and nonces its own.
     seed: u64,
     started: Instant,
@@ -995,7 +1001,16 @@ async fn gql(AxumState(shared): St, headers: HeaderMap, body: Bytes) -> Response
     };
     match shared.mode() {
         Mode::Y2023 => site2023::gql(shared, body),
-        Mode::Y2025 => gql2025::gql(shared, &headers, body),
+        Mode::Y2025 => {
+            let name = headers.get("poe-queryname").and_then(|v| v.to_str().ok());
+            let is_send = name.or(body["queryName"].as_str()) == Some("sendMessageMutation");
+            let delay = shared.send_answer_delay;
+            let response = gql2025::gql(shared, &headers, body);
+            if is_send {
+                tokio::time::sleep(delay).await;
+            }
+            response
+        }
     }
 }
 
