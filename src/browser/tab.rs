@@ -10,11 +10,12 @@
 //! (navigations, in-page moves) for whoever watches it, and reads the HTTP responses of the
 //! page's own API requests (`Network.requestWillBeSent` / `responseReceived` /
 //! `loadingFinished`, then `Network.getResponseBody`) for the subscribed request: the
-//! site's answers to a send or a refetch come that way. An observer (set once per tab) sees
-//! every update-socket frame, also while no request runs. The main frame's document
-//! response (its URL and HTTP status, or the browser's network error) is kept too, so a
-//! caller can tell a page that exists from a not-found page, or from one that did not load,
-//! without reading the page.
+//! site's answers to a send or a refetch come that way. Each such request is also reported
+//! as it goes out, before its answer: the send's body names the prompt's nonce before any
+//! frame about it can come. An observer (set once per tab) sees every update-socket frame,
+//! also while no request runs. The main frame's document response (its URL and HTTP
+//! status, or the browser's network error) is kept too, so a caller can tell a page that
+//! exists from a not-found page, or from one that did not load, without reading the page.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
