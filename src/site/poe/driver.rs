@@ -655,8 +655,8 @@ impl Driver {
         let mut target = ReplyTarget::default();
         // Whether the site's answer to the send was read (it names the chat).
         let mut send_answered = false;
-        // Should the page's send never be seen (say `site.api_path_contains` no longer matches its
-        // requests), the updates held for it are taken after this wait, without its nonce.
+        // Should the page's send never be seen (say `site.api_path_contains` no longer matches
+        // its requests), the updates held for it are taken after this wait, without its nonce.
         let unheld = tokio::time::sleep(SEND_SEEN_WAIT);
         tokio::pin!(unheld);
         // Set once the page lost its update stream: its refetch response is awaited until
@@ -834,8 +834,6 @@ impl Driver {
         }
     }
 
-    /// Stops a streaming reply with the page's stop button, and waits briefly for the site
-    /// to confirm. Best effort: the tab is made fresh afterwards anyway.
     /// Hands a tracker's steps to the client; returns the reply's end if one came. A
     /// finished reply that outran the page's reading of the send's answer (which names the
     /// chat the conversation goes on in) waits for it, briefly.
@@ -877,9 +875,10 @@ impl Driver {
         None
     }
 
-    /// `reply`: the reply's tracker, which goes on reading the page's send and frames: only
-    /// its own reply's end confirms the stop (other chats' messages may come on the same
-    /// channel).
+    /// Stops a streaming reply with the page's stop button, and waits briefly for the site
+    /// to confirm. Best effort: the tab is made fresh afterwards anyway. `reply` is the
+    /// reply's tracker, which goes on reading the page's send and frames: only its own
+    /// reply's end confirms the stop (other chats' messages may come on the same channel).
     async fn stop(
         &self,
         tab: &Tab,
