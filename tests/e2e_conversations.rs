@@ -97,20 +97,15 @@ fn history(asked: &[&str], answered: &[&str], next: &str) -> Vec<ChatMessage> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edited_turn_or_another_model_starts_a_new_chat_and_a_named_one_goes_on() {
-    let double = Double::start(site()).await.expect("double");
-    let daemon = Daemon::start(&double.base_url(), &[]).await;
-    let client = daemon.client().await;
-
-    let first = complete(&client, None, vec![m("user", "a [[turns]]")], None)
+/// Asks "a [[turns]]", then the same conversation's next turn "b [[turns]]", and checks
+/// that the second went on in the first's chat (the bot saw one earlier message).
+async fn first_two_turns(client: &Client) -> (Done, Done) {
+    let first = complete(client, None, vec![m("user", "a [[turns]]")], None)
         .await
         .expect("first");
     assert_eq!(first.text, turns(0));
-    assert!(!first.continued && first.reason.is_none(), "{first:?}");
-    let id = first.conversation.expect("a conversation");
     let second = complete(
-        &client,
+        client,
         None,
         history(&["a [[turns]]"], &[&turns(0)], "b [[turns]]"),
         None,
@@ -121,6 +116,18 @@ async fn an_edited_turn_or_another_model_starts_a_new_chat_and_a_named_one_goes_
         (second.text.as_str(), second.continued),
         (turns(1).as_str(), true)
     );
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_turn_or_another_model_starts_a_new_chat_and_a_named_one_goes_on() {
+    let double = Double::start(site()).await.expect("double");
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    let client = daemon.client().await;
+
+    let (first, second) = first_two_turns(&client).await;
+    assert!(!first.continued && first.reason.is_none(), "{first:?}");
+    let id = first.conversation.expect("a conversation");
     assert_eq!(second.conversation, Some(id));
 
     // An earlier turn edited: a new conversation in a new chat, the history flattened.
@@ -202,22 +209,7 @@ async fn a_send_answered_after_its_reply_still_names_the_chat_to_go_on_in() {
     .expect("double");
     let daemon = Daemon::start(&double.base_url(), &[]).await;
     let client = daemon.client().await;
-    let first = complete(&client, None, vec![m("user", "a [[turns]]")], None)
-        .await
-        .expect("first");
-    assert_eq!(first.text, turns(0));
-    let second = complete(
-        &client,
-        None,
-        history(&["a [[turns]]"], &[&turns(0)], "b [[turns]]"),
-        None,
-    )
-    .await
-    .expect("second");
-    assert_eq!(
-        (second.text.as_str(), second.continued),
-        (turns(1).as_str(), true)
-    );
+    first_two_turns(&client).await;
     let taken = double.taken();
     assert_eq!(taken.len(), 2, "each prompt sent once");
     assert_eq!(taken[1].chat_code, taken[0].chat_code);

@@ -765,10 +765,8 @@ impl Driver {
                         }
                     }
                     Some(TabSignal::Http(exchange)) => {
-                        let name = network::query_name(&exchange.request_headers, exchange.post_data.as_deref());
-                        if name.as_deref().is_some_and(network::is_send_query) {
+                        if let Some(nonce) = send_nonce(&exchange.request_headers, exchange.post_data.as_deref()) {
                             send_answered = true;
-                            let nonce = exchange.post_data.as_deref().and_then(network::client_nonce);
                             if nonce.is_some() {
                                 target.client_nonce.clone_from(&nonce);
                             }
