@@ -597,7 +597,13 @@ async fn lost_updates_are_signalled_and_recoverable() {
 #[tokio::test]
 async fn concurrent_chats_stay_apart() {
     within(async {
-        let d = Double::start(fast()).await.unwrap();
+        // Each page gets only its own chat's frames here: each socket must carry its own.
+        let d = Double::start(DoubleOptions {
+            updates_to_all_pages: false,
+            ..fast()
+        })
+        .await
+        .unwrap();
         let mut chats = Vec::new();
         for i in 0..3 {
             let (chat, _) = open_page(&d, "GPT-4", &[]).await;

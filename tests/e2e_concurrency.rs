@@ -6,7 +6,7 @@ mod double;
 use std::time::Duration;
 
 use common::{run, within, Daemon, STEP};
-use double::{expected_reply, Double, DoubleOptions};
+use double::{expected_reply, Double, DoubleOptions, Mode};
 use poed::protocol::{ChatMessage, CompleteRequest, Event};
 use poed::ErrorKind;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -127,8 +127,36 @@ async fn replies_of_other_chats_on_an_account_wide_channel_are_not_taken() {
     assert!(matches!(events.last(), Some(Event::Done { .. })));
     let chats = double.chats();
     assert_eq!(chats.len(), 4, "each prompt reached the site once");
-    // Each reply was told apart by its own send (its nonce), not by a guess.
+    // Each reply was told apart by its own send (its nonce, or its chat in 2023), not by
+    // a guess.
     let log = daemon.log();
+    assert!(!log.contains("send request was not seen"), "{log}");
+    assert!(!log.contains("taking the newest prompt"), "{log}");
+}
+
+/// The same where the site's echoes carry no client nonce and a new chat's send names no
+/// chat: each prompt's echo is told by the site's answer to its send (the prompt's message
+/// and chat), which a reply waits for rather than guessing the newest prompt its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nonces_in_echoes_the_answer_to_each_send_tells_its_reply() {
+    let double = Double::start(DoubleOptions {
+        mode: Mode::Y2025,
+        chunk_delay_ms: 40,
+        updates_to_all_pages: true,
+        echo_nonce: false,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double");
+    let prompts = [
+        "first question [[think]]",
+        "second question",
+        "third question",
+    ];
+    let daemon = each_its_own_reply(&double, prompts).await;
+    assert_eq!(double.chats().len(), 3, "each prompt reached the site once");
+    let log = daemon.log();
+    assert!(!log.contains("taking the newest prompt"), "{log}");
     assert!(!log.contains("send request was not seen"), "{log}");
 }
 

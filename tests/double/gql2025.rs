@@ -318,7 +318,7 @@ fn send(shared: Arc<Shared>, headers: &HeaderMap, vars: &Value, received_at: Ins
             "human",
             &prompt,
             "complete",
-            record.client_nonce.clone(),
+            record.client_nonce.clone().filter(|_| shared.echo_nonce),
             None,
         );
         let reply = message_2025(&shared, bot.codename, "", "incomplete", None, Some(bot));

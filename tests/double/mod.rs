@@ -14,8 +14,7 @@
 //!   repeats of the final one, costs, follow-ups, title, `viewerStateUpdated` with points),
 //!   pings answered by pongs; points that each reply spends; chats that move the page to
 //!   `/chat/{chatCode}` and continue there; anonymous `p-b` cookies and a server-side set of
-//!   signed-in ones (signed out, a bot page redirects to `/login?redirect_url=...`); every
-//!   page's update socket gets every chat's frames, as on an account-wide channel; lost
+//!   signed-in ones (signed out, a bot page redirects to `/login?redirect_url=...`); lost
 //!   updates recovered by the page through a chat query; and an explore page listing bots.
 //!   Refusal triggers: `[[reached-limit]]`, `[[rate-limit-exceeded]]`, `[[concurrent]]`,
 //!   `[[too-many-tokens]]`, `[[no-access]]`, `[[refuse:STATUS]]`, and to test a retry
@@ -29,13 +28,15 @@
 //!   `site2023.rs`, `frames2023.rs`, `page.html`.
 //!
 //! Both modes share the replies ([`expected_reply`], trigger words in `replies.rs`), the
-//! streaming of a reply with stop and lost-update endings (`stream.rs`), a second socket that
-//! carries nothing but noise, and the records: every send ATTEMPT (taken or refused) and stop
-//! it receives ([`Double::chats`]), which tests and the benchmark compare with what the client
-//! saw. Like the site's own bot filters, it notes what each request says of its browser
-//! (`User-Agent`, `Sec-CH-UA`: [`Double::agents`]), and its bot pages run a bot check that
-//! reports `navigator.webdriver`, `navigator.userAgent` and DOM reads by scripts that are not
-//! the page's ([`Double::browser_checks`], `POST /__double/browser-check`; `bot_check.js`).
+//! streaming of a reply with stop and lost-update endings (`stream.rs`), every page's update
+//! socket getting every chat's frames, as on an account-wide channel (by default), a second
+//! socket that carries nothing but noise, and the records: every send ATTEMPT (taken or
+//! refused) and stop it receives ([`Double::chats`]), which tests and the benchmark compare
+//! with what the client saw. Like the site's own bot filters, it notes what each request says
+//! of its browser (`User-Agent`, `Sec-CH-UA`: [`Double::agents`]), and its bot pages run a
+//! bot check that reports `navigator.webdriver`, `navigator.userAgent` and DOM reads by
+//! scripts that are not the page's ([`Double::browser_checks`], `POST
+//! /__double/browser-check`; `bot_check.js`).
 //!
 //! Routes: `GET /{bot}`, `GET /chat/{code}` (2025), `GET /explore` (2025), `GET|POST /login`,
 //! `POST /api/gql_POST`, `GET /api/chat/{chatId}` (the 2023 page's refetch), `GET
@@ -139,10 +140,13 @@ pub struct DoubleOptions {
     pub rate_limit: Option<RateLimit>,
     /// 2025: prompts longer than this (in chars) are refused with `too_many_tokens`.
     pub max_prompt_chars: Option<usize>,
-    /// 2025: every update socket gets the frames of every chat, as the site's account-wide
-    /// update channel may deliver them (the default: the harder reading), or (`false`) only
-    /// the socket of the page that sent.
+    /// Every update socket gets the frames of every chat, as the site's account-wide update
+    /// channel may deliver them (the default, in both modes: the harder reading), or
+    /// (`false`) only the socket of the page that sent.
     pub updates_to_all_pages: bool,
+    /// 2025: the human echo carries the send's `clientNonce`, as in the capture; `false`
+    /// for a site that leaves it out (the echo is then told by the send's answer).
+    pub echo_nonce: bool,
     /// 2025: how often the page pings its update socket.
     pub ping_interval_ms: u64,
     /// 2025: how long after the other four repeats of a finished bot message the fifth one
@@ -177,6 +181,7 @@ impl Default for DoubleOptions {
             rate_limit: None,
             max_prompt_chars: None,
             updates_to_all_pages: true,
+            echo_nonce: true,
             ping_interval_ms: 5000,
             late_repeat_ms: 250,
             send_answer_delay_ms: 0,
@@ -270,6 +275,7 @@ impl Double {
             rate_limit: opts.rate_limit,
             max_prompt_chars: opts.max_prompt_chars,
             updates_to_all_pages: opts.updates_to_all_pages,
+            echo_nonce: opts.echo_nonce,
             ping_interval_ms: opts.ping_interval_ms,
             late_repeat: Duration::from_millis(opts.late_repeat_ms),
             send_answer_delay: Duration::from_millis(opts.send_answer_delay_ms),
@@ -541,6 +547,7 @@ struct Shared {
     rate_limit: Option<RateLimit>,
     max_prompt_chars: Option<usize>,
     updates_to_all_pages: bool,
+    echo_nonce: bool,
     ping_interval_ms: u64,
     late_repeat: Duration,
     send_answer_delay: Duration,
@@ -787,12 +794,12 @@ impl Shared {
         });
     }
 
-    /// Queues `frame` on `channel`'s socket (on every socket with `updates_to_all_pages` in
-    /// 2025 mode); a frame for a closed page is lost, as on the site. Only the channel's own
+    /// Queues `frame` on `channel`'s socket (on every socket with `updates_to_all_pages`); a
+    /// frame for a closed page is lost, as on the site. Only the channel's own
     /// socket notes the frame on the record.
     fn emit(&self, channel: &str, frame: String, record: Option<usize>) {
         let s = self.lock();
-        if self.updates_to_all_pages && self.mode() == Mode::Y2025 {
+        if self.updates_to_all_pages {
             for (name, socket) in &s.sockets {
                 let record = if name == channel { record } else { None };
                 let frame = frame.clone();

@@ -659,6 +659,11 @@ impl Driver {
         // its requests), the updates held for it are taken after this wait, without its nonce.
         let unheld = tokio::time::sleep(SEND_SEEN_WAIT);
         tokio::pin!(unheld);
+        // Bot updates that wait for the site's answer to the send, or for an echo that it or
+        // the send tells, are taken on the best guess after this wait.
+        let answer_wait = tokio::time::sleep(SEND_ANSWER_WAIT);
+        tokio::pin!(answer_wait);
+        let mut answer_armed = false;
         // Set once the page lost its update stream: its refetch response is awaited until
         // this moment, then (if allowed) the page itself is read.
         let mut refetch_until: Option<tokio::time::Instant> = None;
@@ -667,6 +672,16 @@ impl Driver {
         > = None;
         let sel = &self.site.selectors;
         loop {
+            if tracker.deferring() && !answer_armed {
+                debug!(
+                    tab = tab.id,
+                    "the reply waits for the site's answer to the send, or for an echo it names"
+                );
+                answer_wait
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + SEND_ANSWER_WAIT);
+                answer_armed = true;
+            }
             let refetch_at = refetch_until.filter(|_| recovery.is_none());
             let refetch_wait = async {
                 match refetch_at {
@@ -698,7 +713,14 @@ impl Driver {
                 }
                 () = &mut unheld, if tracker.holding() => {
                     warn!(tab = tab.id, "the page's send request was not seen; check site.api_path_contains (replies are told apart less surely without it)");
-                    let steps = tracker.sent(None);
+                    let steps = tracker.unheld();
+                    if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
+                        return end;
+                    }
+                }
+                () = &mut answer_wait, if answer_armed && tracker.deferring() => {
+                    warn!(tab = tab.id, "no echo of the prompt was told by the page's send or the site's answer in time; taking the newest prompt's reply (replies are told apart less surely)");
+                    let steps = tracker.settle();
                     if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
                         return end;
                     }
@@ -755,21 +777,23 @@ impl Driver {
                         }
                     }
                     Some(TabSignal::Request(request)) => {
-                        if let Some(nonce) = send_nonce(&request.request_headers, request.post_data.as_deref()) {
-                            debug!(tab = tab.id, nonce = nonce.is_some(), "the page's send went out");
-                            target.client_nonce.clone_from(&nonce);
-                            let steps = tracker.sent(nonce);
+                        if let Some(send) = network::send_request(&request.request_headers, request.post_data.as_deref()) {
+                            debug!(tab = tab.id, nonce = send.nonce.is_some(), chat = send.chat.is_some(), "the page's send went out");
+                            target.client_nonce.clone_from(&send.nonce);
+                            let steps = tracker.sent(send.nonce, send.chat);
                             if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
                                 return end;
                             }
                         }
                     }
                     Some(TabSignal::Http(exchange)) => {
-                        if let Some(nonce) = send_nonce(&exchange.request_headers, exchange.post_data.as_deref()) {
+                        if let Some(send) = network::send_request(&exchange.request_headers, exchange.post_data.as_deref()) {
                             send_answered = true;
-                            if nonce.is_some() {
-                                target.client_nonce.clone_from(&nonce);
+                            if send.nonce.is_some() {
+                                target.client_nonce.clone_from(&send.nonce);
                             }
+                            // What the answer says of the prompt's chat and message.
+                            let mut pin = (Vec::new(), None);
                             match network::parse_send_response(&exchange.body) {
                                 Some(SendResult::Refused { refusal, message }) => {
                                     warn!(tab = tab.id, status = refusal.as_str(), "the site refused the send");
@@ -780,7 +804,7 @@ impl Driver {
                                     }
                                     return Err(refusal_error(&refusal, message.as_deref(), bot).sent(false));
                                 }
-                                Some(SendResult::Taken { message_id, chat_code: code, .. }) => {
+                                Some(SendResult::Taken { message_id, chat_code: code, chats }) => {
                                     debug!(tab = tab.id, "the site took the prompt");
                                     if code.is_some() {
                                         *chat_code = code;
@@ -788,12 +812,14 @@ impl Driver {
                                     if target.human_message_id.is_none() {
                                         target.human_message_id = message_id;
                                     }
+                                    pin = (chats, message_id);
                                     pacer.taken().await;
                                 }
                                 None => {}
                             }
                             // The send's answer without its start seen (held updates go now).
-                            let steps = tracker.sent(nonce);
+                            let mut steps = tracker.sent(send.nonce, send.chat);
+                            steps.extend(tracker.answered(pin.0, pin.1));
                             if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
                                 return end;
                             }
@@ -921,15 +947,28 @@ impl Driver {
                         TabSignal::Frame(frame) => frame,
                         TabSignal::Request(r) => {
                             let post = r.post_data.as_deref();
-                            if let Some(nonce) = send_nonce(&r.request_headers, post) {
-                                reply.sent(nonce);
+                            if let Some(send) = network::send_request(&r.request_headers, post) {
+                                if ends(&reply.sent(send.nonce, send.chat)) {
+                                    return true;
+                                }
                             }
                             continue;
                         }
                         TabSignal::Http(x) => {
                             let post = x.post_data.as_deref();
-                            if let Some(nonce) = send_nonce(&x.request_headers, post) {
-                                reply.sent(nonce);
+                            if let Some(send) = network::send_request(&x.request_headers, post) {
+                                let mut steps = reply.sent(send.nonce, send.chat);
+                                let (chats, message_id) =
+                                    match network::parse_send_response(&x.body) {
+                                        Some(SendResult::Taken {
+                                            chats, message_id, ..
+                                        }) => (chats, message_id),
+                                        _ => (Vec::new(), None),
+                                    };
+                                steps.extend(reply.answered(chats, message_id));
+                                if ends(&steps) {
+                                    return true;
+                                }
                             }
                             continue;
                         }
@@ -938,8 +977,7 @@ impl Driver {
                     };
                     for update in parse_frame(&frame) {
                         let Update::Message(m) = update else { continue };
-                        let steps = reply.feed(&m);
-                        if steps.iter().any(|s| matches!(s, ReplyStep::Finished(_))) {
+                        if ends(&reply.feed(&m)) {
                             return true;
                         }
                     }
@@ -954,11 +992,9 @@ impl Driver {
     }
 }
 
-/// `Some(nonce)` when a request of the page is its send (the nonce its body carries, if
-/// any); `None` for any other request.
-fn send_nonce(headers: &[(String, String)], post_data: Option<&str>) -> Option<Option<String>> {
-    let name = network::query_name(headers, post_data)?;
-    network::is_send_query(&name).then(|| post_data.and_then(network::client_nonce))
+/// Whether a tracker's steps end the reply.
+fn ends(steps: &[ReplyStep]) -> bool {
+    steps.iter().any(|s| matches!(s, ReplyStep::Finished(_)))
 }
 
 /// How long updates are held for the page's send request to be seen before they are taken

@@ -9,8 +9,10 @@
 //!   anything else (pongs, other subscriptions, other sockets' traffic, non-JSON) is ignored,
 //!   never an error. Unknown fields and `"_"` keys are ignored; nothing is required that the
 //!   site has dropped before (`author`, `suggestedReplies`).
-//! - [`ReplyTracker`] follows the bot's reply to one prompt: it remembers the human echo,
-//!   locks on the first bot message after it, turns the site's cumulative `text` into
+//! - [`ReplyTracker`] follows the bot's reply to one prompt: it tells the prompt's human
+//!   echo among other chats' messages (by what the page's send and the site's answer to it
+//!   say: nonce, chat, message id), locks on the first bot message of its chat after it,
+//!   turns the site's cumulative `text` into
 //!   appended deltas, turns a rewrite that is not a prefix of what was streamed into a
 //!   [`Chunk::Replace`], and finishes once per bot message however often the site repeats it.
 //!
@@ -18,6 +20,7 @@
 //! (`objects`) are shared with the reader of the page's HTTP traffic
 //! ([`super::network`]).
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -361,12 +364,16 @@ pub enum ReplyStep {
 /// taken before it, and only one with a larger `messageId` is the reply (a continued chat
 /// shows its older bot messages too). The page's update channel may carry other chats'
 /// messages (the site's channel is the account's: other tabs' prompts and replies reach
-/// every page), so with an expected client nonce ([`ReplyTracker::with_nonce`], or the
-/// nonce given to [`ReplyTracker::sent`]) only the echo carrying it is ours once the site
-/// is seen to put nonces in echoes, the chat that echo names (`messageAdded:<chat>`) is
-/// ours, and messages naming another chat are ignored. A lock taken on a message that did
-/// not name its chat (a bare `messageCreated`) gives way to a message of ours until text
-/// has streamed. The tracker finishes once, on the bot message it locked on.
+/// every page), so the echo is told by what the page's send and the site's answer to it
+/// say: the send's client nonce (once the site is seen to put nonces in echoes, only the
+/// echo carrying ours is ours), the chat the send went to (`chatId`, 2023 and continued
+/// chats), the chat and the message id the site's answer names. The chat of that echo
+/// (`messageAdded:<chat>`) is ours, and messages naming another chat are ignored. Where
+/// nothing tells the echo, the newest human message is the guess; a bot message that only
+/// such a guess would make the reply waits for the site's answer to the send
+/// ([`ReplyTracker::answered`]), which names the chat and the message. A lock taken on a
+/// message that did not name its chat (a bare `messageCreated`) gives way to a message of
+/// ours until text has streamed. The tracker finishes once, on the bot message it locked on.
 ///
 /// Before the page's send is seen ([`ReplyTracker::until_sent`]) nothing can be ours yet:
 /// updates are held, and fed once [`ReplyTracker::sent`] says the send went out and with
@@ -376,15 +383,31 @@ pub enum ReplyStep {
 pub struct ReplyTracker {
     /// The nonce of the page's send request, when the caller knows it.
     expected_nonce: Option<String>,
+    /// The chat as the page's send and the site's answer name it (`chatId`, `id`, ...).
+    expected_chats: Vec<String>,
+    /// The prompt's message id, as the site's answer to the send gives it.
+    expected_message: Option<i64>,
+    /// The send was seen and the site's answer to it is not read yet.
+    awaiting_answer: bool,
+    answer_read: bool,
+    /// The guessed echo has something against it (another chat, another id than the send
+    /// and its answer name): the right one may still come.
+    guess_doubted: bool,
+    /// The caller waited long enough: the best guess is taken (see [`Self::settle`]).
+    settled: bool,
+    /// Bot updates that only a doubtful guess would make the reply: they wait for the
+    /// answer, or for an echo that the send or the answer tells.
+    deferred: Vec<MessageUpdate>,
     /// Updates that came before the send was seen (`Some` while it is awaited).
-    held: Option<std::collections::VecDeque<MessageUpdate>>,
-    /// The echo of the prompt: its id, and whether its nonce matched the expected one (then
-    /// no echo without a nonce replaces it).
+    held: Option<VecDeque<MessageUpdate>>,
+    /// The human messages seen while no reply is locked (the newest last): the echo is
+    /// chosen among them.
+    humans: VecDeque<Human>,
+    /// The echo of the prompt: its id, and whether something the site said tells it is ours
+    /// (then no guess replaces it).
     human_message: Option<i64>,
     human_pinned: bool,
     human_nonce: Option<String>,
-    /// The chat the echo named (the guessed echo's until one is pinned).
-    human_chat: Option<String>,
     /// Some human message carried a nonce: the site puts them in echoes, so an echo without
     /// ours is not ours.
     nonces_seen: bool,
@@ -399,6 +422,22 @@ pub struct ReplyTracker {
     /// The text the client has been given so far.
     streamed: String,
     finished: bool,
+}
+
+/// A human message, as a candidate for the prompt's echo.
+#[derive(Debug, Clone)]
+struct Human {
+    id: i64,
+    chat: Option<String>,
+    nonce: Option<String>,
+}
+
+/// Whether a bot message is the reply.
+enum Claim {
+    Ours,
+    /// Only a doubtful guess of the echo would make it ours: it waits.
+    Wait,
+    No,
 }
 
 impl ReplyTracker {
@@ -417,7 +456,7 @@ impl ReplyTracker {
 
     /// A tracker that holds every update until [`Self::sent`].
     pub fn until_sent(mut self) -> Self {
-        self.held = Some(std::collections::VecDeque::new());
+        self.held = Some(VecDeque::new());
         self
     }
 
@@ -426,34 +465,76 @@ impl ReplyTracker {
         self.held.is_some()
     }
 
-    /// The page's send went out, with this client nonce if its body had one: the held
-    /// updates are fed now (their steps returned). Called again later (e.g. once the send
-    /// could be read after all), it only learns a nonce it did not have.
-    pub fn sent(&mut self, nonce: Option<String>) -> Vec<ReplyStep> {
-        let Some(held) = self.held.take() else {
-            if let (None, Some(nonce)) = (&self.expected_nonce, nonce) {
-                self.expect_late(nonce);
+    /// Whether bot updates wait: for the site's answer to the send (see [`Self::answered`]),
+    /// or for an echo that it or the send tells. The caller bounds the wait
+    /// ([`Self::settle`]).
+    pub fn deferring(&self) -> bool {
+        !self.deferred.is_empty() && self.doubtful()
+    }
+
+    /// Only a doubtful guess names the echo, and the caller has not settled for it.
+    fn doubtful(&self) -> bool {
+        !self.human_pinned && !self.settled && (self.awaiting_answer || self.guess_doubted)
+    }
+
+    /// Takes the best guess of the echo from now on (the caller waited long enough for the
+    /// site's answer, or for an echo it tells): bot updates that waited are fed now.
+    pub fn settle(&mut self) -> Vec<ReplyStep> {
+        self.settled = true;
+        self.replay()
+    }
+
+    /// The page's send went out, with this client nonce and to this chat (its `chatId`) if
+    /// its body had them: the held updates are fed now (their steps returned), and the
+    /// site's answer is awaited. Called again later (e.g. once the send could be read after
+    /// all), it only learns what it did not have.
+    pub fn sent(&mut self, nonce: Option<String>, chat: Option<String>) -> Vec<ReplyStep> {
+        self.expect_chats(chat);
+        if self.expected_nonce.is_none() {
+            self.expected_nonce = nonce;
+        }
+        match self.held.take() {
+            Some(held) => {
+                self.awaiting_answer = !self.answer_read;
+                held.iter().flat_map(|m| self.feed(m)).collect()
             }
-            return Vec::new();
-        };
-        self.expected_nonce = self.expected_nonce.take().or(nonce);
+            None => {
+                self.choose_echo();
+                self.replay()
+            }
+        }
+    }
+
+    /// The page's send was never seen: the held updates are fed as they are, and no answer
+    /// to it is awaited (it would not be seen either).
+    pub fn unheld(&mut self) -> Vec<ReplyStep> {
+        let held = self.held.take().unwrap_or_default();
         held.iter().flat_map(|m| self.feed(m)).collect()
     }
 
-    /// Learns the nonce after updates were fed without it: the echo guessed so far is kept
-    /// only if it carried that nonce.
-    fn expect_late(&mut self, nonce: String) {
-        if !self.human_pinned && self.bot_message.is_none() {
-            if self.human_nonce.as_deref() == Some(nonce.as_str()) {
-                self.human_pinned = true;
-                self.chat = self.human_chat.clone();
-            } else if self.human_nonce.is_some() {
-                self.human_message = None;
-                self.human_nonce = None;
-                self.human_chat = None;
+    /// The site's answer to the send was read: the chat it names (every name it gives,
+    /// `chatId`, `id`, `chatCode`) and the prompt's message id, when it gave them. Nothing
+    /// waits for the answer any more; bot updates that did are fed now (their steps
+    /// returned).
+    pub fn answered(&mut self, chats: Vec<String>, message_id: Option<i64>) -> Vec<ReplyStep> {
+        for chat in chats {
+            self.expect_chats(Some(chat));
+        }
+        if self.expected_message.is_none() {
+            self.expected_message = message_id;
+        }
+        self.answer_read = true;
+        self.awaiting_answer = false;
+        self.choose_echo();
+        self.replay()
+    }
+
+    fn expect_chats(&mut self, chat: Option<String>) {
+        if let Some(chat) = chat.filter(|c| !c.is_empty()) {
+            if !self.expected_chats.contains(&chat) {
+                self.expected_chats.push(chat);
             }
         }
-        self.expected_nonce = Some(nonce);
     }
 
     /// A tracker that ignores every message up to `id` (human or bot): the earlier turns
@@ -506,10 +587,7 @@ impl ReplyTracker {
     /// Feeds one message update; returns what to tell the client (possibly nothing).
     pub fn feed(&mut self, m: &MessageUpdate) -> Vec<ReplyStep> {
         if let Some(held) = &mut self.held {
-            if held.len() == MAX_HELD {
-                held.pop_front();
-            }
-            held.push_back(m.clone());
+            push_bounded(held, m.clone());
             return Vec::new();
         }
         if self.finished || self.floor.is_some_and(|floor| m.message_id <= floor) {
@@ -525,22 +603,30 @@ impl ReplyTracker {
         }
         if m.human {
             self.note_human(m);
-            return Vec::new();
+            return self.replay();
         }
         if !m.is_bot() {
             return Vec::new();
         }
         let names_our_chat = self.chat.is_some() && m.chat == self.chat;
         match self.bot_message {
-            None if self.may_lock(m) => self.lock(m),
-            None => return Vec::new(),
+            None => match self.claim(m) {
+                Claim::Ours => self.lock(m),
+                Claim::Wait => {
+                    if self.deferred.len() < MAX_HELD {
+                        self.deferred.push(m.clone());
+                    }
+                    return Vec::new();
+                }
+                Claim::No => return Vec::new(),
+            },
             // A message of our chat replaces a lock on one that did not name its chat.
             Some(id)
                 if id != m.message_id
                     && names_our_chat
                     && !self.bot_confirmed
                     && self.streamed.is_empty()
-                    && self.may_lock(m) =>
+                    && matches!(self.claim(m), Claim::Ours) =>
             {
                 self.lock(m)
             }
@@ -565,11 +651,22 @@ impl ReplyTracker {
         steps
     }
 
-    /// Whether `m` (a bot message) may be the reply: it comes after our echo, which must
-    /// be the one carrying our nonce where the site puts nonces in echoes.
-    fn may_lock(&self, m: &MessageUpdate) -> bool {
-        let ours = self.human_pinned || self.expected_nonce.is_none() || !self.nonces_seen;
-        ours && self.human_message.is_some_and(|human| m.message_id > human)
+    /// Whether `m` (a bot message) is the reply: it comes after our echo, which must be the
+    /// one carrying our nonce where the site puts nonces in echoes. While only a guess names
+    /// the echo and the site's answer to the send is still to come, it waits for that.
+    fn claim(&self, m: &MessageUpdate) -> Claim {
+        if !self.human_pinned {
+            if self.expected_nonce.is_some() && self.nonces_seen {
+                return Claim::No;
+            }
+            if self.doubtful() {
+                return Claim::Wait;
+            }
+        }
+        match self.human_message {
+            Some(human) if m.message_id > human => Claim::Ours,
+            _ => Claim::No,
+        }
     }
 
     fn lock(&mut self, m: &MessageUpdate) {
@@ -578,8 +675,18 @@ impl ReplyTracker {
         self.bot = None;
     }
 
-    /// Remembers the prompt's echo. Before the bot message is locked only: later human
-    /// messages are other turns.
+    /// Feeds the bot updates that waited for the answer, once the echo is told or the answer
+    /// came.
+    fn replay(&mut self) -> Vec<ReplyStep> {
+        if self.deferred.is_empty() || self.doubtful() {
+            return Vec::new();
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        deferred.iter().flat_map(|m| self.feed(m)).collect()
+    }
+
+    /// Remembers a human message while no reply is locked (later ones are other turns), and
+    /// chooses the echo again.
     fn note_human(&mut self, m: &MessageUpdate) {
         self.nonces_seen |= m.client_nonce.is_some();
         if self.human_pinned {
@@ -593,25 +700,73 @@ impl ReplyTracker {
         if self.bot_message.is_some() {
             return;
         }
-        match (&self.expected_nonce, &m.client_nonce) {
-            (Some(want), Some(got)) if want == got => {
-                self.human_message = Some(m.message_id);
-                self.human_nonce = Some(got.clone());
-                self.human_pinned = true;
-                self.chat.clone_from(&m.chat);
+        match self.humans.iter_mut().find(|h| h.id == m.message_id) {
+            Some(h) => {
+                h.chat = h.chat.take().or_else(|| m.chat.clone());
+                h.nonce = h.nonce.take().or_else(|| m.client_nonce.clone());
             }
-            // Someone else's prompt.
-            (Some(_), Some(_)) => {}
-            // No nonce to tell: the newest human message is the best guess.
-            _ => {
-                if self.human_message.is_none_or(|h| m.message_id > h) {
-                    self.human_message = Some(m.message_id);
-                    self.human_nonce.clone_from(&m.client_nonce);
-                    self.human_chat.clone_from(&m.chat);
-                }
+            None => push_bounded(
+                &mut self.humans,
+                Human {
+                    id: m.message_id,
+                    chat: m.chat.clone(),
+                    nonce: m.client_nonce.clone(),
+                },
+            ),
+        }
+        self.choose_echo();
+    }
+
+    /// Chooses the echo among the human messages seen, unless it is told already or the
+    /// reply is locked: the newest one that the send or the answer says is ours (its nonce,
+    /// its id, its chat; a different nonce rules a message out); else, as a guess, the
+    /// newest with the fewest things against it (another id, another chat), doubted if it
+    /// has any.
+    fn choose_echo(&mut self) {
+        if self.human_pinned || self.bot_message.is_some() {
+            return;
+        }
+        let other_nonce = |h: &Human| matches!((&self.expected_nonce, &h.nonce), (Some(want), Some(got)) if want != got);
+        let our_chat = |h: &Human| {
+            h.chat
+                .as_ref()
+                .is_some_and(|c| self.expected_chats.contains(c))
+        };
+        let told = self.humans.iter().rev().find(|h| {
+            (self.expected_nonce.is_some() && h.nonce == self.expected_nonce)
+                || !other_nonce(h) && (self.expected_message == Some(h.id) || our_chat(h))
+        });
+        let (echo, pinned) = match told {
+            Some(h) => (Some(h), true),
+            None => {
+                let against = |h: &Human| {
+                    u8::from(self.expected_message.is_some_and(|id| id != h.id))
+                        + u8::from(h.chat.is_some() && !self.expected_chats.is_empty())
+                };
+                let guess = self
+                    .humans
+                    .iter()
+                    .filter(|h| !other_nonce(h))
+                    .min_by_key(|h| (against(h), std::cmp::Reverse(h.id)));
+                self.guess_doubted = guess.is_some_and(|h| against(h) > 0);
+                (guess, false)
             }
+        };
+        self.human_message = echo.map(|h| h.id);
+        self.human_nonce = echo.and_then(|h| h.nonce.clone());
+        self.human_pinned = pinned;
+        if pinned {
+            self.chat = echo.and_then(|h| h.chat.clone());
         }
     }
+}
+
+/// Appends to a bounded queue, dropping the oldest entry when full.
+fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.len() == MAX_HELD {
+        queue.pop_front();
+    }
+    queue.push_back(item);
 }
 
 #[cfg(test)]
@@ -1408,7 +1563,7 @@ mod tests {
         let mut t = ReplyTracker::new().until_sent();
         assert!(t.holding());
         assert_eq!(track(&mut t, &before), vec![]);
-        assert_eq!(t.sent(Some(NONCE.into())), vec![]);
+        assert_eq!(t.sent(Some(NONCE.into()), None), vec![]);
         assert!(!t.holding());
         assert_eq!(t.human_message_id(), Some(HUMAN));
         let after = [
@@ -1426,7 +1581,7 @@ mod tests {
         all.extend(after.iter().cloned());
         assert_eq!(track(&mut t, &all), vec![]);
         assert_eq!(
-            t.sent(Some(NONCE.into())).last(),
+            t.sent(Some(NONCE.into()), None).last(),
             Some(&ReplyStep::Finished(Outcome::Complete("Ours".into())))
         );
     }
@@ -1435,13 +1590,13 @@ mod tests {
     fn a_nonce_learned_late_drops_a_wrong_guess() {
         let mut t = ReplyTracker::new().until_sent();
         // The send's nonce could not be read at first.
-        assert_eq!(t.sent(None), vec![]);
+        assert_eq!(t.sent(None, None), vec![]);
         track(
             &mut t,
             &[on_chat(Some("77"), their_echo(HUMAN + 1, "theirs"))],
         );
         assert_eq!(t.human_message_id(), Some(HUMAN + 1));
-        assert_eq!(t.sent(Some(NONCE.into())), vec![]);
+        assert_eq!(t.sent(Some(NONCE.into()), None), vec![]);
         assert_eq!(t.human_message_id(), None, "their echo was only a guess");
         let rest = [
             on_chat(Some("77"), bot_2025(json!(HUMAN + 2), "Theirs", "complete")),
@@ -1451,6 +1606,135 @@ mod tests {
         assert_eq!(
             track(&mut t, &rest).last(),
             Some(&ReplyStep::Finished(Outcome::Complete("Ours".into())))
+        );
+    }
+
+    /// A 2023-shape message (no nonce, no `bot` object) on chat `chat`.
+    fn plain(chat: &str, id: i64, author: &str, text: &str, state: &str) -> String {
+        let m = json!({"messageId": id, "author": author, "text": text, "state": state});
+        on_chat(Some(chat), m)
+    }
+
+    #[test]
+    fn without_nonces_the_chat_the_send_went_to_tells_the_echo() {
+        // Ours goes to chat-1; another page's prompt (chat-2) was sent just before, and its
+        // echo and reply reach our page before our echo does.
+        let frames = [
+            plain("chat-2", 10, "human", "theirs", "complete"),
+            plain("chat-2", 11, "beaver", "Their", "incomplete"),
+            plain("chat-1", 12, "human", "ours", "complete"),
+            plain("chat-2", 11, "beaver", "Their answer", "complete"),
+            plain("chat-1", 13, "beaver", "Our answer", "complete"),
+        ];
+        let mut t = ReplyTracker::new().until_sent();
+        assert_eq!(t.sent(None, Some("chat-1".into())), vec![]);
+        assert_eq!(
+            track(&mut t, &frames),
+            vec![
+                ReplyStep::Text(Chunk::Append("Our answer".into())),
+                ReplyStep::Finished(Outcome::Complete("Our answer".into())),
+            ]
+        );
+        assert_eq!(t.human_message_id(), Some(12));
+        assert!(!t.deferring());
+    }
+
+    #[test]
+    fn without_nonces_or_a_chat_the_reply_waits_for_the_sites_answer() {
+        // A new chat (no chatId in the send) on a site that puts no nonces in echoes: three
+        // prompts' echoes come before any reply, then the replies interleave.
+        let frames = [
+            plain("21", 100, "human", "ours", "complete"),
+            plain("22", 101, "human", "second", "complete"),
+            plain("23", 102, "human", "third", "complete"),
+            plain("23", 105, "beaver", "Third", "incomplete"),
+            plain("21", 103, "beaver", "Our", "incomplete"),
+            plain("22", 104, "beaver", "Second", "incomplete"),
+        ];
+        let mut t = ReplyTracker::new().until_sent();
+        assert_eq!(t.sent(None, None), vec![]);
+        assert_eq!(track(&mut t, &frames), vec![], "nothing is guessed");
+        assert!(t.deferring());
+        // The answer names the prompt's message: its chat's reply comes out, the others'
+        // are dropped.
+        assert_eq!(
+            t.answered(vec!["21".into(), "2fnxsq7l".into()], Some(100)),
+            vec![ReplyStep::Text(Chunk::Append("Our".into()))]
+        );
+        assert!(!t.deferring());
+        let rest = [
+            plain("23", 105, "beaver", "Third answer", "complete"),
+            plain("21", 103, "beaver", "Our answer", "complete"),
+        ];
+        assert_eq!(
+            track(&mut t, &rest),
+            vec![
+                ReplyStep::Text(Chunk::Append(" answer".into())),
+                ReplyStep::Finished(Outcome::Complete("Our answer".into())),
+            ]
+        );
+
+        // The chat alone tells it too, and an answer read before the send's report counts.
+        let mut t = ReplyTracker::new().until_sent();
+        track(&mut t, &frames);
+        let mut steps = t.sent(None, None);
+        steps.extend(t.answered(vec!["21".into()], None));
+        assert_eq!(steps, vec![ReplyStep::Text(Chunk::Append("Our".into()))]);
+        assert_eq!(t.sent(None, None), vec![]);
+        assert!(
+            !t.deferring(),
+            "a later report of the send awaits no answer again"
+        );
+    }
+
+    #[test]
+    fn an_answer_before_the_echo_leaves_other_chats_waiting() {
+        // Ours goes to chat-1; the site answers before our echo comes, while another chat's
+        // echo and reply are on the channel: theirs is not taken for want of ours.
+        let mut t = ReplyTracker::new().until_sent();
+        t.sent(None, Some("chat-1".into()));
+        let theirs = [
+            plain("chat-2", 10, "human", "theirs", "complete"),
+            plain("chat-2", 11, "beaver", "Their answer", "complete"),
+        ];
+        assert_eq!(track(&mut t, &theirs), vec![]);
+        assert_eq!(t.answered(vec!["chat-1".into()], None), vec![]);
+        assert!(t.deferring());
+        let ours = [
+            plain("chat-1", 12, "human", "ours", "complete"),
+            plain("chat-1", 13, "beaver", "Our answer", "complete"),
+        ];
+        assert_eq!(
+            track(&mut t, &ours).last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("Our answer".into())))
+        );
+    }
+
+    #[test]
+    fn a_doubtful_guess_is_taken_once_the_caller_settles() {
+        // The send's chat is named differently from the updates, and the answer names
+        // nothing more: the guess is all there is, taken once the caller stops waiting.
+        let frames = [
+            plain("3349", 100, "human", "ours", "complete"),
+            plain("3349", 101, "beaver", "Our answer", "complete"),
+        ];
+        let mut t = ReplyTracker::new().until_sent();
+        t.sent(None, Some("2fnxsq7l".into()));
+        assert_eq!(track(&mut t, &frames), vec![]);
+        assert_eq!(t.answered(Vec::new(), None), vec![]);
+        assert!(t.deferring());
+        assert_eq!(
+            t.settle().last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("Our answer".into())))
+        );
+        assert!(!t.deferring());
+
+        // A send never seen awaits no answer: the guess is taken at once.
+        let mut t = ReplyTracker::new().until_sent();
+        assert_eq!(track(&mut t, &frames), vec![]);
+        assert_eq!(
+            t.unheld().last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("Our answer".into())))
         );
     }
 

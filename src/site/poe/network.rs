@@ -2,11 +2,11 @@
 //!
 //! poed never calls the site's API; it reads what the page sent and received. Pure functions
 //! over request headers and bodies, so they are tested on recorded-style JSON:
-//! - [`query_name`] / [`is_send_query`] / [`client_nonce`]: which request is the page's send
-//!   (`sendMessageMutation`) and the nonce its human echo will carry.
+//! - [`query_name`] / [`is_send_query`] / [`send_request`]: which request is the page's send
+//!   (`sendMessageMutation`), the nonce its human echo will carry and the chat it goes to.
 //! - [`parse_send_response`]: whether the site took the message or refused it
-//!   (`messageEdgeCreate.status`). On a refusal no frame ever comes, so this is the only way
-//!   to know.
+//!   (`messageEdgeCreate.status`), and which chat and message it made. On a refusal no frame
+//!   ever comes, so this is the only way to know.
 //! - [`find_reply`]: the reply read back from the chat the page refetches after lost updates.
 //!   That query's name and shape are not known, so the whole body is searched for message
 //!   objects.
@@ -83,6 +83,50 @@ pub fn client_nonce(post_data: &str) -> Option<String> {
         .or_else(|| objects(&body).find_map(nonce_of))
 }
 
+/// What the page's send request says of the message it sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendRequest {
+    /// The `clientNonce` its human echo will carry (2025).
+    pub nonce: Option<String>,
+    /// The chat it goes to: `variables.chatId` as the site writes it (a number or a
+    /// string); none for a new chat (2025 sends `null` there).
+    pub chat: Option<String>,
+}
+
+/// What a request of the page says when it is the page's send (see [`is_send_query`]);
+/// `None` for any other request.
+pub fn send_request(headers: &[(String, String)], post_data: Option<&str>) -> Option<SendRequest> {
+    let name = query_name(headers, post_data)?;
+    if !is_send_query(&name) {
+        return None;
+    }
+    let body = post_data.and_then(|p| serde_json::from_str::<Value>(p).ok());
+    let chat = body.as_ref().and_then(|b| {
+        objects(b).find_map(|o| {
+            o.get("variables")
+                .and_then(|v| v.get("chatId"))
+                .and_then(id_text)
+        })
+    });
+    Some(SendRequest {
+        nonce: post_data.and_then(client_nonce),
+        chat,
+    })
+}
+
+/// An id as text, as an update's `unique_id` would name it: a string as written, a whole
+/// number in decimal; `None` for anything else or an empty string.
+fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.trim().to_owned()).filter(|s| !s.is_empty()),
+        Value::Number(n) => n
+            .as_i64()
+            .map(|i| i.to_string())
+            .or_else(|| n.as_u64().map(|u| u.to_string())),
+        _ => None,
+    }
+}
+
 /// Why the site refused a message (`messageEdgeCreate.status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -131,8 +175,9 @@ impl Refusal {
 pub enum SendResult {
     /// The site took the message: replies will come on the update socket.
     Taken {
-        /// `chat.chatId` (or a numeric `chat.id`).
-        chat_id: Option<i64>,
+        /// The chat's names: `chat.chatId`, `chat.id`, `chat.chatCode`, as the site wrote
+        /// them (an update names its chat by one of them: `messageAdded:<chatId>`).
+        chats: Vec<String>,
         /// `chat.chatCode`: the chat's page is `{base}/chat/{chatCode}`.
         chat_code: Option<String>,
         /// The id of the message taken (the human message: its echo has this id).
@@ -184,9 +229,10 @@ fn taken(edge: &Map<String, Value>) -> SendResult {
     let chat = edge.get("chat").and_then(Value::as_object);
     let chat_field = |key: &str| chat.and_then(|c| c.get(key));
     SendResult::Taken {
-        chat_id: chat_field("chatId")
-            .and_then(int_of)
-            .or_else(|| chat_field("id").and_then(int_of)),
+        chats: ["chatId", "id", "chatCode"]
+            .iter()
+            .filter_map(|key| chat_field(key).and_then(id_text))
+            .collect(),
         chat_code: chat_field("chatCode")
             .and_then(Value::as_str)
             .filter(|c| !c.is_empty())
@@ -454,6 +500,36 @@ mod tests {
         assert_eq!(client_nonce("not json"), None);
     }
 
+    #[test]
+    fn the_send_request_gives_its_nonce_and_its_chat() {
+        let send = headers(&[("poe-queryname", "sendMessageMutation")]);
+        let body = |chat: Value| {
+            json!({"queryName": "sendMessageMutation", "variables": {"bot": "GPT-4o",
+                "query": "hi", "chatId": chat, "clientNonce": "n1"}})
+            .to_string()
+        };
+        let read = |chat: Value| send_request(&send, Some(&body(chat)));
+        assert_eq!(
+            read(json!(3349)),
+            Some(SendRequest {
+                nonce: Some("n1".into()),
+                chat: Some("3349".into()),
+            })
+        );
+        assert_eq!(
+            read(json!("chat-7")).and_then(|r| r.chat),
+            Some("chat-7".into())
+        );
+        // A new chat (2025): no chat yet.
+        assert_eq!(read(Value::Null).and_then(|r| r.chat), None);
+        assert_eq!(read(json!("")).and_then(|r| r.chat), None);
+        // Not the send: nothing.
+        let other = headers(&[("poe-queryname", "ChatPageQuery")]);
+        assert_eq!(send_request(&other, Some(&body(json!(1)))), None);
+        // The send, its body unreadable: a send without a nonce or a chat.
+        assert_eq!(send_request(&send, Some("{")), Some(SendRequest::default()));
+    }
+
     fn edge(status: &str, message: Value) -> Value {
         json!({"messageEdgeCreate": {"status": status, "statusMessage": message,
             "chat": null, "message": null, "bot": {"handle": "GPT-4o"}}})
@@ -471,7 +547,7 @@ mod tests {
         assert_eq!(
             parse_send_response(&body),
             Some(SendResult::Taken {
-                chat_id: Some(3349),
+                chats: vec!["3349".into(), "Q2hhdDozMzQ5".into(), "2fnxsq7l".into()],
                 chat_code: Some("2fnxsq7l".into()),
                 message_id: Some(457_234_370_765),
             })
@@ -483,7 +559,7 @@ mod tests {
         assert_eq!(
             parse_send_response(&wrapped),
             Some(SendResult::Taken {
-                chat_id: Some(3349),
+                chats: vec!["3349".into()],
                 chat_code: None,
                 message_id: Some(12),
             })
