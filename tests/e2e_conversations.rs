@@ -449,3 +449,38 @@ async fn a_follow_up_after_a_failure_that_reached_the_site_goes_to_a_fresh_chat(
         "the failed turn is not part of the conversation"
     );
 }
+
+/// A conversation's next message sent the moment its last reply ended goes to the page that
+/// reply left open (the tab is still being made ready for it), not to a cold page elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_sent_at_once_goes_to_the_page_its_chat_left_open() {
+    let double = Double::start(site()).await.expect("double");
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    daemon.wait_warm(3).await;
+    let client = daemon.client().await;
+    let (_, second) = first_two_turns(&client).await;
+    let third = complete(
+        &client,
+        None,
+        history(
+            &["a [[turns]]", "b [[turns]]"],
+            &[&turns(0), &turns(1)],
+            "c [[turns]]",
+        ),
+        second.conversation,
+    )
+    .await
+    .expect("third");
+    assert_eq!(
+        (third.text.as_str(), third.continued),
+        (turns(2).as_str(), true)
+    );
+    // The chat's page was opened once, for the second turn; the third found it open.
+    let code = &double.taken()[0].chat_code;
+    let log = daemon.log();
+    let opened = log
+        .lines()
+        .filter(|l| l.contains("document response") && l.contains(&format!("/chat/{code}")))
+        .count();
+    assert_eq!(opened, 1, "{log}");
+}

@@ -10,6 +10,12 @@
 //! that leaves the queue at the very moment a tab is handed to it passes the tab on, so the
 //! hand-over cannot drop it. The same chat never receives a second prompt while a reply
 //! streams, because a tab is only ever lent to one request.
+//!
+//! A conversation's next message often comes the moment its reply ended, while the tab
+//! that shows its chat is still being made ready for it ([`TabPool::preparing`]): the
+//! request then waits for that tab ([`Acquired::Soon`]) rather than open the chat's page
+//! cold in another one. Should the tab not come back showing the chat, the request gets
+//! an idle tab, or the front of the queue, as soon as its preparation ends.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -65,6 +71,10 @@ impl Lendable for Tab {
 struct PoolState<T: Lendable> {
     idle: Vec<T>,
     waiters: VecDeque<oneshot::Sender<Lease<T>>>,
+    /// The pages tabs are being made ready for (one entry per tab).
+    preparing: Vec<Warm>,
+    /// Requests waiting for the tab being made ready for their chat's page.
+    reserved: Vec<(Warm, oneshot::Sender<Lease<T>>)>,
     /// Tabs that exist: idle or leased.
     tabs: usize,
     closed: bool,
@@ -166,6 +176,57 @@ fn shutting_down() -> Error {
 pub enum Acquired<T: Lendable = Tab> {
     Now(Lease<T>),
     Queued(QueueTicket<T>),
+    /// The tab being made ready for the wanted chat's page: a moment's wait, not a place in
+    /// the queue.
+    Soon(QueueTicket<T>),
+}
+
+/// A tab being made ready for a chat's page, as [`TabPool::preparing`] registered it.
+/// Dropped once the tab was released (or retired): requests that waited for it and did not
+/// get it are served then.
+pub struct Preparing<T: Lendable = Tab> {
+    pool: Arc<TabPool<T>>,
+    warm: Warm,
+}
+
+impl<T: Lendable> Drop for Preparing<T> {
+    fn drop(&mut self) {
+        let mut s = self.pool.lock();
+        if let Some(i) = s.preparing.iter().position(|w| *w == self.warm) {
+            s.preparing.remove(i);
+        }
+        if s.preparing.contains(&self.warm) {
+            return;
+        }
+        let (orphans, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut s.reserved)
+            .into_iter()
+            .partition(|(w, _)| *w == self.warm);
+        s.reserved = kept;
+        for (want, tx) in orphans {
+            if tx.is_closed() {
+                continue;
+            }
+            if let Some(i) = TabPool::pick(&s.idle, &want) {
+                let lease = Lease {
+                    item: Some(s.idle.remove(i)),
+                    pool: self.pool.clone(),
+                };
+                match tx.send(lease) {
+                    Ok(()) => continue,
+                    Err(mut back) => {
+                        if let Some(item) = back.item.take() {
+                            s.idle.insert(i, item);
+                        }
+                        continue;
+                    }
+                }
+            }
+            // No idle tab: first in the queue (it has waited since before the others).
+            if !s.closed {
+                s.waiters.push_front(tx);
+            }
+        }
+    }
 }
 
 pub struct TabPool<T: Lendable = Tab> {
@@ -185,6 +246,8 @@ impl<T: Lendable> TabPool<T> {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 waiters: VecDeque::new(),
+                preparing: Vec::new(),
+                reserved: Vec::new(),
                 tabs: 0,
                 closed: false,
             }),
@@ -251,26 +314,57 @@ impl<T: Lendable> TabPool<T> {
         self.lost.notify_one();
     }
 
-    /// Takes an idle tab or a place in the queue. The tab is the one whose page is `want`
-    /// if there is one, else a cold one, else one warm for a fresh chat, else the one that
-    /// has kept a chat's page the longest: the pages most likely to be wanted next are kept.
+    /// Which idle tab a request for `want` takes: the one whose page is `want` if there is
+    /// one, else a cold one, else one warm for a fresh chat, else the one that has kept a
+    /// chat's page the longest: the pages most likely to be wanted next are kept.
+    fn pick(idle: &[T], want: &Warm) -> Option<usize> {
+        if idle.is_empty() {
+            return None;
+        }
+        let i = idle
+            .iter()
+            .position(|t| t.warm_for() == Some(want))
+            .or_else(|| idle.iter().position(|t| t.warm_for().is_none()))
+            .or_else(|| {
+                idle.iter()
+                    .position(|t| t.warm_for().is_some_and(|w| !w.is_chat()))
+            })
+            .unwrap_or(0);
+        Some(i)
+    }
+
+    /// Registers `lease`'s tab as being made ready for `warm` (a chat's page) until the
+    /// returned guard is dropped, which must come after the tab's release: a request for
+    /// that chat meanwhile waits for this tab ([`Acquired::Soon`]).
+    pub fn preparing(self: &Arc<Self>, warm: Warm) -> Preparing<T> {
+        self.lock().preparing.push(warm.clone());
+        Preparing {
+            pool: self.clone(),
+            warm,
+        }
+    }
+
+    /// Takes an idle tab (see `pick`), or waits for the tab being made ready for the wanted
+    /// chat's page, or takes a place in the queue.
     pub fn acquire(self: &Arc<Self>, want: &Warm) -> Result<Acquired<T>, Error> {
         let mut s = self.lock();
         if s.closed {
             return Err(shutting_down());
         }
         let dead = Self::take_dead(&mut s);
-        let result = if !s.idle.is_empty() {
-            let idle = &s.idle;
-            let i = idle
-                .iter()
-                .position(|t| t.warm_for() == Some(want))
-                .or_else(|| idle.iter().position(|t| t.warm_for().is_none()))
-                .or_else(|| {
-                    idle.iter()
-                        .position(|t| t.warm_for().is_some_and(|w| !w.is_chat()))
-                })
-                .unwrap_or(0);
+        s.reserved.retain(|(_, tx)| !tx.is_closed());
+        let ready_soon = want.is_chat()
+            && !s.idle.iter().any(|t| t.warm_for() == Some(want))
+            && s.preparing.iter().filter(|w| *w == want).count()
+                > s.reserved.iter().filter(|(w, _)| w == want).count();
+        let result = if ready_soon {
+            let (tx, rx) = oneshot::channel();
+            s.reserved.push((want.clone(), tx));
+            Ok(Acquired::Soon(QueueTicket {
+                position: 0,
+                rx: Some(rx),
+            }))
+        } else if let Some(i) = Self::pick(&s.idle, want) {
             // `remove` keeps the idle set in release order (oldest first).
             let item = s.idle.remove(i);
             Ok(Acquired::Now(Lease {
@@ -315,6 +409,16 @@ impl<T: Lendable> TabPool<T> {
             item: Some(item),
             pool: self.clone(),
         };
+        // A request waiting for this very page comes first.
+        if let Some(want) = lease.warm_for().cloned() {
+            while let Some(i) = s.reserved.iter().position(|(w, _)| *w == want) {
+                let (_, tx) = s.reserved.remove(i);
+                match tx.send(lease) {
+                    Ok(()) => return,
+                    Err(back) => lease = back,
+                }
+            }
+        }
         while let Some(w) = s.waiters.pop_front() {
             match w.send(lease) {
                 Ok(()) => return,
@@ -396,6 +500,7 @@ impl<T: Lendable> TabPool<T> {
         let mut s = self.lock();
         s.closed = true;
         s.waiters.clear();
+        s.reserved.clear();
         let idle = std::mem::take(&mut s.idle);
         s.tabs = s.tabs.saturating_sub(idle.len());
         idle
@@ -442,15 +547,31 @@ mod tests {
     fn now(a: Acquired<Fake>) -> Lease<Fake> {
         match a {
             Acquired::Now(t) => t,
-            Acquired::Queued(_) => panic!("expected a tab at once"),
+            Acquired::Queued(_) | Acquired::Soon(_) => panic!("expected a tab at once"),
         }
     }
 
     fn queued(a: Acquired<Fake>) -> QueueTicket<Fake> {
         match a {
             Acquired::Queued(q) => q,
+            Acquired::Soon(_) => panic!("expected to queue, not to wait for a tab"),
             Acquired::Now(t) => panic!("expected to queue, got {:?}", *t),
         }
+    }
+
+    fn soon(a: Acquired<Fake>) -> QueueTicket<Fake> {
+        match a {
+            Acquired::Soon(q) => q,
+            Acquired::Queued(_) => panic!("expected to wait for the tab made ready, not to queue"),
+            Acquired::Now(t) => panic!("expected to wait for the tab made ready, got {:?}", *t),
+        }
+    }
+
+    async fn got(ticket: QueueTicket<Fake>) -> Lease<Fake> {
+        tokio::time::timeout(Duration::from_secs(1), ticket.wait())
+            .await
+            .expect("in time")
+            .expect("tab")
     }
 
     fn bot(handle: &str) -> Warm {
@@ -618,5 +739,79 @@ mod tests {
             Some(ErrorKind::ShuttingDown)
         );
         assert_eq!(p.missing(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_for_a_chat_being_made_ready_waits_for_that_tab() {
+        let p = pool(4, vec![Fake("kept", None), Fake("cold", None)]);
+        // The tab of the chat's last reply is being made ready for its page.
+        let mut kept = now(p.acquire(&bot("b")).expect("ok"));
+        let preparing = p.preparing(chat("c1"));
+        // The conversation's next message waits for it though another tab is idle...
+        let next = soon(p.acquire(&chat("c1")).expect("ok"));
+        assert_eq!(p.status().queued, 0, "not a place in the queue");
+        // ... and only one waits: a second request for the chat takes the idle tab.
+        let cold = now(p.acquire(&chat("c1")).expect("ok"));
+        assert_eq!(cold.0, "cold");
+        cold.release();
+        kept.1 = Some(chat("c1"));
+        kept.release();
+        drop(preparing);
+        let kept = got(next).await;
+        assert_eq!(kept.0, "kept");
+        // Other chats never wait.
+        let _other = p.preparing(chat("c2"));
+        assert_eq!(now(p.acquire(&chat("c3")).expect("ok")).0, "cold");
+        kept.release();
+    }
+
+    #[tokio::test]
+    async fn a_tab_that_comes_back_without_the_chat_still_serves_its_waiter() {
+        // Made fresh instead (the chat's page could not be kept): the waiter gets an idle
+        // tab once the preparation ends.
+        let p = pool(4, vec![Fake("kept", None), Fake("other", Some(bot("x")))]);
+        let mut kept = now(p.acquire(&bot("b")).expect("ok"));
+        let preparing = p.preparing(chat("c1"));
+        let next = soon(p.acquire(&chat("c1")).expect("ok"));
+        kept.1 = Some(bot("b"));
+        kept.release();
+        drop(preparing);
+        assert_eq!(got(next).await.0, "other");
+
+        // Retired (it died): the waiter gets an idle tab.
+        let p = pool(4, vec![Fake("kept", None), Fake("idle", None)]);
+        let kept = now(p.acquire(&bot("b")).expect("ok"));
+        let preparing = p.preparing(chat("c1"));
+        let next = soon(p.acquire(&chat("c1")).expect("ok"));
+        kept.retire();
+        drop(preparing);
+        assert_eq!(got(next).await.0, "idle");
+
+        // No idle tab: the waiter is first in the queue, before those who queued later.
+        let p = pool(4, vec![Fake("kept", None), Fake("busy", None)]);
+        let kept = now(p.acquire(&bot("b")).expect("ok"));
+        let busy = now(p.acquire(&bot("b")).expect("ok"));
+        let preparing = p.preparing(chat("c1"));
+        let next = soon(p.acquire(&chat("c1")).expect("ok"));
+        let later = queued(p.acquire(&bot("b")).expect("queued"));
+        kept.retire();
+        drop(preparing);
+        busy.release();
+        assert_eq!(got(next).await.0, "busy");
+        drop(later);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_left_lets_the_prepared_tab_go_idle() {
+        let p = pool(4, vec![Fake("kept", None)]);
+        let mut kept = now(p.acquire(&bot("b")).expect("ok"));
+        let preparing = p.preparing(chat("c1"));
+        drop(soon(p.acquire(&chat("c1")).expect("ok")));
+        kept.1 = Some(chat("c1"));
+        kept.release();
+        drop(preparing);
+        let s = p.status();
+        assert_eq!((s.tabs, s.idle), (1, 1), "{s:?}");
+        assert_eq!(now(p.acquire(&chat("c1")).expect("ok")).0, "kept");
     }
 }

@@ -283,8 +283,16 @@ impl WarmPool {
         fresh_bot: Option<String>,
         after_reply: bool,
     ) {
+        // Registered before the task starts: a conversation's next message may come at once,
+        // and then waits for this tab rather than open the chat's page in another.
+        let preparing = match &next {
+            Warm::Chat(_) if self.chat_pages > 0 => Some(self.pool.preparing(next.clone())),
+            _ => None,
+        };
         let this = self.clone();
         tokio::spawn(async move {
+            // Dropped when the task ends, after the tab's release or retirement.
+            let _preparing = preparing;
             let mut lease = lease;
             if lease.is_gone() {
                 lease.retire();

@@ -391,12 +391,20 @@ impl Engine {
         t0: Instant,
         aftercare: &mut Option<Aftercare>,
     ) -> Result<Completion, Error> {
-        let mut tab = match slot {
-            Acquired::Now(tab) => tab,
+        let waiting = match slot {
+            Acquired::Now(tab) => Ok(tab),
             Acquired::Queued(ticket) => {
                 updates(ReplyEvent::Queued {
                     position: ticket.position,
                 });
+                Err(ticket)
+            }
+            // The tab being made ready for this conversation's chat page: not a queue.
+            Acquired::Soon(ticket) => Err(ticket),
+        };
+        let mut tab = match waiting {
+            Ok(tab) => tab,
+            Err(ticket) => {
                 let limit = secs(self.config.timeouts.reply_secs);
                 // Leaving the queue drops the ticket, which passes on a tab handed over meanwhile.
                 tokio::select! {
@@ -618,7 +626,7 @@ impl Engine {
         let url = format!("{}{}", site.base_url.trim_end_matches('/'), site.bots_path);
         let mut tab = match self.pool.acquire(&Warm::Bot(self.default_bot.clone()))? {
             Acquired::Now(tab) => tab,
-            Acquired::Queued(ticket) => tokio::select! {
+            Acquired::Queued(ticket) | Acquired::Soon(ticket) => tokio::select! {
                 tab = ticket.wait() => tab?,
                 _ = cancel.cancelled() => return Err(Error::new(ErrorKind::Cancelled, "the bot list refresh was cancelled while waiting for a tab")),
                 _ = tokio::time::sleep(secs(t.reply_secs)) => return Err(Error::new(

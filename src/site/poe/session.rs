@@ -72,7 +72,7 @@ impl Session<'_> {
             self.pool.cool_all();
             let mut tab = match self.pool.acquire(&Warm::Bot(self.bot.to_owned()))? {
                 Acquired::Now(tab) => tab,
-                Acquired::Queued(ticket) => ticket.wait().await?,
+                Acquired::Queued(ticket) | Acquired::Soon(ticket) => ticket.wait().await?,
             };
             let checked = self.driver.open_chat(&mut tab, self.bot).await;
             if checked.is_err() {
