@@ -891,8 +891,9 @@ async fn wait_warm(client: &Client, n: usize) {
 /// Time to first token of a conversation's turns on the double's 2025 picture (chats live at
 /// `/chat/{code}`), default settings: the first turn in a fresh chat; the second sent alone
 /// in its chat, whose page is opened first (cold: a first turn leaves its tab fresh for new
-/// chats); the third in the page the second left open (warm).
-async fn conversations(runs: usize) -> [Series; 3] {
+/// chats); the third in the page the second left open (warm); the fourth sent the moment
+/// the third ended, while its tab is still being made ready (as a script chaining turns).
+async fn conversations(runs: usize) -> [Series; 4] {
     let double = double::Double::start(double::DoubleOptions {
         chunk_delay_ms: 20,
         mode: double::Mode::Y2025,
@@ -910,9 +911,11 @@ async fn conversations(runs: usize) -> [Series; 3] {
     let mut fresh = Series::new("first turn: a fresh chat");
     let mut cold = Series::new("second turn: only it sent, chat page opened first (cold)");
     let mut warm = Series::new("third turn: only it sent, chat page kept open (warm)");
+    let mut at_once = Series::new("fourth turn: sent the moment the third ended");
     for i in 0..runs {
         let mut messages = Vec::new();
-        for (k, series) in [&mut fresh, &mut cold, &mut warm].into_iter().enumerate() {
+        let turns = [&mut fresh, &mut cold, &mut warm, &mut at_once];
+        for (k, series) in turns.into_iter().enumerate() {
             messages.push(ChatMessage::new("user", format!("{SHORT_PROMPT} c{i}.{k}")));
             let sent = Instant::now();
             let mut reply = client
@@ -944,10 +947,13 @@ async fn conversations(runs: usize) -> [Series; 3] {
                 series.values.push(ms(f.duration_since(sent)));
             }
             messages.push(ChatMessage::new("assistant", answer));
-            wait_warm(&client, 3).await;
+            // The fourth turn follows the third at once.
+            if k != 2 {
+                wait_warm(&client, 3).await;
+            }
         }
     }
     drop(client);
     let _ = daemon.stop().await;
-    [fresh, cold, warm]
+    [fresh, cold, warm, at_once]
 }
