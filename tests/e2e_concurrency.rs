@@ -99,17 +99,16 @@ async fn three_parallel_answers_are_correct_and_not_mixed() {
     );
 }
 
-/// On an account-wide update channel every page gets the frames of every chat (the
-/// double's `updates_to_all_pages`): each request still streams its own reply. The first
-/// bot thinks before its message appears, so the other two chats' echoes, replies and
-/// repeats reach its page in between, and every page sees the others' replies start while
-/// it sends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_of_other_chats_on_an_account_wide_channel_are_not_taken() {
+/// Starts a double with every chat's frames on every page (its `updates_to_all_pages`)
+/// and `opts`, and sends three prompts at once, the first one's bot thinking before its
+/// message appears: the other two chats' echoes, replies and repeats reach its page in
+/// between, and every page sees the others' replies start while it sends. Each must
+/// stream its own reply.
+async fn three_on_an_account_wide_channel(opts: DoubleOptions) -> (Double, Daemon) {
     let double = Double::start(DoubleOptions {
         chunk_delay_ms: 40,
         updates_to_all_pages: true,
-        ..DoubleOptions::default()
+        ..opts
     })
     .await
     .expect("double");
@@ -119,19 +118,30 @@ async fn replies_of_other_chats_on_an_account_wide_channel_are_not_taken() {
         "third question",
     ];
     let daemon = each_its_own_reply(&double, prompts).await;
+    (double, daemon)
+}
+
+/// Each reply was told apart by what its own send and the site's answer said, not by a
+/// guess.
+fn told_apart(daemon: &Daemon) {
+    let log = daemon.log();
+    assert!(!log.contains("send request was not seen"), "{log}");
+    assert!(!log.contains("taking the newest prompt"), "{log}");
+}
+
+/// On an account-wide update channel every page gets the frames of every chat: each
+/// request still streams its own reply, told by its send's nonce (2025) or chat (2023).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_of_other_chats_on_an_account_wide_channel_are_not_taken() {
+    let (double, daemon) = three_on_an_account_wide_channel(DoubleOptions::default()).await;
     let client = daemon.client().await;
     // A request sent while the others' late repeats still arrive takes its own reply too.
     let (events, text) =
         collect(client.complete(ask("fourth question")).await.expect("send")).await;
     assert_eq!(text, expected_reply("GPT-3.5-Turbo", "fourth question"));
     assert!(matches!(events.last(), Some(Event::Done { .. })));
-    let chats = double.chats();
-    assert_eq!(chats.len(), 4, "each prompt reached the site once");
-    // Each reply was told apart by its own send (its nonce, or its chat in 2023), not by
-    // a guess.
-    let log = daemon.log();
-    assert!(!log.contains("send request was not seen"), "{log}");
-    assert!(!log.contains("taking the newest prompt"), "{log}");
+    assert_eq!(double.chats().len(), 4, "each prompt reached the site once");
+    told_apart(&daemon);
 }
 
 /// The same where the site's echoes carry no client nonce and a new chat's send names no
@@ -139,25 +149,14 @@ async fn replies_of_other_chats_on_an_account_wide_channel_are_not_taken() {
 /// and chat), which a reply waits for rather than guessing the newest prompt its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_nonces_in_echoes_the_answer_to_each_send_tells_its_reply() {
-    let double = Double::start(DoubleOptions {
+    let (double, daemon) = three_on_an_account_wide_channel(DoubleOptions {
         mode: Mode::Y2025,
-        chunk_delay_ms: 40,
-        updates_to_all_pages: true,
         echo_nonce: false,
         ..DoubleOptions::default()
     })
-    .await
-    .expect("double");
-    let prompts = [
-        "first question [[think]]",
-        "second question",
-        "third question",
-    ];
-    let daemon = each_its_own_reply(&double, prompts).await;
+    .await;
     assert_eq!(double.chats().len(), 3, "each prompt reached the site once");
-    let log = daemon.log();
-    assert!(!log.contains("taking the newest prompt"), "{log}");
-    assert!(!log.contains("send request was not seen"), "{log}");
+    told_apart(&daemon);
 }
 
 /// Two warm tabs whose page load after a reply may wait for other replies as long as they
