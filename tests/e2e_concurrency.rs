@@ -73,7 +73,9 @@ async fn each_its_own_reply(double: &Double, prompts: [&str; 3]) -> Daemon {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_parallel_answers_are_correct_and_not_mixed() {
-    let double = double(40).await;
+    // Replies of about 0.4 s: long enough that a send slowed by a busy machine (a 2-core
+    // one runs three Chromium tabs here) still starts before the first reply ends.
+    let double = double(80).await;
     let prompts = ["first question", "second question ✓", "third question"];
     let _daemon = each_its_own_reply(&double, prompts).await;
     let chats = double.chats();
