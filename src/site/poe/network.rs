@@ -67,20 +67,23 @@ pub fn is_send_query(name: &str) -> bool {
 /// The `clientNonce` of a send request's body (`variables.clientNonce`, or wherever else the
 /// body has one).
 pub fn client_nonce(post_data: &str) -> Option<String> {
-    let body = serde_json::from_str::<Value>(post_data).ok()?;
+    nonce_in(&serde_json::from_str::<Value>(post_data).ok()?)
+}
+
+fn nonce_in(body: &Value) -> Option<String> {
     let nonce_of = |o: &Map<String, Value>| {
         o.get("clientNonce")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .map(str::to_owned)
     };
-    objects(&body)
+    objects(body)
         .find_map(|o| {
             o.get("variables")
                 .and_then(Value::as_object)
                 .and_then(nonce_of)
         })
-        .or_else(|| objects(&body).find_map(nonce_of))
+        .or_else(|| objects(body).find_map(nonce_of))
 }
 
 /// What the page's send request says of the message it sends.
@@ -100,17 +103,17 @@ pub fn send_request(headers: &[(String, String)], post_data: Option<&str>) -> Op
     if !is_send_query(&name) {
         return None;
     }
-    let body = post_data.and_then(|p| serde_json::from_str::<Value>(p).ok());
-    let chat = body.as_ref().and_then(|b| {
-        objects(b).find_map(|o| {
+    // Parsed once: the body holds the whole prompt, which may be long.
+    let Some(body) = post_data.and_then(|p| serde_json::from_str::<Value>(p).ok()) else {
+        return Some(SendRequest::default());
+    };
+    Some(SendRequest {
+        nonce: nonce_in(&body),
+        chat: objects(&body).find_map(|o| {
             o.get("variables")
                 .and_then(|v| v.get("chatId"))
                 .and_then(id_text)
-        })
-    });
-    Some(SendRequest {
-        nonce: post_data.and_then(client_nonce),
-        chat,
+        }),
     })
 }
 
