@@ -635,7 +635,7 @@ fn history_path(args: &Args) -> Result<PathBuf, String> {
 
 fn open_history(args: &Args) -> Result<poed::history::Store, ExitCode> {
     let opened = history_path(args)
-        .and_then(|path| poed::history::Store::open_read_only(&path).map_err(|e| e.to_string()));
+        .and_then(|path| poed::history::Store::open_after_writes(&path).map_err(|e| e.to_string()));
     opened.map_err(|e| {
         eprintln!("poectl: {e}");
         ExitCode::from(exit::REQUEST_FAILED)

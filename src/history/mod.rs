@@ -17,7 +17,7 @@ pub mod text;
 
 use std::path::{Path, PathBuf};
 
-pub use recorder::Recorder;
+pub use recorder::{Held, Recorder};
 pub use store::{
     Conversation, Export, HistoryError, Hit, Message, Placement, Record, Store, Summary,
 };

@@ -1,20 +1,22 @@
-//! The daemon's history writer. A finished request is written in the request's own task,
-//! before its final event goes out, so a client that got `done` finds it in
-//! `poectl history`.
+//! The daemon's history writer. A finished request's record is written in the request's
+//! own task, right after its final event went out: the file's write lock is taken before
+//! that event ([`Recorder::hold`]), so `poectl history`, which waits for that lock
+//! ([`Store::open_after_writes`]), still finds a request whose client got `done`.
 //!
 //! The file is in write-ahead-log mode (see [`Store::open`]): a record costs a few appends
-//! and no fsync, a few hundred microseconds of work, done right where the request ends:
-//! handing it to another thread cost more than the write when the machine is busy, which
-//! it is when a reply ends (the browser reloads the tab). A second thread, on a connection
-//! of its own, prunes old conversations and folds the log into the file; a record waits
-//! for it only if it comes during a checkpoint (after 30 s without records: its own disk
-//! writes, and at most 100 ms waiting for a reader) or a prune (hourly).
+//! and no fsync, a few hundred microseconds of work, done where the request ends, after
+//! the task that writes the final event to the client had its turn: handing it to another
+//! thread cost more than the write when the machine is busy, which it is when a reply ends
+//! (the browser reloads the tab). A second thread, on a connection of its own, prunes old
+//! conversations and folds the log into the file; a record waits for it only if it comes
+//! during a checkpoint (after 30 s without records: its own disk writes, and at most 100 ms
+//! waiting for a reader) or a prune (hourly).
 //!
 //! Nothing here can fail a request: a file that cannot be opened turns recording off with
 //! an error in the log, a write that fails logs a warning.
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
@@ -36,7 +38,8 @@ const CHECKPOINT_AT_MOST: Duration = Duration::from_secs(300);
 
 /// The open history and the nudge of its maintenance thread.
 struct Writer {
-    store: Mutex<Store>,
+    /// Held from a record's lock to its write, across the final event's turn.
+    store: tokio::sync::Mutex<Store>,
     /// One nudge per record (a full channel: a checkpoint is already owed).
     maintenance: Option<mpsc::SyncSender<()>>,
 }
@@ -71,26 +74,28 @@ impl Recorder {
         info!(path = %path.display(), keep_days = config.keep_days, "recording the history");
         Recorder {
             writer: Some(Arc::new(Writer {
-                store: Mutex::new(store),
+                store: tokio::sync::Mutex::new(store),
                 maintenance: start_maintenance(path, config.keep_days),
             })),
         }
     }
 
-    /// Records a finished request and returns once it is in the file (readers see it).
-    /// `resolved` is the (public model, bot) the request's model name resolved to, if it
-    /// did; `placement` the conversation the engine placed it in, whose whole messages then
-    /// are `request.messages`.
-    pub async fn record(
+    /// Takes the history's write lock for the record of a finished request, to be written
+    /// by [`Held::write`] once the request's final event is on its way (readers opened with
+    /// [`Store::open_after_writes`] wait for it meanwhile). `resolved` is the (public model,
+    /// bot) the request's model name resolved to, if it did; `placement` the conversation
+    /// the engine placed it in, whose whole messages then are `request.messages`. `None`
+    /// when there is nothing to record (history off, no messages).
+    pub async fn hold(
         &self,
         request: &CompleteRequest,
         resolved: Option<(String, String)>,
         result: &Result<Completion, Error>,
         placement: Option<Placement>,
-    ) {
-        let Some(writer) = &self.writer else { return };
+    ) -> Option<Held<'_>> {
+        let writer = self.writer.as_deref()?;
         if request.messages.is_empty() {
-            return;
+            return None;
         }
         let (model, bot) = match (result, resolved) {
             (Ok(c), _) => (c.model.clone(), Some(c.bot.clone())),
@@ -115,22 +120,49 @@ impl Recorder {
             outcome,
             placement,
         };
-        // Written right here, blocking this worker for the write (a few hundred
-        // microseconds): handing it to another thread, or telling the runtime with
-        // `block_in_place`, made the final event wait for thread wake-ups, milliseconds on
-        // a busy machine.
-        writer.write(&record);
+        let mut store = writer.store.lock().await;
+        // A lock of the file's own (microseconds; longer only during a checkpoint).
+        let locked = match store.begin_record() {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %e, "history write lock not taken ahead; the record is written in one go");
+                false
+            }
+        };
+        Some(Held {
+            writer,
+            store: Some(store),
+            locked,
+            record,
+        })
     }
 }
 
-impl Writer {
-    fn write(&self, record: &Record) {
+/// A finished request's record, the history's write lock taken for it. Dropped unwritten
+/// (its task ended), it lets go of the lock and records nothing.
+pub struct Held<'a> {
+    writer: &'a Writer,
+    store: Option<tokio::sync::MutexGuard<'a, Store>>,
+    locked: bool,
+    record: Record,
+}
+
+impl Held<'_> {
+    /// Writes the record, right here: this blocks the calling worker for the write (a few
+    /// hundred microseconds), so call it once the final event's writer had its turn.
+    /// Handing it to another thread, or telling the runtime with `block_in_place`, made
+    /// the daemon wait for thread wake-ups, milliseconds on a busy machine.
+    pub fn write(mut self) {
+        let Some(mut store) = self.store.take() else {
+            return;
+        };
         let began = Instant::now();
-        let written = self
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(record);
+        let written = if self.locked {
+            store.commit_record(&self.record)
+        } else {
+            store.record(&self.record)
+        };
+        drop(store);
         match written {
             Ok(id) => {
                 debug!(conversation = ?id, took = ?began.elapsed(), "request recorded in the history")
@@ -139,8 +171,17 @@ impl Writer {
                 warn!(error = %e, "could not record a request in the history; the reply is not affected")
             }
         }
-        if let Some(nudge) = &self.maintenance {
+        if let Some(nudge) = &self.writer.maintenance {
             let _ = nudge.try_send(());
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(mut store) = self.store.take() {
+            warn!("a request's record was dropped unwritten; it is not in the history");
+            store.abandon_record();
         }
     }
 }

@@ -281,6 +281,28 @@ impl Store {
         }
     }
 
+    /// Opens an existing file read-only (for `poectl`) once the record the daemon is
+    /// writing, if any, is in: poed holds the file's write lock from before a request's
+    /// final event until its record is written ([`Store::begin_record`]), so taking that
+    /// lock here, and letting go of it at once, waits for the record (at most the busy
+    /// timeout). A file this user cannot write to (no daemon of theirs writes it either)
+    /// is read as it is.
+    pub fn open_after_writes(path: &Path) -> Result<Store, HistoryError> {
+        let store = Store::open_read_only(path)?;
+        let waited = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK")
+        });
+        if let Err(e) = waited {
+            tracing::debug!(error = %e, "not waiting for a record being written; reading the file as it is");
+        }
+        Ok(store)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -309,108 +331,41 @@ impl Store {
 
     /// Records one finished request in one transaction: it continues the conversation whose
     /// transcript its messages start with (see [`matching`]), or starts one. Returns the
-    /// conversation's id. A request without messages records nothing (`None`). Its
-    /// statements are compiled once per connection (it runs before the request's final
-    /// event).
+    /// conversation's id. A request without messages records nothing (`None`).
     pub fn record(&mut self, record: &Record) -> Result<Option<i64>, HistoryError> {
-        if record.messages.is_empty() {
-            return Ok(None);
-        }
-        let (system, turns) = matching::split_system(&record.messages);
         let tx = self.conn.transaction()?;
-        let placed = match &record.placement {
-            Some(p) => {
-                let known: bool = tx
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
-                    .query_row([p.conversation], |r| r.get(0))?;
-                known.then_some((p.conversation, p.stored_turns.min(turns.len())))
-            }
-            None => {
-                let candidates = candidates(&tx, &record.model, system, turns.first())?;
-                let asked = Asked {
-                    model: &record.model,
-                    system,
-                    turns,
-                };
-                matching::continued(&candidates, asked)
-            }
-        };
-        let chat_code = record
-            .placement
-            .as_ref()
-            .and_then(|p| p.chat_code.as_deref());
-        let (id, skip, mut turn) = match placed {
-            Some((id, stored)) => {
-                let next: i64 = tx
-                    .prepare_cached(
-                        "SELECT COALESCE(MAX(turn) + 1, 0) FROM messages WHERE conversation_id = ?1",
-                    )?
-                    .query_row([id], |r| r.get(0))?;
-                tx.prepare_cached(
-                    "UPDATE conversations SET last_used_ms = ?2, bot = COALESCE(?3, bot),
-                         chat_code = COALESCE(?4, chat_code)
-                     WHERE id = ?1",
-                )?
-                .execute(params![id, record.at_ms, record.bot, chat_code])?;
-                (id, stored, next)
-            }
-            None => {
-                // A placed conversation the file does not have yet (new, or pruned since)
-                // keeps the daemon's number, with all its turns.
-                let id = record.placement.as_ref().map(|p| p.conversation);
-                tx.prepare_cached(
-                    "INSERT INTO conversations (id, created_ms, last_used_ms, model, bot, system, chat_code)
-                     VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![id, record.at_ms, record.model, record.bot, system, chat_code])?;
-                (tx.last_insert_rowid(), 0, 0)
-            }
-        };
-        let new_turns = &turns[skip..];
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (conversation_id, turn, role, content, created_ms,
-                     queued_ms, first_token_ms, total_ms, outcome, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for (i, m) in new_turns.iter().enumerate() {
-                let failed = match &record.outcome {
-                    Outcome::Failed { kind, message } if i + 1 == new_turns.len() => {
-                        Some((kind, message))
-                    }
-                    _ => None,
-                };
-                insert.execute(params![
-                    id,
-                    turn,
-                    m.role,
-                    m.content,
-                    record.at_ms,
-                    None::<i64>,
-                    None::<i64>,
-                    None::<i64>,
-                    failed.map(|f| f.0),
-                    failed.map(|f| f.1),
-                ])?;
-                turn += 1;
-            }
-            if let Outcome::Answered { text, timings } = &record.outcome {
-                insert.execute(params![
-                    id,
-                    turn,
-                    "assistant",
-                    text,
-                    record.at_ms,
-                    timings.queued_ms as i64,
-                    timings.first_token_ms.map(|v| v as i64),
-                    timings.total_ms as i64,
-                    "ok",
-                    None::<String>,
-                ])?;
-            }
-        }
+        let id = insert(&tx, record)?;
         tx.commit()?;
-        Ok(Some(id))
+        Ok(id)
+    }
+
+    /// Takes the file's write lock for a record to come ([`Store::commit_record`]): a reader
+    /// opened with [`Store::open_after_writes`] from now on waits until that record is in.
+    /// The daemon takes it before a request's final event and writes the record after it,
+    /// so the write is not on the reply's path and a client that got `done` still finds
+    /// its request. A record left unwritten before (its task ended) is rolled back here.
+    pub fn begin_record(&mut self) -> Result<(), HistoryError> {
+        self.abandon_record();
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Writes `record` in the transaction [`Store::begin_record`] opened, and ends it
+    /// (rolled back if the write fails). Statements are compiled once per connection.
+    pub fn commit_record(&mut self, record: &Record) -> Result<Option<i64>, HistoryError> {
+        let written = insert(&self.conn, record)
+            .and_then(|id| Ok(self.conn.execute_batch("COMMIT").map(|()| id)?));
+        if written.is_err() {
+            self.abandon_record();
+        }
+        written
+    }
+
+    /// Lets go of the write lock [`Store::begin_record`] took, writing nothing.
+    pub fn abandon_record(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 
     /// Deletes conversations last used more than `keep_days` days before `now_ms` (0 keeps
@@ -585,14 +540,113 @@ impl Store {
     }
 }
 
-/// Applies the migrations the file lacks, all in one transaction.
+/// The statements of one record, in the caller's transaction.
+fn insert(tx: &Connection, record: &Record) -> Result<Option<i64>, HistoryError> {
+    if record.messages.is_empty() {
+        return Ok(None);
+    }
+    let (system, turns) = matching::split_system(&record.messages);
+    let placed = match &record.placement {
+        Some(p) => {
+            let known: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
+                .query_row([p.conversation], |r| r.get(0))?;
+            known.then_some((p.conversation, p.stored_turns.min(turns.len())))
+        }
+        None => {
+            let candidates = candidates(tx, &record.model, system, turns.first())?;
+            let asked = Asked {
+                model: &record.model,
+                system,
+                turns,
+            };
+            matching::continued(&candidates, asked)
+        }
+    };
+    let chat_code = record
+        .placement
+        .as_ref()
+        .and_then(|p| p.chat_code.as_deref());
+    let (id, skip, mut turn) = match placed {
+        Some((id, stored)) => {
+            let next: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(MAX(turn) + 1, 0) FROM messages WHERE conversation_id = ?1",
+                )?
+                .query_row([id], |r| r.get(0))?;
+            tx.prepare_cached(
+                "UPDATE conversations SET last_used_ms = ?2, bot = COALESCE(?3, bot),
+                     chat_code = COALESCE(?4, chat_code)
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, record.at_ms, record.bot, chat_code])?;
+            (id, stored, next)
+        }
+        None => {
+            // A placed conversation the file does not have yet (new, or pruned since)
+            // keeps the daemon's number, with all its turns.
+            let id = record.placement.as_ref().map(|p| p.conversation);
+            tx.prepare_cached(
+                "INSERT INTO conversations (id, created_ms, last_used_ms, model, bot, system, chat_code)
+                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, record.at_ms, record.model, record.bot, system, chat_code])?;
+            (tx.last_insert_rowid(), 0, 0)
+        }
+    };
+    let new_turns = &turns[skip..];
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO messages (conversation_id, turn, role, content, created_ms,
+                 queued_ms, first_token_ms, total_ms, outcome, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for (i, m) in new_turns.iter().enumerate() {
+            let failed = match &record.outcome {
+                Outcome::Failed { kind, message } if i + 1 == new_turns.len() => {
+                    Some((kind, message))
+                }
+                _ => None,
+            };
+            insert.execute(params![
+                id,
+                turn,
+                m.role,
+                m.content,
+                record.at_ms,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>,
+                failed.map(|f| f.0),
+                failed.map(|f| f.1),
+            ])?;
+            turn += 1;
+        }
+        if let Outcome::Answered { text, timings } = &record.outcome {
+            insert.execute(params![
+                id,
+                turn,
+                "assistant",
+                text,
+                record.at_ms,
+                timings.queued_ms as i64,
+                timings.first_token_ms.map(|v| v as i64),
+                timings.total_ms as i64,
+                "ok",
+                None::<String>,
+            ])?;
+        }
+    }
+    Ok(Some(id))
+}
+
 /// Write-ahead logging with `synchronous = NORMAL`: a commit is one append to the
-/// `-wal` file, with no fsync, so a request's `done` (which waits for its record, see
-/// [`super::Recorder`]) is not held up by the disk; a power loss may drop the last records
-/// but never corrupts the file. Readers (`poectl history`) see every committed record while
-/// the daemon writes. Automatic checkpoints are off: [`Store::checkpoint`] runs them off
-/// the requests' path. A file system without shared memory for the log keeps the rollback
-/// journal (slower commits, same results).
+/// `-wal` file, with no fsync, so a request's record (written right after its final event,
+/// see [`super::Recorder`]) is not held up by the disk; a power loss may drop the last
+/// records but never corrupts the file. Readers (`poectl history`) see every committed
+/// record while the daemon writes. Automatic checkpoints are off: [`Store::checkpoint`]
+/// runs them off the requests' path. A file system without shared memory for the log
+/// keeps the rollback journal (slower commits, same results).
 fn write_ahead(conn: &Connection) -> Result<(), HistoryError> {
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -606,6 +660,7 @@ fn write_ahead(conn: &Connection) -> Result<(), HistoryError> {
     Ok(())
 }
 
+/// Applies the migrations the file lacks, all in one transaction.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), HistoryError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -782,6 +837,50 @@ mod tests {
         drop((writer, maintenance, reader));
         let reader = Store::open_read_only(&path).expect("reader after the daemon closed it");
         assert_eq!(reader.list(10).expect("list").len(), 2);
+    }
+
+    #[test]
+    fn a_reader_that_waits_for_writes_finds_a_record_locked_before_it_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.sqlite3");
+        let mut writer = Store::open(&path).expect("open");
+        writer
+            .record(&answered(1, vec![m("user", "first")], "one"))
+            .expect("record");
+        // The daemon takes the lock, then sends `done`; the client runs `poectl history`.
+        writer.begin_record().expect("lock");
+        let (opened, read) = std::sync::mpsc::channel();
+        let reading = path.clone();
+        let reader = std::thread::spawn(move || {
+            let rows = Store::open_after_writes(&reading).and_then(|r| r.list(10));
+            let _ = opened.send(rows.map(|rows| rows.len()));
+        });
+        // Without the wait, the reader lists the one record at once.
+        assert!(
+            read.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the reader did not wait for the record in progress"
+        );
+        writer
+            .commit_record(&answered(2, vec![m("user", "second")], "two"))
+            .expect("write");
+        let rows = read
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the reader goes on once the record is in")
+            .expect("list");
+        assert_eq!(rows, 2, "the reader sees the record it waited for");
+        reader.join().expect("reader thread");
+        // A record abandoned (its task ended) writes nothing and frees the lock.
+        writer.begin_record().expect("lock again");
+        writer.abandon_record();
+        let reader = Store::open_after_writes(&path).expect("not held up");
+        assert_eq!(reader.list(10).expect("list").len(), 2);
+        // A lock left held by a record that never came is let go by the next one.
+        writer.begin_record().expect("lock");
+        writer.begin_record().expect("lock over an abandoned one");
+        writer
+            .commit_record(&answered(3, vec![m("user", "third")], "three"))
+            .expect("write");
+        assert_eq!(reader.list(10).expect("list").len(), 3);
     }
 
     #[test]

@@ -269,13 +269,11 @@ impl Engine {
                 }
                 None => (request, None),
             };
-            // The reply's last text is on its way to the client already: let the task that
-            // writes it run before this one blocks its thread for the record (a task woken from
-            // here waits for this one to yield, and the record takes a few hundred µs).
-            tokio::task::yield_now().await;
-            engine
+            // The history's write lock first: a client that got the final event and reads the
+            // history waits for the record written after that event.
+            let record = engine
                 .history
-                .record(&request, resolved, &result, placement)
+                .hold(&request, resolved, &result, placement)
                 .await;
             let last = match result {
                 Ok(c) => ReplyEvent::Done(c),
@@ -286,6 +284,13 @@ impl Engine {
             let pending = sink.try_finish(last);
             if let Some((tab, next)) = aftercare {
                 engine.warm.refresh_after_reply(tab, next);
+            }
+            if let Some(record) = record {
+                // Let the task that writes the final event run before this one blocks its
+                // thread for the record (a task woken from here waits for this one to yield,
+                // and the record takes a few hundred µs).
+                tokio::task::yield_now().await;
+                record.write();
             }
             if let Some(last) = pending {
                 sink.finish(last).await;
