@@ -346,7 +346,7 @@ impl Default for Selectors {
             stop_button: "button[aria-label='Stop message'], button[class*='StopButton']".into(),
             logged_out: "[class*='LoggedOutBotInfoPage']".into(),
             daily_limit: "[class*='ChatMessageSendButton_noFreeMessageTooltip']".into(),
-            bot_message_text: "[class^='Message_leftSideMessageBubble__'] [class^='Markdown_markdownContainer__'], [class*='Message_botMessageBubble'] [class*='Markdown_markdownContainer'], [data-author='bot'] [class*='Markdown_markdownContainer']".into(),
+            bot_message_text: "[class*='Message_leftSideMessageBubble__'] [class*='Markdown_markdownContainer__'], [class*='Message_botMessageBubble'] [class*='Markdown_markdownContainer'], [data-author='bot'] [class*='Markdown_markdownContainer']".into(),
         }
     }
 }

@@ -17,6 +17,8 @@
 //! script, no polling. Stopping clicks the page's stop button. A prompt the site took is
 //! never sent again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -123,6 +125,10 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(10);
 pub struct Driver {
     site: SiteConfig,
     timeouts: Timeouts,
+    /// The page's last send went unseen (its requests no longer match
+    /// `site.api_path_contains`): later sends do not hold their updates for it, so the wait
+    /// for it is paid once, not by every reply. Seeing a send again turns it off.
+    sends_unseen: Arc<AtomicBool>,
 }
 
 fn browser_error(during: &str, e: CdpFailure) -> Error {
@@ -140,7 +146,11 @@ fn browser_error(during: &str, e: CdpFailure) -> Error {
 
 impl Driver {
     pub fn new(site: SiteConfig, timeouts: Timeouts) -> Self {
-        Driver { site, timeouts }
+        Driver {
+            site,
+            timeouts,
+            sends_unseen: Arc::default(),
+        }
     }
 
     pub fn bot_url(&self, bot: &str) -> String {
@@ -498,7 +508,10 @@ impl Driver {
         // handlers, and the first frames must not wait for it.
         // A page kept open since an earlier turn may still bring that turn's updates.
         // Updates are held until the page's send is seen: before it none can be ours.
-        let mut tracker = ReplyTracker::new().after(tab.last_message_id).until_sent();
+        let mut tracker = ReplyTracker::new().after(tab.last_message_id);
+        if !self.sends_unseen.load(Ordering::Relaxed) {
+            tracker = tracker.until_sent();
+        }
         let result = {
             let click = async {
                 cdp::click_at(&tab.page, send.x, send.y, COMMAND_LIMIT)
@@ -623,6 +636,16 @@ impl Driver {
         }
     }
 
+    /// A send of the page was seen: later replies hold their updates for theirs again.
+    fn seen_send(&self, tab: &Tab) {
+        if self.sends_unseen.swap(false, Ordering::Relaxed) {
+            info!(
+                tab = tab.id,
+                "the page's send request is seen again; replies wait for it again"
+            );
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn read_reply(
         &self,
@@ -712,7 +735,8 @@ impl Driver {
                     }
                 }
                 () = &mut unheld, if tracker.holding() => {
-                    warn!(tab = tab.id, "the page's send request was not seen; check site.api_path_contains (replies are told apart less surely without it)");
+                    warn!(tab = tab.id, "the page's send request was not seen; check site.api_path_contains (replies are told apart less surely without it; later replies do not wait for it until a send is seen again)");
+                    self.sends_unseen.store(true, Ordering::Relaxed);
                     let steps = tracker.unheld();
                     if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
                         return end;
@@ -779,6 +803,7 @@ impl Driver {
                     Some(TabSignal::Request(request)) => {
                         if let Some(send) = network::send_request(&request.request_headers, request.post_data.as_deref()) {
                             debug!(tab = tab.id, nonce = send.nonce.is_some(), chat = send.chat.is_some(), "the page's send went out");
+                            self.seen_send(tab);
                             target.client_nonce.clone_from(&send.nonce);
                             let steps = tracker.sent(send.nonce, send.chat);
                             if let Some(end) = self.take_steps(tab, steps, progress, rx, chat_code, send_answered, started).await {
@@ -789,6 +814,7 @@ impl Driver {
                     Some(TabSignal::Http(exchange)) => {
                         if let Some(send) = network::send_request(&exchange.request_headers, exchange.post_data.as_deref()) {
                             send_answered = true;
+                            self.seen_send(tab);
                             if send.nonce.is_some() {
                                 target.client_nonce.clone_from(&send.nonce);
                             }
