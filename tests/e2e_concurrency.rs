@@ -161,6 +161,29 @@ async fn without_nonces_in_echoes_the_answer_to_each_send_tells_its_reply() {
     told_apart(&daemon);
 }
 
+/// A site whose message ids tell nothing of time (random numbers): on an account-wide
+/// channel each request still streams its own reply, the one that starts after its echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_ids_in_no_order_still_give_each_request_its_reply() {
+    let (double, daemon) = three_on_an_account_wide_channel(DoubleOptions {
+        unordered_message_ids: true,
+        ..DoubleOptions::default()
+    })
+    .await;
+    let client = daemon.client().await;
+    let (events, text) =
+        collect(client.complete(ask("fourth question")).await.expect("send")).await;
+    assert_eq!(text, expected_reply("GPT-3.5-Turbo", "fourth question"));
+    assert!(matches!(events.last(), Some(Event::Done { .. })));
+    assert_eq!(double.chats().len(), 4, "each prompt reached the site once");
+    told_apart(&daemon);
+    let log = daemon.log();
+    assert!(
+        !log.contains("from the page"),
+        "each reply streamed from its frames, none was read back\n{log}"
+    );
+}
+
 /// Two warm tabs whose page load after a reply may wait for other replies as long as they
 /// take (10 minutes): only their end, or a request waiting for a tab, starts the load.
 async fn two_tabs_waiting_long_to_refresh() -> (Double, Daemon) {

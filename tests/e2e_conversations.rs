@@ -484,3 +484,42 @@ async fn a_follow_up_sent_at_once_goes_to_the_page_its_chat_left_open() {
         .count();
     assert_eq!(opened, 1, "{log}");
 }
+
+/// A site whose message ids tell nothing of time (random numbers): each turn of a
+/// conversation still gets its own reply, the third on the page the second left open,
+/// where the second reply's late repeats still come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_ids_in_no_order_still_give_each_turn_its_reply() {
+    let double = Double::start(DoubleOptions {
+        unordered_message_ids: true,
+        ..site()
+    })
+    .await
+    .expect("double");
+    let daemon = Daemon::start(&double.base_url(), &[]).await;
+    daemon.wait_warm(3).await;
+    let client = daemon.client().await;
+    let (_, second) = first_two_turns(&client).await;
+    let third = complete(
+        &client,
+        None,
+        history(
+            &["a [[turns]]", "b [[turns]]"],
+            &[&turns(0), &turns(1)],
+            "c [[turns]]",
+        ),
+        second.conversation,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("third: {e:?}\n{}", daemon.log()));
+    assert_eq!(
+        (third.text.as_str(), third.continued),
+        (turns(2).as_str(), true)
+    );
+    assert_eq!(double.taken().len(), 3, "each prompt reached the site once");
+    let log = daemon.log();
+    assert!(
+        !log.contains("from the page"),
+        "each reply streamed from its frames, none was read back\n{log}"
+    );
+}

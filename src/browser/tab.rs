@@ -156,9 +156,10 @@ pub struct Tab {
     /// The wait for the send button, armed when the page got ready (see
     /// [`crate::browser::cdp::ArmedWait`]).
     pub armed: Option<crate::browser::cdp::ArmedWait>,
-    /// The largest message id a reply on the current page had: updates up to it that come
-    /// later belong to earlier turns. Reset when the page is opened again.
-    pub last_message_id: Option<i64>,
+    /// The messages (prompts and replies) taken on the current page, the newest
+    /// [`EARLIER_MESSAGES`] of them: updates of them that come later belong to earlier
+    /// turns. Cleared when the page is opened again.
+    pub earlier_messages: Vec<i64>,
     /// Cancelled when the browser this tab lives in is found dead.
     pub browser_gone: CancellationToken,
     relay: Arc<Relay>,
@@ -189,7 +190,21 @@ const MAX_TRACKED_REQUESTS: usize = 256;
 /// How long fetching a response body may take.
 const BODY_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How many of a page's earlier messages a tab remembers ([`Tab::earlier_messages`]).
+pub const EARLIER_MESSAGES: usize = 64;
+
 impl Tab {
+    /// Remembers messages taken on the current page (see [`Tab::earlier_messages`]).
+    pub fn note_earlier_messages(&mut self, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            if !self.earlier_messages.contains(&id) {
+                self.earlier_messages.push(id);
+            }
+        }
+        let over = self.earlier_messages.len().saturating_sub(EARLIER_MESSAGES);
+        self.earlier_messages.drain(..over);
+    }
+
     /// Opens a blank tab and starts its pump. `update_socket_contains` selects the update
     /// socket among the page's WebSockets.
     pub async fn open(browser: &BrowserHandle, id: usize, watch: Watch) -> Result<Tab, String> {
@@ -288,7 +303,7 @@ impl Tab {
             page,
             warm_for: None,
             armed: None,
-            last_message_id: None,
+            earlier_messages: Vec::new(),
             browser_gone,
             relay,
             pump,

@@ -166,7 +166,7 @@ fn message_2025(
     client_nonce: Option<String>,
     bot: Option<&'static Bot>,
 ) -> StoredMessage {
-    let message_id = 457_234_370_000 + shared.id() * 1_000 + shared.random() % 1_000;
+    let message_id = shared.message_number();
     StoredMessage {
         id: global_id("Message", message_id),
         message_id,

@@ -160,6 +160,10 @@ pub struct DoubleOptions {
     /// viewer state's `formattedChatInput` flag hints the site may switch to) instead of a
     /// textarea.
     pub rich_input: bool,
+    /// Message ids in no order (random 64-bit numbers, in both modes) instead of growing
+    /// ones: a site whose ids tell nothing of time. The 2025 page then follows its reply by
+    /// arrival.
+    pub unordered_message_ids: bool,
 }
 
 impl Default for DoubleOptions {
@@ -186,6 +190,7 @@ impl Default for DoubleOptions {
             late_repeat_ms: 250,
             send_answer_delay_ms: 0,
             rich_input: false,
+            unordered_message_ids: false,
         }
     }
 }
@@ -269,6 +274,7 @@ impl Double {
             daily_limit: AtomicBool::new(opts.daily_limit),
             textarea_delay_ms: opts.textarea_delay_ms,
             rich_input: opts.rich_input,
+            unordered_message_ids: opts.unordered_message_ids,
             chunk_delay: Duration::from_millis(opts.chunk_delay_ms),
             point_allotment: opts.point_allotment,
             max_in_flight: opts.max_in_flight,
@@ -541,6 +547,7 @@ struct Shared {
     daily_limit: AtomicBool,
     textarea_delay_ms: u64,
     rich_input: bool,
+    unordered_message_ids: bool,
     chunk_delay: Duration,
     point_allotment: u64,
     max_in_flight: usize,
@@ -769,9 +776,20 @@ impl Shared {
             .collect()
     }
 
+    /// A message id: growing (2023: small; 2025: beyond 2^32, as in the capture), or at
+    /// random with `unordered_message_ids`.
+    fn message_number(&self) -> u64 {
+        let n = self.id();
+        match (self.unordered_message_ids, self.mode()) {
+            (true, _) => 1 + self.random() % 999_999_999_999,
+            (false, Mode::Y2023) => n,
+            (false, Mode::Y2025) => 457_234_370_000 + n * 1_000 + self.random() % 1_000,
+        }
+    }
+
     /// A 2023 message: small ids.
     fn message(&self, author: &str, text: &str, state: &str) -> StoredMessage {
-        let n = self.id();
+        let n = self.message_number();
         StoredMessage {
             id: format!("TWVzc2FnZTo{n}"),
             message_id: n,

@@ -342,6 +342,7 @@ fn chat_app(
         )
         .val("textareaDelayMs", shared.textarea_delay_ms)
         .val("richInput", shared.rich_input)
+        .val("unorderedIds", shared.unordered_message_ids)
         .val("channel", &channel)
         .val("box", BOX)
         .val("channelHash", shared.random() % 1_000_000_000)

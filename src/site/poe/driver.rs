@@ -267,7 +267,7 @@ impl Driver {
     pub async fn open(&self, tab: &mut Tab, target: &Target<'_>) -> Result<(), Error> {
         tab.warm_for = None;
         tab.armed = None;
-        tab.last_message_id = None;
+        tab.earlier_messages.clear();
         let url = self.target_url(target);
         let not_here = |why: String| match target {
             Target::Fresh { bot } => self.no_such_bot(bot, &why),
@@ -508,7 +508,7 @@ impl Driver {
         // handlers, and the first frames must not wait for it.
         // A page kept open since an earlier turn may still bring that turn's updates.
         // Updates are held until the page's send is seen: before it none can be ours.
-        let mut tracker = ReplyTracker::new().after(tab.last_message_id);
+        let mut tracker = ReplyTracker::new().after(&tab.earlier_messages);
         if !self.sends_unseen.load(Ordering::Relaxed) {
             tracker = tracker.until_sent();
         }
@@ -542,7 +542,7 @@ impl Driver {
                 reply = &mut read => reply,
             }
         };
-        tab.last_message_id = tab.last_message_id.max(tracker.last_message_id());
+        tab.note_earlier_messages(tracker.taken());
         result.map_err(|e| match e.sent {
             Some(_) => e,
             None => e.sent(true),

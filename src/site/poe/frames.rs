@@ -417,8 +417,12 @@ pub struct ReplyTracker {
     /// The locked message was seen naming our chat.
     bot_confirmed: bool,
     bot: Option<BotInfo>,
-    /// Messages up to this id are earlier turns of the page's chat (see [`Self::after`]).
+    /// The messages taken in earlier turns of the page's chat, and the largest of their ids
+    /// (see [`Self::after`]).
+    earlier: Vec<i64>,
     floor: Option<i64>,
+    /// Bot messages seen before any echo was: none of them is the reply.
+    bots_before_echo: VecDeque<i64>,
     /// The text the client has been given so far.
     streamed: String,
     finished: bool,
@@ -537,17 +541,20 @@ impl ReplyTracker {
         }
     }
 
-    /// A tracker that ignores every message up to `id` (human or bot): the earlier turns
-    /// of a chat whose page stayed open, whose updates (e.g. late repeats of the last
-    /// reply) may still come while the next message is sent.
-    pub fn after(mut self, id: Option<i64>) -> Self {
-        self.floor = id;
+    /// A tracker for a page that showed earlier turns of its chat, whose updates (e.g. late
+    /// repeats of the last reply) may still come while the next message is sent: the
+    /// messages taken then (`ids`, see [`Self::taken`]) are ignored, and so is a finished
+    /// bot message with a smaller id than theirs (a repeat; the site numbers messages in
+    /// time).
+    pub fn after(mut self, ids: &[i64]) -> Self {
+        self.earlier = ids.to_vec();
+        self.floor = ids.iter().copied().max();
         self
     }
 
-    /// The largest message id this tracker took (the echo or the reply), if any.
-    pub fn last_message_id(&self) -> Option<i64> {
-        self.human_message.max(self.bot_message)
+    /// The ids of the messages this tracker took: the echo and the reply, as far as seen.
+    pub fn taken(&self) -> impl Iterator<Item = i64> {
+        self.human_message.into_iter().chain(self.bot_message)
     }
 
     /// The reply text as far as it has been streamed.
@@ -590,7 +597,7 @@ impl ReplyTracker {
             push_bounded(held, m.clone());
             return Vec::new();
         }
-        if self.finished || self.floor.is_some_and(|floor| m.message_id <= floor) {
+        if self.finished || self.is_earlier(m) {
             return Vec::new();
         }
         if matches!((&self.chat, &m.chat), (Some(ours), Some(theirs)) if ours != theirs) {
@@ -607,6 +614,9 @@ impl ReplyTracker {
         }
         if !m.is_bot() {
             return Vec::new();
+        }
+        if self.human_message.is_none() && !self.bots_before_echo.contains(&m.message_id) {
+            push_bounded(&mut self.bots_before_echo, m.message_id);
         }
         let names_our_chat = self.chat.is_some() && m.chat == self.chat;
         match self.bot_message {
@@ -665,8 +675,31 @@ impl ReplyTracker {
         }
         match self.human_message {
             Some(human) if m.message_id > human => Claim::Ours,
-            _ => Claim::No,
+            // A site whose ids are in no order: a message that starts after the echo (not
+            // seen before it, not finished: a late repeat of an earlier reply is) is the
+            // reply, as only one reply of a chat streams at a time.
+            Some(_) => {
+                let starts = m.created || Outcome::from_state(&m.state, &m.text).is_none();
+                if starts && !self.bots_before_echo.contains(&m.message_id) {
+                    Claim::Ours
+                } else {
+                    Claim::No
+                }
+            }
+            None => Claim::No,
         }
+    }
+
+    /// An update of an earlier turn of the page's chat (see [`Self::after`]); never the
+    /// message the tracker follows.
+    fn is_earlier(&self, m: &MessageUpdate) -> bool {
+        if self.bot_message == Some(m.message_id) {
+            return false;
+        }
+        self.earlier.contains(&m.message_id)
+            || !m.human
+                && self.floor.is_some_and(|floor| m.message_id <= floor)
+                && Outcome::from_state(&m.state, &m.text).is_some()
     }
 
     fn lock(&mut self, m: &MessageUpdate) {
@@ -743,11 +776,14 @@ impl ReplyTracker {
                     u8::from(self.expected_message.is_some_and(|id| id != h.id))
                         + u8::from(h.chat.is_some() && !self.expected_chats.is_empty())
                 };
+                // The newest to arrive (the site's ids need not be in order).
                 let guess = self
                     .humans
                     .iter()
-                    .filter(|h| !other_nonce(h))
-                    .min_by_key(|h| (against(h), std::cmp::Reverse(h.id)));
+                    .enumerate()
+                    .filter(|(_, h)| !other_nonce(h))
+                    .min_by_key(|(arrived, h)| (against(h), std::cmp::Reverse(*arrived)))
+                    .map(|(_, h)| h);
                 self.guess_doubted = guess.is_some_and(|h| against(h) > 0);
                 (guess, false)
             }
@@ -1310,10 +1346,69 @@ mod tests {
     }
 
     #[test]
+    fn ids_in_no_order_still_give_the_reply_that_starts_after_the_echo() {
+        // A site that numbers messages at random: the reply's id is below the echo's.
+        let mut t = ReplyTracker::new();
+        let steps = run(
+            &mut t,
+            &[
+                (77, "beaver", "an earlier reply, repeated", "complete"),
+                (900, "human", "question", "complete"),
+                (77, "beaver", "an earlier reply, repeated", "complete"),
+                (120, "beaver", "", "incomplete"),
+                (120, "beaver", "Hi", "incomplete"),
+                (120, "beaver", "Hi there", "complete"),
+            ],
+        );
+        assert_eq!(
+            steps.last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("Hi there".into())))
+        );
+        assert_eq!(t.bot_message_id(), Some(120));
+        // A bot message already streaming before the echo is not the reply, whatever its id.
+        let mut t = ReplyTracker::new();
+        let steps = run(
+            &mut t,
+            &[
+                (130, "beaver", "other", "incomplete"),
+                (900, "human", "question", "complete"),
+                (130, "beaver", "other chat", "incomplete"),
+                (5, "beaver", "ours", "complete"),
+            ],
+        );
+        assert_eq!(
+            steps,
+            Vec::new(),
+            "a finished message is a repeat, not a start"
+        );
+        let steps = run(&mut t, &[(6, "beaver", "", "incomplete")]);
+        assert_eq!(steps, Vec::new(), "nothing streamed yet");
+        assert_eq!(t.bot_message_id(), Some(6));
+        // On a kept page: the earlier turn's messages are ignored by id, the new echo and
+        // reply are taken whatever their ids.
+        let mut t = ReplyTracker::new().after(&[900, 50]);
+        let steps = run(
+            &mut t,
+            &[
+                (50, "beaver", "old answer", "complete"),
+                (30, "human", "new question", "complete"),
+                (50, "beaver", "old answer", "complete"),
+                (700, "beaver", "new", "incomplete"),
+                (700, "beaver", "new answer", "complete"),
+            ],
+        );
+        assert_eq!(
+            steps.last(),
+            Some(&ReplyStep::Finished(Outcome::Complete("new answer".into())))
+        );
+        assert_eq!(t.taken().collect::<Vec<_>>(), [30, 700]);
+    }
+
+    #[test]
     fn late_updates_of_an_earlier_turn_on_a_kept_page_are_not_the_next_reply() {
         // The page showed turn 1 (echo 10, reply 11); its reply repeats late, and an old
         // echo comes again, before the new turn's echo and reply.
-        let mut t = ReplyTracker::new().after(Some(11));
+        let mut t = ReplyTracker::new().after(&[10, 11]);
         let steps = run(
             &mut t,
             &[
@@ -1329,7 +1424,7 @@ mod tests {
             steps.last(),
             Some(&ReplyStep::Finished(Outcome::Complete("new answer".into())))
         );
-        assert_eq!(t.last_message_id(), Some(13));
+        assert_eq!(t.taken().collect::<Vec<_>>(), [12, 13]);
         // Without the floor, the late repeat would have been taken for the reply.
         let mut t = ReplyTracker::new();
         let steps = run(

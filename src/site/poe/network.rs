@@ -323,10 +323,24 @@ pub fn find_reply(body: &str, target: &ReplyTarget) -> Option<FoundMessage> {
                     .find(|m| m.client_nonce.as_deref() == Some(nonce))
                     .map(|m| m.message_id)
             })?;
-            messages
-                .into_iter()
-                .filter(|m| m.message_id > anchor && !m.human && !m.chat_break)
-                .min_by_key(|m| m.message_id)?
+            let reply = |m: &MessageUpdate| !m.human && !m.chat_break;
+            // The first after the prompt by id (the site numbers messages in time), else,
+            // for ids in no order, the first after it in the response.
+            let by_id = messages
+                .iter()
+                .filter(|m| m.message_id > anchor && reply(m))
+                .min_by_key(|m| m.message_id)
+                .map(|m| m.message_id);
+            let by_place = || {
+                messages
+                    .iter()
+                    .skip_while(|m| m.message_id != anchor)
+                    .skip(1)
+                    .find(|m| reply(m))
+                    .map(|m| m.message_id)
+            };
+            let id = by_id.or_else(by_place)?;
+            messages.into_iter().find(|m| m.message_id == id)?
         }
     };
     Some(FoundMessage {
@@ -709,6 +723,28 @@ mod tests {
         }
         // The flat list has no nonces: the prompt cannot be found that way.
         assert_eq!(find_reply(&chat_flat(), &by_nonce), None);
+    }
+
+    #[test]
+    fn with_ids_in_no_order_the_reply_is_the_first_after_the_prompt_in_the_response() {
+        let node = |id: i64, author: &str, text: &str| {
+            json!({"node": {"messageId": id, "author": author, "text": text,
+                "state": "complete"}})
+        };
+        let body = json!({"data": {"chatOfCode": {"messagesConnection": {"edges": [
+            node(900, "human", "first question"),
+            node(40, "beaver", "first answer"),
+            node(500, "human", "Say hi"),
+            node(70, "beaver", "Hi there!"),
+        ]}}}})
+        .to_string();
+        let after = |id| ReplyTarget {
+            human_message_id: Some(id),
+            ..ReplyTarget::default()
+        };
+        let text = |id| find_reply(&body, &after(id)).map(|m| m.text);
+        assert_eq!(text(500), Some("Hi there!".into()));
+        assert_eq!(text(900), Some("first answer".into()));
     }
 
     #[test]
