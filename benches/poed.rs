@@ -7,6 +7,8 @@
 //! - relay latency: the double writes a frame -> the client has the delta (first frame,
 //!   frames in between) or the final event (last frame);
 //! - time to first token and total time for a short reply;
+//! - a conversation's turns on the double's 2025 picture: time to first token, and the
+//!   relay of each turn's first text frame, which there follows the bot message's start;
 //! - 1, 3 and 8 concurrent clients on a 3-tab pool;
 //! - poed's RSS and Chromium's total memory, idle and under load;
 //! - the DevTools floor: poed's own steps for a request taken straight from the benchmark
@@ -497,7 +499,7 @@ fn main() {
 async fn bench(runs: usize) {
     // `POED_BENCH_CONVERSATIONS=1`: only the conversation rows (a minute instead of eight).
     if std::env::var_os("POED_BENCH_CONVERSATIONS").is_some() {
-        println!("| conversations (2025 double), time to first token | n | median ms | p90 ms | min ms | max ms |");
+        println!("| conversations (2025 double) | n | median ms | p90 ms | min ms | max ms |");
         println!("|---|---|---|---|---|---|");
         for series in &conversations(runs).await {
             println!("{}", series.row(""));
@@ -800,7 +802,7 @@ async fn bench(runs: usize) {
     ]) {
         println!("{}", s.row(""));
     }
-    println!("\n| conversations (2025 double), time to first token | n | median ms | p90 ms | min ms | max ms |");
+    println!("\n| conversations (2025 double) | n | median ms | p90 ms | min ms | max ms |");
     println!("|---|---|---|---|---|---|");
     for series in &turns {
         println!("{}", series.row(""));
@@ -893,7 +895,10 @@ async fn wait_warm(client: &Client, n: usize) {
 /// in its chat, whose page is opened first (cold: a first turn leaves its tab fresh for new
 /// chats); the third in the page the second left open (warm); the fourth sent the moment
 /// the third ended, while its tab is still being made ready (as a script chaining turns).
-async fn conversations(runs: usize) -> [Series; 4] {
+/// Also the relay of each turn's first text frame: in this picture, as on today's site, it
+/// follows the bot message's empty start (by the double's 20 ms between frames), after
+/// the burst of work the click sets off in the page.
+async fn conversations(runs: usize) -> [Series; 5] {
     let double = double::Double::start(double::DoubleOptions {
         chunk_delay_ms: 20,
         mode: double::Mode::Y2025,
@@ -912,11 +917,14 @@ async fn conversations(runs: usize) -> [Series; 4] {
     let mut cold = Series::new("second turn: only it sent, chat page opened first (cold)");
     let mut warm = Series::new("third turn: only it sent, chat page kept open (warm)");
     let mut at_once = Series::new("fourth turn: sent the moment the third ended");
+    let mut relay_text =
+        Series::new("every turn: relay latency, first text frame (double write -> client delta)");
     for i in 0..runs {
         let mut messages = Vec::new();
         let turns = [&mut fresh, &mut cold, &mut warm, &mut at_once];
         for (k, series) in turns.into_iter().enumerate() {
             messages.push(ChatMessage::new("user", format!("{SHORT_PROMPT} c{i}.{k}")));
+            let before = double.chats().len();
             let sent = Instant::now();
             let mut reply = client
                 .complete(CompleteRequest {
@@ -945,6 +953,14 @@ async fn conversations(runs: usize) -> [Series; 4] {
             };
             if let Some(f) = first {
                 series.values.push(ms(f.duration_since(sent)));
+                // The bot message's frames: its empty start, then its text.
+                if let Some(frame) = double
+                    .chats()
+                    .get(before)
+                    .and_then(|c| c.frame_times.get(1))
+                {
+                    relay_text.values.push(ms(f.duration_since(*frame)));
+                }
             }
             messages.push(ChatMessage::new("assistant", answer));
             // The fourth turn follows the third at once.
@@ -955,5 +971,5 @@ async fn conversations(runs: usize) -> [Series; 4] {
     }
     drop(client);
     let _ = daemon.stop().await;
-    [fresh, cold, warm, at_once]
+    [fresh, cold, warm, at_once, relay_text]
 }
