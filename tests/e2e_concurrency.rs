@@ -136,14 +136,20 @@ fn told_apart(daemon: &Daemon) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_of_other_chats_on_an_account_wide_channel_are_not_taken() {
     let (double, daemon) = three_on_an_account_wide_channel(DoubleOptions::default()).await;
+    a_fourth_takes_its_own(&double, &daemon).await;
+}
+
+/// A request sent after [`three_on_an_account_wide_channel`], while the others' late
+/// repeats still arrive, takes its own reply too; each prompt reached the site once, and
+/// each reply was told apart by what its send and the site's answer said.
+async fn a_fourth_takes_its_own(double: &Double, daemon: &Daemon) {
     let client = daemon.client().await;
-    // A request sent while the others' late repeats still arrive takes its own reply too.
     let (events, text) =
         collect(client.complete(ask("fourth question")).await.expect("send")).await;
     assert_eq!(text, expected_reply("GPT-3.5-Turbo", "fourth question"));
     assert!(matches!(events.last(), Some(Event::Done { .. })));
     assert_eq!(double.chats().len(), 4, "each prompt reached the site once");
-    told_apart(&daemon);
+    told_apart(daemon);
 }
 
 /// The same where the site's echoes carry no client nonce and a new chat's send names no
@@ -170,13 +176,7 @@ async fn message_ids_in_no_order_still_give_each_request_its_reply() {
         ..DoubleOptions::default()
     })
     .await;
-    let client = daemon.client().await;
-    let (events, text) =
-        collect(client.complete(ask("fourth question")).await.expect("send")).await;
-    assert_eq!(text, expected_reply("GPT-3.5-Turbo", "fourth question"));
-    assert!(matches!(events.last(), Some(Event::Done { .. })));
-    assert_eq!(double.chats().len(), 4, "each prompt reached the site once");
-    told_apart(&daemon);
+    a_fourth_takes_its_own(&double, &daemon).await;
     let log = daemon.log();
     assert!(
         !log.contains("from the page"),

@@ -119,6 +119,28 @@ async fn first_two_turns(client: &Client) -> (Done, Done) {
     (first, second)
 }
 
+/// [`first_two_turns`], then the third turn "c [[turns]]" at once, which goes on in the
+/// same chat (the bot saw two earlier messages).
+async fn three_turns(client: &Client, daemon: &Daemon) {
+    let (_, second) = first_two_turns(client).await;
+    let third = complete(
+        client,
+        None,
+        history(
+            &["a [[turns]]", "b [[turns]]"],
+            &[&turns(0), &turns(1)],
+            "c [[turns]]",
+        ),
+        second.conversation,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("third: {e:?}\n{}", daemon.log()));
+    assert_eq!(
+        (third.text.as_str(), third.continued),
+        (turns(2).as_str(), true)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_turn_or_another_model_starts_a_new_chat_and_a_named_one_goes_on() {
     let double = Double::start(site()).await.expect("double");
@@ -458,23 +480,7 @@ async fn a_follow_up_sent_at_once_goes_to_the_page_its_chat_left_open() {
     let daemon = Daemon::start(&double.base_url(), &[]).await;
     daemon.wait_warm(3).await;
     let client = daemon.client().await;
-    let (_, second) = first_two_turns(&client).await;
-    let third = complete(
-        &client,
-        None,
-        history(
-            &["a [[turns]]", "b [[turns]]"],
-            &[&turns(0), &turns(1)],
-            "c [[turns]]",
-        ),
-        second.conversation,
-    )
-    .await
-    .expect("third");
-    assert_eq!(
-        (third.text.as_str(), third.continued),
-        (turns(2).as_str(), true)
-    );
+    three_turns(&client, &daemon).await;
     // The chat's page was opened once, for the second turn; the third found it open.
     let code = &double.taken()[0].chat_code;
     let log = daemon.log();
@@ -499,23 +505,7 @@ async fn message_ids_in_no_order_still_give_each_turn_its_reply() {
     let daemon = Daemon::start(&double.base_url(), &[]).await;
     daemon.wait_warm(3).await;
     let client = daemon.client().await;
-    let (_, second) = first_two_turns(&client).await;
-    let third = complete(
-        &client,
-        None,
-        history(
-            &["a [[turns]]", "b [[turns]]"],
-            &[&turns(0), &turns(1)],
-            "c [[turns]]",
-        ),
-        second.conversation,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("third: {e:?}\n{}", daemon.log()));
-    assert_eq!(
-        (third.text.as_str(), third.continued),
-        (turns(2).as_str(), true)
-    );
+    three_turns(&client, &daemon).await;
     assert_eq!(double.taken().len(), 3, "each prompt reached the site once");
     let log = daemon.log();
     assert!(
