@@ -133,6 +133,11 @@ impl MessageUpdate {
     pub fn is_bot(&self) -> bool {
         !self.human && !self.chat_break && (self.author.is_some() || self.bot.is_some())
     }
+
+    /// Whether the message has ended (its state has an [`Outcome`]), without building it.
+    pub fn ended(&self) -> bool {
+        Outcome::ends(&self.state)
+    }
 }
 
 /// The account's points (2025 quota), from `messagePointInfo`.
@@ -340,12 +345,17 @@ impl Outcome {
     pub fn from_state(state: &str, text: &str) -> Option<Outcome> {
         match state {
             "complete" => Some(Outcome::Complete(text.to_owned())),
-            s if s == "cancelled" || s.starts_with("error") => Some(Outcome::Failed {
+            s if Outcome::ends(s) => Some(Outcome::Failed {
                 state: s.to_owned(),
                 text: text.to_owned(),
             }),
             _ => None,
         }
+    }
+
+    /// Whether a message `state` has an outcome (see [`Outcome::from_state`]).
+    pub fn ends(state: &str) -> bool {
+        state == "complete" || state == "cancelled" || state.starts_with("error")
     }
 }
 
@@ -679,7 +689,7 @@ impl ReplyTracker {
             // seen before it, not finished: a late repeat of an earlier reply is) is the
             // reply, as only one reply of a chat streams at a time.
             Some(_) => {
-                let starts = m.created || Outcome::from_state(&m.state, &m.text).is_none();
+                let starts = m.created || !m.ended();
                 if starts && !self.bots_before_echo.contains(&m.message_id) {
                     Claim::Ours
                 } else {
@@ -697,9 +707,7 @@ impl ReplyTracker {
             return false;
         }
         self.earlier.contains(&m.message_id)
-            || !m.human
-                && self.floor.is_some_and(|floor| m.message_id <= floor)
-                && Outcome::from_state(&m.state, &m.text).is_some()
+            || !m.human && self.floor.is_some_and(|floor| m.message_id <= floor) && m.ended()
     }
 
     fn lock(&mut self, m: &MessageUpdate) {
