@@ -193,6 +193,10 @@ pub struct Timeouts {
     pub prompt_box_secs: f64,
     /// Waiting for the send button to become enabled after the prompt was entered.
     pub send_button_secs: f64,
+    /// Before a send, waiting for the page's update socket to be open (its script may open
+    /// it after the prompt box shows); past it the prompt goes anyway, with a warning, and
+    /// later sends do not wait until a page is seen with its socket open again.
+    pub update_socket_secs: f64,
     /// Whole reply, from send to the final state.
     pub reply_secs: f64,
     /// No update from the site for this long -> `stalled` (after trying to read the reply
@@ -303,6 +307,7 @@ impl Default for Timeouts {
             navigation_secs: 30.0,
             prompt_box_secs: 15.0,
             send_button_secs: 5.0,
+            update_socket_secs: 2.0,
             reply_secs: 300.0,
             idle_secs: 60.0,
             recover_secs: 30.0,
@@ -407,6 +412,7 @@ impl Config {
             ("timeouts.navigation_secs", t.navigation_secs),
             ("timeouts.prompt_box_secs", t.prompt_box_secs),
             ("timeouts.send_button_secs", t.send_button_secs),
+            ("timeouts.update_socket_secs", t.update_socket_secs),
             ("timeouts.reply_secs", t.reply_secs),
             ("timeouts.idle_secs", t.idle_secs),
             ("timeouts.shutdown_grace_secs", t.shutdown_grace_secs),

@@ -202,6 +202,73 @@ async fn a_reply_comes_even_when_the_pages_send_request_is_not_seen() {
     );
 }
 
+/// A page whose script opens its update socket a second after its prompt box shows, on a
+/// site that does not replay what a socket missed: a prompt sent the moment the tab got
+/// ready waits for the page's socket, so its reply comes on it (sent at once, every frame
+/// of it would be lost), and it reaches the site once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_waits_for_a_late_update_socket_and_its_reply_comes_on_it() {
+    let double = Double::start(DoubleOptions {
+        chunk_delay_ms: 10,
+        socket_delay_ms: 1000,
+        socket_wait_ms: 0,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double");
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    daemon.wait_warm(1).await;
+    let client = daemon.client().await;
+    within(
+        Duration::from_secs(20),
+        "the reply on the late socket",
+        answered_in_full(&daemon, &client, "a socket that comes late"),
+    )
+    .await;
+    assert_eq!(double.chats().len(), 1, "sent once");
+    let log = daemon.log();
+    assert!(
+        log.contains("the page's update socket opened"),
+        "the send waited for the socket\n{log}"
+    );
+    assert!(!log.contains("no update socket"), "{log}");
+}
+
+/// A page whose update socket is not open within `timeouts.update_socket_secs` (here: it
+/// opens later, on a site that replays what it missed) gets its prompt anyway, and only the
+/// first send waits for it: the log says what to check, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_send_waits_for_an_update_socket_that_does_not_come_in_time() {
+    let double = Double::start(DoubleOptions {
+        chunk_delay_ms: 10,
+        socket_delay_ms: 1500,
+        ..DoubleOptions::default()
+    })
+    .await
+    .expect("double");
+    let config = "[timeouts]\nupdate_socket_secs = 0.3\n";
+    let daemon = Daemon::start_with_config(&double.base_url(), config, &["--tabs", "1"]).await;
+    let client = daemon.client().await;
+    let prompts = ["no socket yet", "still no socket yet"];
+    for prompt in prompts {
+        daemon.wait_warm(1).await;
+        within(
+            Duration::from_secs(20),
+            "a reply whose socket came late",
+            answered_in_full(&daemon, &client, prompt),
+        )
+        .await;
+    }
+    let taken: Vec<String> = double.chats().iter().map(|c| c.prompt.clone()).collect();
+    assert_eq!(taken, prompts, "each sent once");
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("no update socket").count(),
+        1,
+        "only the first send waited for the socket\n{log}"
+    );
+}
+
 /// The mouse pointer goes onto the send button when a page gets ready, before any request,
 /// as a hand waits by a button: each press then finds it there (the press changes no hover
 /// state, and the pointer never appears on the button out of nowhere). The page a tab opens

@@ -10,6 +10,8 @@
 //!   `Singleton*` lock files (stale ones are cleared, live ones are a clear startup error).
 //! - [`tab`]: one tab and its event pump, which turns the tab's CDP WebSocket events into
 //!   parsed updates for whoever is running a request on it.
+//! - [`update_socket`]: which of a tab's WebSockets is the site's update socket, and whether
+//!   one is open (a send waits for it).
 //! - [`tab_pool`]: lends tabs to requests; FIFO queue with a cap, `busy` beyond it.
 //! - [`priority`]: the launched browser's GPU process at a low CPU priority, so the processes
 //!   that carry a request get the cores first.
@@ -23,4 +25,5 @@ pub mod profile_lock;
 pub mod supervisor;
 pub mod tab;
 pub mod tab_pool;
+pub mod update_socket;
 pub mod user_agent;

@@ -29,7 +29,7 @@ use chromiumoxide::cdp::browser_protocol::log::DisableParams as LogDisableParams
 use chromiumoxide::cdp::browser_protocol::network::{
     EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, EventResponseReceived,
     EventWebSocketClosed, EventWebSocketCreated, EventWebSocketFrameReceived,
-    GetResponseBodyParams, ResourceType,
+    EventWebSocketHandshakeResponseReceived, GetResponseBodyParams, ResourceType,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
     EventFrameNavigated, EventNavigatedWithinDocument,
@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use crate::browser::supervisor::BrowserHandle;
+use crate::browser::update_socket::UpdateSockets;
 
 /// One HTTP request of the page and its response, as the browser saw them.
 #[derive(Debug, Clone)]
@@ -168,6 +169,8 @@ pub struct Tab {
     url: watch::Receiver<String>,
     /// The main frame's last document response.
     document: watch::Receiver<Option<DocumentResponse>>,
+    /// Whether the page's update socket is open.
+    update_open: watch::Receiver<bool>,
     closed: bool,
 }
 
@@ -175,9 +178,12 @@ enum Raw {
     Created(Arc<EventWebSocketCreated>),
     Frame(Arc<EventWebSocketFrameReceived>),
     Closed(Arc<EventWebSocketClosed>),
+    Answered(Arc<EventWebSocketHandshakeResponseReceived>),
     /// The tab's renderer crashed.
     Crashed,
-    /// The main frame (or an in-page move) is now at this URL.
+    /// The main frame holds a new document, at this URL.
+    Document(String),
+    /// The main frame moved within its document, to this URL.
     Url(String),
     Request(Arc<EventRequestWillBeSent>),
     Response(Arc<EventResponseReceived>),
@@ -221,6 +227,10 @@ impl Tab {
             .map_err(listen)?;
         let closed = page
             .event_listener::<EventWebSocketClosed>()
+            .await
+            .map_err(listen)?;
+        let answered = page
+            .event_listener::<EventWebSocketHandshakeResponseReceived>()
             .await
             .map_err(listen)?;
         // `Inspector.targetCrashed` needs the Inspector domain, which chromiumoxide leaves off.
@@ -267,12 +277,13 @@ impl Tab {
             created.map(Raw::Created).boxed(),
             frames.map(Raw::Frame).boxed(),
             closed.map(Raw::Closed).boxed(),
+            answered.map(Raw::Answered).boxed(),
             crashed.map(|_| Raw::Crashed).boxed(),
             navigated
                 .filter_map(|e| {
                     // Only the main frame's navigations move the tab.
                     let url = (e.frame.parent_id.is_none()).then(|| e.frame.url.clone());
-                    std::future::ready(url.map(Raw::Url))
+                    std::future::ready(url.map(Raw::Document))
                 })
                 .boxed(),
             moved.map(|e| Raw::Url(e.url.clone())).boxed(),
@@ -285,6 +296,7 @@ impl Tab {
         let relay = Arc::new(Relay::default());
         let (url_tx, url) = watch::channel(String::from("about:blank"));
         let (document_tx, document) = watch::channel(None);
+        let (update_open_tx, update_open) = watch::channel(false);
         let main_frame = page.target_id().inner().clone();
         let pump = tokio::spawn(pump(
             id,
@@ -294,6 +306,7 @@ impl Tab {
             Outputs {
                 url: url_tx,
                 document: document_tx,
+                update_open: update_open_tx,
                 main_frame,
             },
             page.clone(),
@@ -309,6 +322,7 @@ impl Tab {
             pump,
             url,
             document,
+            update_open,
             closed: false,
         })
     }
@@ -332,6 +346,12 @@ impl Tab {
     /// A receiver that sees every document response of the main frame.
     pub fn watch_document(&self) -> watch::Receiver<Option<DocumentResponse>> {
         self.document.clone()
+    }
+
+    /// A receiver that sees whether the page's update socket is open (a socket whose URL
+    /// contains the configured part, its handshake answered, on the current document).
+    pub fn watch_update_socket(&self) -> watch::Receiver<bool> {
+        self.update_open.clone()
     }
 
     /// Sets the observer that sees every update-socket frame of this tab.
@@ -468,6 +488,8 @@ fn fetch_body(
 struct Outputs {
     url: watch::Sender<String>,
     document: watch::Sender<Option<DocumentResponse>>,
+    /// Whether an update socket is open.
+    update_open: watch::Sender<bool>,
     /// The main frame's id (a page target's main frame has the target's id).
     main_frame: String,
 }
@@ -481,8 +503,12 @@ async fn pump(
     page: Page,
 ) {
     let update_socket_contains = watch.update_socket_contains;
-    // request id -> whether that socket is the update socket
-    let mut sockets: HashMap<String, bool> = HashMap::new();
+    let mut sockets = UpdateSockets::default();
+    let publish = |sockets: &UpdateSockets| {
+        let open = sockets.is_open();
+        out.update_open
+            .send_if_modified(|now| std::mem::replace(now, open) != open);
+    };
     // request id -> an API request of the page still loading
     let mut pending: HashMap<String, Pending> = HashMap::new();
     // request ids whose loading finished before their start was seen
@@ -495,17 +521,28 @@ async fn pump(
             Raw::Created(c) => {
                 let is_update = c.url.contains(&update_socket_contains);
                 debug!(tab, url = %crate::redact::url(&c.url), is_update, "websocket created");
-                sockets.insert(c.request_id.inner().clone(), is_update);
+                sockets.created(c.request_id.inner(), is_update);
+                publish(&sockets);
+            }
+            Raw::Answered(a) => {
+                sockets.answered(a.request_id.inner());
+                publish(&sockets);
             }
             Raw::Closed(c) => {
-                if sockets.remove(c.request_id.inner()) == Some(true) {
+                if sockets.closed(c.request_id.inner()) {
                     debug!(tab, "update socket closed");
+                    publish(&sockets);
                     relay.send(TabSignal::SocketClosed);
                 }
             }
             Raw::Crashed => {
                 tracing::warn!(tab, "the tab's page crashed");
                 break;
+            }
+            Raw::Document(u) => {
+                sockets.new_document();
+                publish(&sockets);
+                out.url.send_replace(u);
             }
             Raw::Url(u) => {
                 out.url.send_replace(u);
@@ -598,9 +635,12 @@ async fn pump(
             Raw::Frame(f) => {
                 // A socket whose creation we did not see is parsed anyway: non-updates are
                 // ignored by the parser, so this only costs time.
-                if sockets.get(f.request_id.inner()) == Some(&false) {
+                if !sockets.is_read(f.request_id.inner()) {
                     continue;
                 }
+                // A frame proves its socket open, should its handshake event lag.
+                sockets.answered(f.request_id.inner());
+                publish(&sockets);
                 let frame = &f.response;
                 let text = if frame.opcode == 1.0 {
                     std::borrow::Cow::Borrowed(frame.payload_data.as_str())

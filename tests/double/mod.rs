@@ -125,6 +125,13 @@ pub struct DoubleOptions {
     pub daily_limit: bool,
     /// The prompt box appears this long after `load`, like the real single-page app.
     pub textarea_delay_ms: u64,
+    /// The page opens its update socket this long after its prompt box shows (0: at once,
+    /// as its script starts), as a page whose script connects late.
+    pub socket_delay_ms: u64,
+    /// How long a reply waits for its page's update socket to be connected before its
+    /// frames go out (a send can beat the page's socket); frames for a page without one are
+    /// lost. 0: not at all, as a site that does not replay what a late socket missed.
+    pub socket_wait_ms: u64,
     /// Delay between two streamed updates of a reply (`[[slow]]` ignores it).
     pub chunk_delay_ms: u64,
     /// 2025: the points balance at start.
@@ -177,6 +184,8 @@ impl Default for DoubleOptions {
             logged_in: true,
             daily_limit: false,
             textarea_delay_ms: 300,
+            socket_delay_ms: 0,
+            socket_wait_ms: 5000,
             chunk_delay_ms: 20,
             points: 3000,
             point_allotment: 3000,
@@ -273,6 +282,8 @@ impl Double {
             logged_in: AtomicBool::new(opts.logged_in),
             daily_limit: AtomicBool::new(opts.daily_limit),
             textarea_delay_ms: opts.textarea_delay_ms,
+            socket_delay_ms: opts.socket_delay_ms,
+            socket_wait: Duration::from_millis(opts.socket_wait_ms),
             rich_input: opts.rich_input,
             unordered_message_ids: opts.unordered_message_ids,
             chunk_delay: Duration::from_millis(opts.chunk_delay_ms),
@@ -546,6 +557,8 @@ struct Shared {
     logged_in: AtomicBool,
     daily_limit: AtomicBool,
     textarea_delay_ms: u64,
+    socket_delay_ms: u64,
+    socket_wait: Duration,
     rich_input: bool,
     unordered_message_ids: bool,
     chunk_delay: Duration,

@@ -26,6 +26,7 @@ pub(super) fn bot_page(shared: &Shared, bot: &str, headers: &HeaderMap) -> Respo
         "chatId": chat_id, "bot": bot, "loggedIn": logged_in,
         "dailyLimit": shared.daily_limit.load(Ordering::SeqCst),
         "textareaDelayMs": shared.textarea_delay_ms,
+        "socketDelayMs": shared.socket_delay_ms,
     });
     let page = include_str!("page.html")
         .replace("__BOT_TITLE__", &html_text(bot))

@@ -341,6 +341,7 @@ fn chat_app(
             ),
         )
         .val("textareaDelayMs", shared.textarea_delay_ms)
+        .val("socketDelayMs", shared.socket_delay_ms)
         .val("richInput", shared.rich_input)
         .val("unorderedIds", shared.unordered_message_ids)
         .val("channel", &channel)

@@ -85,10 +85,8 @@ pub(super) fn start_2023(shared: Arc<Shared>, record: usize, chat_id: String, ch
     };
     tokio::spawn(async move {
         let script = script(&bot, &prompt, 1);
-        stream
-            .shared
-            .wait_for_socket(&stream.channel, Duration::from_secs(5))
-            .await;
+        let wait = stream.shared.socket_wait;
+        stream.shared.wait_for_socket(&stream.channel, wait).await;
         stream.run(human, script).await;
     });
 }
@@ -119,10 +117,8 @@ pub(super) fn start_2025(
         charged: false,
     };
     tokio::spawn(async move {
-        stream
-            .shared
-            .wait_for_socket(&stream.channel, Duration::from_secs(5))
-            .await;
+        let wait = stream.shared.socket_wait;
+        stream.shared.wait_for_socket(&stream.channel, wait).await;
         stream.run(human, script).await;
     });
 }

@@ -129,6 +129,10 @@ pub struct Driver {
     /// `site.api_path_contains`): later sends do not hold their updates for it, so the wait
     /// for it is paid once, not by every reply. Seeing a send again turns it off.
     sends_unseen: Arc<AtomicBool>,
+    /// A send found no open update socket on its page within `timeouts.update_socket_secs`
+    /// (the site opens it later, or its URL no longer matches `site.update_socket_contains`):
+    /// later sends do not wait for one, until a page is seen with its socket open again.
+    sockets_unseen: Arc<AtomicBool>,
 }
 
 fn browser_error(during: &str, e: CdpFailure) -> Error {
@@ -150,6 +154,7 @@ impl Driver {
             site,
             timeouts,
             sends_unseen: Arc::default(),
+            sockets_unseen: Arc::default(),
         }
     }
 
@@ -493,6 +498,7 @@ impl Driver {
         // is abandoned at once; the tab is made fresh again afterwards.
         let before_send = async {
             let send = self.prepare_send(tab, target, prompt).await?;
+            self.await_update_socket(tab).await;
             pacer.wait(cancel).await?;
             Ok::<_, Error>(send)
         };
@@ -632,6 +638,50 @@ impl Driver {
                         ),
                     ))
                 }
+            }
+        }
+    }
+
+    /// Waits (bounded) until the page's update socket is open, so that the reply's first
+    /// updates have a socket to come on: the page's script may open it after the prompt box
+    /// shows. Nothing is waited for when it is open, as on a page that got ready some time
+    /// ago, or once a wait found none (see [`Driver::sockets_unseen`]).
+    async fn await_update_socket(&self, tab: &Tab) {
+        let mut open = tab.watch_update_socket();
+        if *open.borrow_and_update() {
+            if self.sockets_unseen.swap(false, Ordering::Relaxed) {
+                info!(
+                    tab = tab.id,
+                    "the page's update socket is seen open again; sends wait for it again"
+                );
+            }
+            return;
+        }
+        if self.sockets_unseen.load(Ordering::Relaxed) {
+            return;
+        }
+        let began = Instant::now();
+        let limit = secs(self.timeouts.update_socket_secs);
+        let opened = tokio::time::timeout(limit, async {
+            open.wait_for(|open| *open).await.map(|_| ())
+        })
+        .await;
+        match opened {
+            Ok(Ok(_)) => debug!(
+                tab = tab.id,
+                waited_ms = began.elapsed().as_millis() as u64,
+                "the page's update socket opened"
+            ),
+            // A tab whose pump ended: the send finds out.
+            Ok(Err(_)) => {}
+            Err(_) => {
+                self.sockets_unseen.store(true, Ordering::Relaxed);
+                warn!(
+                    tab = tab.id,
+                    limit_secs = self.timeouts.update_socket_secs,
+                    contains = %self.site.update_socket_contains,
+                    "no update socket (a WebSocket whose URL contains this) was open on the page; sending anyway, and later sends do not wait for one until one is seen. If replies no longer come, check site.update_socket_contains"
+                );
             }
         }
     }
