@@ -269,6 +269,31 @@ async fn only_the_first_send_waits_for_an_update_socket_that_does_not_come_in_ti
     );
 }
 
+/// A page whose update socket closed while it waited for a request (the site closed it,
+/// and the page did not connect again) would take the prompt and never bring its reply: it
+/// is opened again before the prompt goes, and the prompt reaches the site once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_update_socket_closed_is_opened_again_before_the_send() {
+    let double = fast_double().await;
+    let daemon = Daemon::start(&double.base_url(), &["--tabs", "1"]).await;
+    daemon.wait_warm(1).await;
+    assert_eq!(double.close_update_sockets(1, STEP).await, 1);
+    daemon.wait_log("update socket closed", STEP).await;
+    let client = daemon.client().await;
+    within(
+        Duration::from_secs(20),
+        "the reply on the page opened again",
+        answered_in_full(&daemon, &client, "after the socket closed"),
+    )
+    .await;
+    assert_eq!(double.chats().len(), 1, "sent once");
+    let log = daemon.log();
+    assert!(
+        log.contains("the page's update socket closed while it waited; opening the page again"),
+        "{log}"
+    );
+}
+
 /// The mouse pointer goes onto the send button when a page gets ready, before any request,
 /// as a hand waits by a button: each press then finds it there (the press changes no hover
 /// state, and the pointer never appears on the button out of nowhere). The page a tab opens

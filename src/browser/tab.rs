@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use crate::browser::supervisor::BrowserHandle;
-use crate::browser::update_socket::UpdateSockets;
+use crate::browser::update_socket::{SocketState, UpdateSockets};
 
 /// One HTTP request of the page and its response, as the browser saw them.
 #[derive(Debug, Clone)]
@@ -169,8 +169,8 @@ pub struct Tab {
     url: watch::Receiver<String>,
     /// The main frame's last document response.
     document: watch::Receiver<Option<DocumentResponse>>,
-    /// Whether the page's update socket is open.
-    update_open: watch::Receiver<bool>,
+    /// The page's update socket.
+    update_socket: watch::Receiver<SocketState>,
     closed: bool,
 }
 
@@ -296,7 +296,7 @@ impl Tab {
         let relay = Arc::new(Relay::default());
         let (url_tx, url) = watch::channel(String::from("about:blank"));
         let (document_tx, document) = watch::channel(None);
-        let (update_open_tx, update_open) = watch::channel(false);
+        let (update_socket_tx, update_socket) = watch::channel(SocketState::NotYet);
         let main_frame = page.target_id().inner().clone();
         let pump = tokio::spawn(pump(
             id,
@@ -306,7 +306,7 @@ impl Tab {
             Outputs {
                 url: url_tx,
                 document: document_tx,
-                update_open: update_open_tx,
+                update_socket: update_socket_tx,
                 main_frame,
             },
             page.clone(),
@@ -322,7 +322,7 @@ impl Tab {
             pump,
             url,
             document,
-            update_open,
+            update_socket,
             closed: false,
         })
     }
@@ -348,10 +348,15 @@ impl Tab {
         self.document.clone()
     }
 
-    /// A receiver that sees whether the page's update socket is open (a socket whose URL
+    /// A receiver that sees the state of the page's update socket (a socket whose URL
     /// contains the configured part, its handshake answered, on the current document).
-    pub fn watch_update_socket(&self) -> watch::Receiver<bool> {
-        self.update_open.clone()
+    pub fn watch_update_socket(&self) -> watch::Receiver<SocketState> {
+        self.update_socket.clone()
+    }
+
+    /// The state of the page's update socket now.
+    pub fn update_socket(&self) -> SocketState {
+        *self.update_socket.borrow()
     }
 
     /// Sets the observer that sees every update-socket frame of this tab.
@@ -488,8 +493,8 @@ fn fetch_body(
 struct Outputs {
     url: watch::Sender<String>,
     document: watch::Sender<Option<DocumentResponse>>,
-    /// Whether an update socket is open.
-    update_open: watch::Sender<bool>,
+    /// The state of the current document's update socket.
+    update_socket: watch::Sender<SocketState>,
     /// The main frame's id (a page target's main frame has the target's id).
     main_frame: String,
 }
@@ -505,9 +510,9 @@ async fn pump(
     let update_socket_contains = watch.update_socket_contains;
     let mut sockets = UpdateSockets::default();
     let publish = |sockets: &UpdateSockets| {
-        let open = sockets.is_open();
-        out.update_open
-            .send_if_modified(|now| std::mem::replace(now, open) != open);
+        let state = sockets.state();
+        out.update_socket
+            .send_if_modified(|now| std::mem::replace(now, state) != state);
     };
     // request id -> an API request of the page still loading
     let mut pending: HashMap<String, Pending> = HashMap::new();

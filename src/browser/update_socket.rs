@@ -7,9 +7,21 @@
 //! socket is open, so a send can wait for it (`site::poe::driver`). The pump reads each
 //! kind of event from its own stream, so the events of one socket may come out of order:
 //! a handshake or a frame seen before the socket's creation counts once the creation says
-//! it is the update socket.
+//! it is the update socket. A page whose update socket closed and did not open another is
+//! told from one whose socket is still to come: a send opens that page again.
 
 use std::collections::{HashMap, HashSet};
+
+/// The update socket of a tab's current document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketState {
+    /// None was open on this document yet.
+    NotYet,
+    /// One is open.
+    Open,
+    /// One was open and closed, and none is open now.
+    Lost,
+}
 
 /// How many sockets whose handshake came before their creation are remembered.
 const EARLY_LIMIT: usize = 64;
@@ -23,6 +35,8 @@ pub struct UpdateSockets {
     open: HashSet<String>,
     /// Sockets that answered (or brought a frame) before their creation was seen.
     early: HashSet<String>,
+    /// An update socket was open on this document.
+    was_open: bool,
 }
 
 impl UpdateSockets {
@@ -31,6 +45,7 @@ impl UpdateSockets {
         self.kind.insert(id.to_owned(), is_update);
         if self.early.remove(id) && is_update {
             self.open.insert(id.to_owned());
+            self.was_open = true;
         }
     }
 
@@ -41,6 +56,7 @@ impl UpdateSockets {
                 // Called for every frame: no new key unless it is new.
                 if !self.open.contains(id) {
                     self.open.insert(id.to_owned());
+                    self.was_open = true;
                 }
             }
             Some(false) => {}
@@ -72,11 +88,23 @@ impl UpdateSockets {
         self.kind.clear();
         self.open.clear();
         self.early.clear();
+        self.was_open = false;
     }
 
-    /// Whether an update socket is open.
-    pub fn is_open(&self) -> bool {
-        !self.open.is_empty()
+    /// The update socket of the current document.
+    pub fn state(&self) -> SocketState {
+        if !self.open.is_empty() {
+            SocketState::Open
+        } else if self.was_open {
+            SocketState::Lost
+        } else {
+            SocketState::NotYet
+        }
+    }
+
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
+        self.state() == SocketState::Open
     }
 }
 
@@ -92,7 +120,11 @@ mod tests {
         s.answered("1");
         assert!(s.is_open());
         assert!(s.closed("1"));
-        assert!(!s.is_open());
+        assert_eq!(s.state(), SocketState::Lost, "closed, none open");
+        s.created("2", true);
+        assert_eq!(s.state(), SocketState::Lost, "a new one is not open yet");
+        s.answered("2");
+        assert_eq!(s.state(), SocketState::Open, "the page connected again");
     }
 
     #[test]
@@ -131,7 +163,7 @@ mod tests {
         s.created("1", true);
         s.answered("1");
         s.new_document();
-        assert!(!s.is_open());
+        assert_eq!(s.state(), SocketState::NotYet);
         // Its closing, reported late, changes nothing; the new page's socket counts.
         assert!(!s.closed("1"));
         s.created("2", true);

@@ -215,6 +215,17 @@ impl Daemon {
         .await;
     }
 
+    /// Waits until the daemon's log holds `needle`. A log file has no event to await, so it
+    /// is read every 50 ms (bounded).
+    pub async fn wait_log(&self, needle: &str, limit: Duration) {
+        within(limit, needle, async {
+            while !self.log().contains(needle) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
     /// `poectl` pointed at this daemon.
     pub fn poectl(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_poectl"));

@@ -490,6 +490,15 @@ impl Double {
         self.shared.lock().blurred - before
     }
 
+    /// Closes every page's update socket from the server's side once `n` are connected
+    /// (bounded by `timeout`), as a site's restart or an idle timeout would; the pages do
+    /// not connect again. Returns how many it closed.
+    pub async fn close_update_sockets(&self, n: usize, timeout: Duration) -> usize {
+        self.wait_until(timeout, |s| s.sockets.len() >= n).await;
+        // Dropping a socket's sender ends its task, which closes the connection.
+        self.shared.update(|s| s.sockets.drain().count())
+    }
+
     /// Waits until `n` pages said their mouse pointer came onto their send button by a
     /// move (bounded by `timeout`); returns how many did.
     pub async fn pointer_moves(&self, n: usize, timeout: Duration) -> usize {

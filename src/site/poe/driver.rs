@@ -28,6 +28,7 @@ use tracing::{debug, info, trace, warn};
 use crate::browser::cdp::{self, ArmedWait, CdpFailure, Wanted};
 use crate::browser::tab::{Tab, TabSignal};
 use crate::browser::tab_pool::Warm;
+use crate::browser::update_socket::SocketState;
 use crate::config::{secs, SiteConfig, Timeouts};
 use crate::error::{Error, ErrorKind};
 use crate::reply::Chunk;
@@ -568,6 +569,16 @@ impl Driver {
         // A warm page may be stale (signed out or limited since it loaded): on trouble it is
         // reopened once before the problem counts.
         let mut reopened = false;
+        // A page whose update socket closed while it waited (the site closed it and the page
+        // did not connect again) would get the prompt but never bring its reply: nothing
+        // was sent on it yet, so it is opened again.
+        if tab.warm_for.is_some() && tab.update_socket() == SocketState::Lost {
+            info!(
+                tab = tab.id,
+                "the page's update socket closed while it waited; opening the page again"
+            );
+            tab.warm_for = None;
+        }
         if tab.warm_for.as_ref() != Some(&target.warm()) {
             self.open(tab, target).await?;
             reopened = true;
@@ -648,7 +659,7 @@ impl Driver {
     /// ago, or once a wait found none (see [`Driver::sockets_unseen`]).
     async fn await_update_socket(&self, tab: &Tab) {
         let mut open = tab.watch_update_socket();
-        if *open.borrow_and_update() {
+        if *open.borrow_and_update() == SocketState::Open {
             if self.sockets_unseen.swap(false, Ordering::Relaxed) {
                 info!(
                     tab = tab.id,
@@ -663,7 +674,7 @@ impl Driver {
         let began = Instant::now();
         let limit = secs(self.timeouts.update_socket_secs);
         let opened = tokio::time::timeout(limit, async {
-            open.wait_for(|open| *open).await.map(|_| ())
+            open.wait_for(|s| *s == SocketState::Open).await.map(|_| ())
         })
         .await;
         match opened {
