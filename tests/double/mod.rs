@@ -30,7 +30,10 @@
 //! Both modes share the replies ([`expected_reply`], trigger words in `replies.rs`), the
 //! streaming of a reply with stop and lost-update endings (`stream.rs`), every page's update
 //! socket getting every chat's frames, as on an account-wide channel (by default), a second
-//! socket that carries nothing but noise, and the records: every send ATTEMPT (taken or
+//! socket that carries nothing but noise, the update socket opened as the page's script
+//! starts or (`socket_delay_ms`) after its prompt box shows, a reply waiting up to
+//! `socket_wait_ms` for its page's socket (0: its frames are lost, as on a site that does not
+//! replay what a late socket missed), and the records: every send ATTEMPT (taken or
 //! refused) and stop it receives ([`Double::chats`]), which tests and the benchmark compare
 //! with what the client saw. Like the site's own bot filters, it notes what each request says
 //! of its browser (`User-Agent`, `Sec-CH-UA`: [`Double::agents`]), and its bot pages run a
